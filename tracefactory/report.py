@@ -1,0 +1,57 @@
+"""Per-stage accounting: rows in, kept, dropped by reason — and the funnel table built from them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import polars as pl
+
+
+@dataclass
+class StageReport:
+    stage: str
+    unit: str  # what one row is at this stage: "rows", "problems", "completions"
+    rows_in: int
+    kept: int
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    tokens: int = 0
+
+    def __post_init__(self):
+        self.dropped_by_reason = {k: int(v) for k, v in sorted(self.dropped_by_reason.items()) if v}
+        if self.rows_in != self.kept + self.dropped:
+            raise ValueError(f"stage '{self.stage}' does not add up: {self.rows_in} in != {self.kept} kept + "
+                             f"{self.dropped} dropped {self.dropped_by_reason}")
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+    @classmethod
+    def from_reasons(cls, stage: str, unit: str, reasons: pl.Series, **kw) -> "StageReport":
+        """`reasons` holds one entry per input row: null when kept, else why it was dropped."""
+        counts = reasons.drop_nulls().value_counts()
+        by = {str(r[0]): int(r[1]) for r in counts.iter_rows()}
+        return cls(stage, unit, len(reasons), reasons.null_count(), by, **kw)
+
+    def line(self) -> str:
+        why = ", ".join(f"{k}={v}" for k, v in self.dropped_by_reason.items()) or "-"
+        return f"{self.stage:<11} {self.unit:<12} in={self.rows_in:<7} kept={self.kept:<7} dropped={self.dropped:<6} ({why})"
+
+
+def funnel_frame(reports: list[StageReport]) -> pl.DataFrame:
+    rows = [{**{k: v for k, v in asdict(r).items() if k != "dropped_by_reason"}, "dropped": r.dropped,
+             "dropped_by_reason": json.dumps(r.dropped_by_reason)} for r in reports]
+    cols = ["stage", "unit", "rows_in", "kept", "dropped", "dropped_by_reason", "seconds", "tokens"]
+    schema = {"stage": pl.String, "unit": pl.String, "rows_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64,
+              "dropped_by_reason": pl.String, "seconds": pl.Float64, "tokens": pl.Int64}
+    return pl.DataFrame(rows, schema=schema).select(cols)
+
+
+def funnel_markdown(reports: list[StageReport]) -> str:
+    head = "| stage | unit | in | kept | dropped | by reason | seconds | tokens |\n|---|---|---|---|---|---|---|---|"
+    body = [f"| {r.stage} | {r.unit} | {r.rows_in} | {r.kept} | {r.dropped} | "
+            f"{', '.join(f'{k}: {v}' for k, v in r.dropped_by_reason.items()) or '-'} | {r.seconds:.1f} | {r.tokens} |"
+            for r in reports]
+    return "\n".join([head, *body])

@@ -1,0 +1,90 @@
+"""Column names as constants, Arrow schemas built from the language-neutral JSON in `schemas/`."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from tracefactory.errors import SchemaError
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+TABLES = ("problems", "rollouts", "dataset", "rejected", "funnel")
+
+# column names
+PROBLEM_ID = "problem_id"
+QUESTION = "question"
+ANSWER = "answer"
+SOURCE = "source"
+LEVEL = "level"
+SAMPLE_INDEX = "sample_index"
+ROLLOUT_KEY = "rollout_key"
+SEED = "seed"
+TEXT = "text"
+COT = "cot"
+COT_TOKENS = "cot_tokens"
+FINISH_REASON = "finish_reason"
+TEACHER = "teacher"
+PRED_ANSWER = "pred_answer"
+CORRECT = "correct"
+DROP_REASON = "drop_reason"
+N_ROLLOUTS = "n_rollouts"
+N_CORRECT = "n_correct"
+PASS_RATE = "pass_rate"
+PASS_RATE_LOW = "pass_rate_low"
+PASS_RATE_HIGH = "pass_rate_high"
+DIFFICULTY = "difficulty"
+CURRICULUM_RANK = "curriculum_rank"
+ROW_INDEX = "row_index"
+RAW = "raw"
+REASON = "reason"
+
+UNSOLVED = "unsolved"
+
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+
+
+@lru_cache(maxsize=None)
+def arrow_schema(table: str) -> pa.Schema:
+    doc = json.loads((SCHEMA_DIR / f"{table}.json").read_text())
+    return pa.schema([pa.field(c["name"], _TYPES[c["type"]], nullable=c["nullable"]) for c in doc["columns"]],
+                     metadata={"table": table, "version": str(doc["version"])})
+
+
+def columns(table: str) -> list[str]:
+    return arrow_schema(table).names
+
+
+def validate_frame(frame: pl.DataFrame, table: str) -> pa.Table:
+    """Check `frame` against the table's schema and return it as Arrow in schema column order.
+
+    Missing columns, nulls in non-nullable columns and types that do not cast safely are SchemaErrors.
+    Extra columns are kept (later capabilities extend tables), after the schema's columns.
+    """
+    schema = arrow_schema(table)
+    missing = [n for n in schema.names if n not in frame.columns]
+    if missing:
+        raise SchemaError(f"table '{table}': missing columns {missing}; has {frame.columns}")
+    extra = [c for c in frame.columns if c not in schema.names]
+    arrow = frame.select(schema.names + extra).to_arrow()
+    arrays, fields = [], []
+    for f in schema:
+        col = arrow.column(f.name)
+        if not f.nullable and col.null_count:
+            raise SchemaError(f"table '{table}': column '{f.name}' has {col.null_count} nulls; it may not")
+        try:
+            arrays.append(col.cast(f.type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"table '{table}': column '{f.name}' is {col.type}, expected {f.type}: {exc}")
+        fields.append(f)
+    for name in extra:
+        arrays.append(arrow.column(name))
+        fields.append(arrow.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def empty(table: str) -> pl.DataFrame:
+    return pl.from_arrow(arrow_schema(table).empty_table())

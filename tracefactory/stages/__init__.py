@@ -1,0 +1,1 @@
+"""One module per stage, each with one public verb: pure functions over polars frames."""

@@ -1,0 +1,44 @@
+"""rollout: problems -> K completions each, from ONE teacher call for the whole batch.
+
+Each problem's request is seeded from (sampling.seed, problem_id), so a problem gets the same K
+completions whatever batch or shard it lands in — the basis of resuming without regenerating.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import polars as pl
+
+from tracefactory.backends.base import Teacher
+from tracefactory.config import FactoryConfig
+from tracefactory.prompts import build_prompt
+from tracefactory.report import StageReport
+from tracefactory.schema import (COT_TOKENS, FINISH_REASON, PROBLEM_ID, QUESTION, ROLLOUT_KEY, SAMPLE_INDEX, SEED,
+                                 TEACHER, TEXT)
+
+GENERATION_SCHEMA = {PROBLEM_ID: pl.String, SAMPLE_INDEX: pl.Int64, ROLLOUT_KEY: pl.String, SEED: pl.Int64,
+                     TEXT: pl.String, COT_TOKENS: pl.Int64, FINISH_REASON: pl.String, TEACHER: pl.String}
+
+
+def request_seed(base_seed: int, problem_id: str) -> int:
+    # vLLM seeds sample i of an n>1 request with seed + i: leave room below 2**31 for that.
+    digest = hashlib.sha256(f"{base_seed}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 2**16)
+
+
+def rollout(problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher) -> tuple[pl.DataFrame, StageReport]:
+    t0, n, key = time.time(), cfg.sampling.n, cfg.rollout_hash()
+    ids = problems[PROBLEM_ID].to_list()
+    seeds = [request_seed(cfg.sampling.seed, pid) for pid in ids]
+    prompts = [build_prompt(q, cfg.prompt) for q in problems[QUESTION].to_list()]
+    results = teacher.generate(prompts, n, cfg.sampling, seeds)
+    rows = [{PROBLEM_ID: pid, SAMPLE_INDEX: c.index, ROLLOUT_KEY: key, SEED: seed, TEXT: c.text,
+             COT_TOKENS: c.tokens, FINISH_REASON: c.finish_reason, TEACHER: teacher.name}
+            for pid, seed, completions in zip(ids, seeds, results) for c in completions]
+    frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
+    report = StageReport("rollout", "completions", len(ids) * n, len(rows),
+                         {"missing_completion": len(ids) * n - len(rows)},
+                         seconds=time.time() - t0, tokens=int(frame[COT_TOKENS].sum() or 0))
+    return frame, report

@@ -1,0 +1,28 @@
+"""select: among each problem's correct completions keep the `keep` shortest (ties: lower sample_index)."""
+
+from __future__ import annotations
+
+import time
+
+import polars as pl
+
+from tracefactory.config import SelectConfig
+from tracefactory.report import StageReport
+from tracefactory.schema import CORRECT, COT_TOKENS, DROP_REASON, PROBLEM_ID, SAMPLE_INDEX
+
+NOT_SHORTEST = "not_shortest"
+
+
+def select(rollouts: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, StageReport]:
+    """Annotates `not_shortest` on correct completions beyond the kept ones; reports on correct ones."""
+    t0 = time.time()
+    rank = (pl.struct(COT_TOKENS, SAMPLE_INDEX).rank("ordinal").over(PROBLEM_ID, CORRECT))
+    out = rollouts.with_columns(
+        pl.when(pl.col(DROP_REASON).is_null() & pl.col(CORRECT) & (rank > cfg.keep))
+        .then(pl.lit(NOT_SHORTEST)).otherwise(pl.col(DROP_REASON)).alias(DROP_REASON))
+    considered = out.filter(pl.col(CORRECT))[DROP_REASON]
+    return out, StageReport.from_reasons("select", "completions", considered, seconds=time.time() - t0)
+
+
+def selected(rollouts: pl.DataFrame) -> pl.DataFrame:
+    return rollouts.filter(pl.col(CORRECT) & pl.col(DROP_REASON).is_null())

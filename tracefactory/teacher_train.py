@@ -1,0 +1,140 @@
+"""Reproduce the embedded teacher: a char-level tokenizer and a tiny Llama trained on `synth` problems.
+
+    python -m tracefactory.teacher_train --out data/teacher        # ~10 minutes on 2 CPU cores
+
+The result (bf16 safetensors + tokenizer with a chat template) loads in vLLM and in transformers.
+Needs the `vllm-cpu` (or `train`) extra: torch, transformers, tokenizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import string
+import time
+from pathlib import Path
+
+from tracefactory.synth import make_problem
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+ALPHABET = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
+# Renders chat messages as "Q: ...\nA: ..." — the format the teacher was trained on.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}A: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}A: {% endif %}"
+)
+
+
+def build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + ALPHABET)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        model_max_length=512, chat_template=CHAT_TEMPLATE,
+    )
+    tok.save_pretrained(out)
+    return tok
+
+
+def build_model(vocab_size: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def encode_batch(tok, rng: random.Random, batch: int):
+    """Prompt tokens are masked out of the loss; the model learns the worked solution + EOS."""
+    import torch
+
+    rows, level = [], rng.randint(1, 5)  # one level per batch: similar lengths, little padding
+    for _ in range(batch):
+        p = make_problem(rng, level, "train")
+        prompt = tok.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False,
+                                         add_generation_prompt=True)
+        ids_p = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids_t = tok(p.solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((ids_p + ids_t, [-100] * len(ids_p) + ids_t))
+    width = max(len(r[0]) for r in rows)
+    ids = torch.full((batch, width), tok.pad_token_id)
+    labels = torch.full((batch, width), -100)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, labels, mask
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
+    import torch
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out)
+    model = build_model(len(tok))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    t0, losses = time.time(), []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr)
+        ids, labels, mask = encode_batch(tok, rng, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log.info("step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]),
+                     time.time() - t0)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "final_loss": losses[-1],
+            "train_seconds": round(time.time() - t0, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("data/teacher"))
+    ap.add_argument("--steps", type=int, default=650)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(json.dumps(train(args.out, args.steps, args.batch, args.lr, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Final-answer extraction and Math-Verify equivalence, safe to call from any thread.
+
+Extraction order (first hit wins), documented in the README:
+  1. the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced, nesting allowed;
+  2. the last `#### X` line (GSM8K style);
+  3. the last "answer is X" / "Answer: X" phrase (X up to the end of the sentence);
+  otherwise no answer (`None`) — a bare trailing number is *not* taken, it is too often a step.
+
+Math-Verify's own timeouts use `signal.alarm`, which only works on a process's main thread, so
+grading runs in a process pool whose workers call it on their main thread with the configured
+per-item timeout. Identical (gold, answer) pairs are graded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import re
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(r"(?:answer is|answer:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
+
+# grading outcomes (the reason column of a wrong completion)
+CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = "correct", "wrong_answer", "no_answer", "grade_timeout", "grade_error"
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} in `text`, with nested braces; None if none closes."""
+    found = None
+    for m in _BOX.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            found = text[m.end(): i - 1]
+    return found
+
+
+def _clean(ans: str) -> str:
+    ans = ans.strip().strip("$").strip()
+    return ans.rstrip(".").strip()
+
+
+def extract_answer(text: str | None) -> str | None:
+    if not text:
+        return None
+    for candidate in (last_boxed(text), _last(_HASHES, text), _last(_ANSWER_IS, text)):
+        if candidate is not None and _clean(candidate):
+            return _clean(candidate)
+    return None
+
+
+def _last(pattern: re.Pattern, text: str) -> str | None:
+    matches = pattern.findall(text)
+    return matches[-1] if matches else None
+
+
+def gsm8k_gold(solution: str) -> str | None:
+    """Gold of a GSM8K solution: the text after the last '####', thousands commas removed."""
+    hit = _last(_HASHES, solution or "")
+    return hit.strip().replace(",", "") if hit and hit.strip() else None
+
+
+def _as_math(ans: str) -> str:
+    return ans if ans.startswith("$") else f"${ans}$"
+
+
+def gold_parses(gold: str) -> bool:
+    """Whether Math-Verify finds an expression in a gold answer (checked once, at load)."""
+    from math_verify import parse
+
+    t = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        return bool(parse(_as_math(gold), parsing_timeout=t))
+    except Exception:
+        return False
+
+
+def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tuple[bool, str]:
+    """(correct, reason). Uses Math-Verify's timeouts only where signals work (the main thread)."""
+    if pred is None:
+        return False, NO_ANSWER
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    on_main = threading.current_thread() is threading.main_thread()
+    t = max(1, int(round(timeout_s))) if (timeout_s and on_main) else None
+    try:
+        g = parse(_as_math(gold), parsing_timeout=t)
+        p = parse(_as_math(pred), parsing_timeout=t)
+        if not g:
+            return False, ERROR
+        ok = verify(g, p, timeout_seconds=t, raise_on_error=False)
+    except TimeoutException:
+        return False, TIMEOUT
+    except Exception:  # Math-Verify is meant to be total; a crash on one item must not stop the batch
+        log.debug("grading failed for gold=%r pred=%r", gold, pred, exc_info=True)
+        return False, ERROR
+    return bool(ok), CORRECT if ok else WRONG
+
+
+def _grade_chunk(items: list[tuple[str, str | None]], timeout_s: float) -> list[tuple[bool, str]]:
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return [is_correct(g, p, timeout_s) for g, p in items]
+
+
+def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2, timeout_s: float = 5.0,
+                chunk: int = 64) -> dict[tuple[str, str | None], tuple[bool, str]]:
+    """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}."""
+    unique = list(dict.fromkeys(pairs))
+    todo = [p for p in unique if p[1] is not None]
+    out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
+    if workers == 0 or not todo:
+        out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
+        return out
+    chunks = [todo[i: i + chunk] for i in range(0, len(todo), chunk)]
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=mp.get_context("spawn")) as ex:
+            for items, results in zip(chunks, ex.map(_grade_chunk, chunks, [timeout_s] * len(chunks))):
+                out.update(zip(items, results))
+    except BrokenProcessPool:
+        log.error("a grading worker died; %d pairs marked %s", len(todo) - (len(out) - len(unique) + len(todo)), ERROR)
+    for p in todo:
+        out.setdefault(p, (False, ERROR))
+    return out
