@@ -19,6 +19,7 @@ import re
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from functools import lru_cache
 from typing import Iterable
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def extract_answer(text: str | None) -> str | None:
     if not text:
         return None
     for candidate in (last_boxed(text), _last(_HASHES, text), _last(_ANSWER_IS, text)):
-        if candidate is not None and _clean(candidate):
+        if candidate is not None and _clean(candidate) and "\\boxed" not in candidate:
             return _clean(candidate)
     return None
 
@@ -74,28 +75,37 @@ def _as_math(ans: str) -> str:
 
 
 def gold_parses(gold: str) -> bool:
-    """Whether Math-Verify finds an expression in a gold answer (checked once, at load)."""
-    from math_verify import parse
+    """Whether Math-Verify turns a gold answer into a math object (checked once, at load).
 
+    Math-Verify returns only the input string when it cannot parse it; such a gold could only ever
+    match by string equality, so it is rejected as unparseable.
+    """
     t = 5 if threading.current_thread() is threading.main_thread() else None
     try:
-        return bool(parse(_as_math(gold), parsing_timeout=t))
+        return any(not isinstance(x, str) for x in _parse_cached(gold, t))
     except Exception:
         return False
+
+
+@lru_cache(maxsize=8192)
+def _parse_cached(text: str, timeout: int | None):
+    from math_verify import parse
+
+    return parse(_as_math(text), parsing_timeout=timeout)
 
 
 def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tuple[bool, str]:
     """(correct, reason). Uses Math-Verify's timeouts only where signals work (the main thread)."""
     if pred is None:
         return False, NO_ANSWER
-    from math_verify import parse, verify
+    from math_verify import verify
     from math_verify.errors import TimeoutException
 
     on_main = threading.current_thread() is threading.main_thread()
     t = max(1, int(round(timeout_s))) if (timeout_s and on_main) else None
     try:
-        g = parse(_as_math(gold), parsing_timeout=t)
-        p = parse(_as_math(pred), parsing_timeout=t)
+        g = _parse_cached(gold, t)  # golds repeat across a problem's K completions
+        p = _parse_cached(pred, t)
         if not g:
             return False, ERROR
         ok = verify(g, p, timeout_seconds=t, raise_on_error=False)

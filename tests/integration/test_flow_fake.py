@@ -1,0 +1,82 @@
+"""The whole Prefect flow with the deterministic FakeTeacher: contract, funnel, bad input, resume."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flows.build_dataset import build_dataset
+from tracefactory.backends.fake import FakeTeacher
+from tracefactory.query import query
+from tracefactory.schema import columns
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+CONTRACT = ["question", "cot", "answer", "problem_id", "source", "difficulty", "pass_rate", "n_correct",
+            "n_rollouts", "cot_tokens", "curriculum_rank", "teacher"]
+
+
+@pytest.fixture(scope="module")
+def input_file(tmp_path_factory):
+    """The demo problems plus every kind of bad row."""
+    path = tmp_path_factory.mktemp("in") / "mixed.jsonl"
+    demo = (Path(__file__).parents[2] / "data" / "demo" / "problems.jsonl").read_text().splitlines()
+    path.write_text("\n".join(demo[::5] + (FIXTURES / "bad_input.jsonl").read_text().splitlines()) + "\n")
+    return path
+
+
+def _run(out, input_file, teacher, **over):
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **over}
+    return build_dataset(config=None, out=str(out), overrides=overrides, teacher=teacher)
+
+
+def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
+    teacher = FakeTeacher(slip_rate=0.08)
+    result = _run(tmp_path / "run", input_file, teacher)
+    run = tmp_path / "run"
+    data = pl.read_parquet(run / "dataset")
+    assert set(CONTRACT) <= set(data.columns) and data.columns == columns("dataset")
+    assert len(data) == result["dataset_rows"] > 0
+    # every kept answer is correct for its problem, and the trace's boxed answer is the gold
+    assert all(f"\\boxed{{{a}}}" in c for a, c in zip(data["answer"], data["cot"]))
+    assert data["curriculum_rank"].to_list() == list(range(len(data)))
+    # the bad rows are in `rejected`, and each stage's funnel adds up
+    cols, rows = query(run, "SELECT reason, count(*) FROM rejected GROUP BY reason")
+    assert sum(n for _, n in rows) == 13
+    _, funnel = query(run, "SELECT stage, rows_in, kept, dropped FROM funnel")
+    assert all(r[1] == r[2] + r[3] for r in funnel)
+    assert funnel[0] == ("load", 60 + 15, 62, 13)
+    assert [r[0] for r in funnel] == ["load", "rollout", "grade", "select", "difficulty", "curriculum"]
+    # unsolved problems stay in `problems`
+    _, (n_problems,) = query(run, "SELECT count(*) FROM problems")
+    assert n_problems == (62,)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["teacher"]["name"] == teacher.name and manifest["inputs"]["source"]["sha256"]
+    assert manifest["tokens"]["teacher_output"] == sum(pl.read_parquet(run / "rollouts")["cot_tokens"])
+    calls = list(teacher.calls)
+    assert len(calls) == 4 and sum(calls) == 62  # 62 problems in shards of 16
+
+    # resume: a re-run regenerates nothing and yields the same dataset
+    again = FakeTeacher(slip_rate=0.08)
+    _run(run, input_file, again)
+    assert again.calls == []
+    assert pl.read_parquet(run / "dataset").equals(data)
+
+    # a lost shard is regenerated alone; a selection change reuses every rollout
+    [marker] = (run / "_work" / "markers").glob("generations-*-00001.done")
+    marker.unlink()  # a shard counts as done only with its marker
+    third = FakeTeacher(slip_rate=0.08)
+    _run(run, input_file, third, **{"select.keep": 2})
+    assert third.calls == [16]
+    fourth = FakeTeacher(slip_rate=0.08)
+    _run(run, input_file, fourth, **{"select.keep": 3})
+    assert fourth.calls == []
+    assert len(pl.read_parquet(run / "dataset")) >= len(data)
+
+
+def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
+    _run(tmp_path / "r", input_file, FakeTeacher(slip_rate=0.1))
+    cols, rows = query(tmp_path / "r", "SELECT difficulty, count(*) AS n, min(curriculum_rank) AS first "
+                                       "FROM dataset GROUP BY difficulty ORDER BY first")
+    assert cols == ["difficulty", "n", "first"]
+    assert [r[0] for r in rows][0] == "easy" and len(rows) >= 2

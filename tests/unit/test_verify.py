@@ -1,0 +1,87 @@
+"""Grading is table-driven: each row is a real-looking model output; every grading bug becomes a row."""
+
+import threading
+
+import pytest
+
+from tracefactory.verify import (ERROR, NO_ANSWER, WRONG, extract_answer, grade_pairs, gsm8k_gold, is_correct,
+                                 last_boxed)
+
+EXTRACT = [
+    # (model output, extracted answer)
+    ("12 + 7 = 19\n19 - 5 = 14\nThe answer is \\boxed{14}.", "14"),
+    ("So the total is $\\boxed{\\frac{3}{4}}$.", "\\frac{3}{4}"),
+    ("First \\boxed{2}, but wait, recheck: \\boxed{3}", "3"),  # last box wins
+    ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left( 3, \\frac{\\pi}{2} \\right)"),  # nested braces
+    ("The area is \\boxed{\\sqrt{2}+\\frac{1}{\\sqrt{3}}}", "\\sqrt{2}+\\frac{1}{\\sqrt{3}}"),
+    ("Janet makes 9 * 2 = $18.\n#### 18", "18"),  # GSM8K style
+    ("She pays 1,250 in total.\n#### 1,250", "1,250"),
+    ("Adding them up, the answer is 42.", "42"),  # answer in text
+    ("Therefore, the answer is $-\\frac{1}{2}$. Done.", "-\\frac{1}{2}"),
+    ("Answer: 7", "7"),
+    ("12 + 7 = 19\n19 - 5 = 14", None),  # no answer: a trailing number is not taken
+    ("\\boxed{15", None),  # unclosed box, nothing else
+    ("", None),
+    ("The answer is \\boxed{}.", None),  # an empty box is no answer
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACT)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+GRADE = [
+    # (gold, predicted answer, correct)
+    ("1250", "1,250", True),  # GSM8K thousands comma
+    ("1250", "1250.0", True),
+    ("0.5", "\\frac{1}{2}", True),  # fraction vs decimal
+    ("\\frac{3}{4}", "0.75", True),
+    ("3/4", "\\dfrac{3}{4}", True),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", True),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)", True),
+    ("14", "15", False),
+    ("14", "-14", False),
+    ("-3", "-3", True),
+    ("18", "\\$18", True),
+    ("2", "x", False),
+]
+
+
+@pytest.mark.parametrize("gold,pred,correct", GRADE)
+def test_is_correct(gold, pred, correct):
+    ok, reason = is_correct(gold, pred)
+    assert ok is correct
+    assert reason == ("correct" if correct else WRONG)
+
+
+def test_no_answer_is_not_graded():
+    assert is_correct("3", None) == (False, NO_ANSWER)
+
+
+def test_unparseable_gold_is_an_error_not_a_crash():
+    assert is_correct("", "3") == (False, ERROR)
+
+
+def test_gsm8k_gold():
+    assert gsm8k_gold("She has 2+3=<<2+3=5>>5\n#### 2,125") == "2125"
+    assert gsm8k_gold("no marker here") is None
+    assert last_boxed("a \\boxed{x^{2}} b") == "x^{2}"
+
+
+def test_grade_pairs_pool_matches_in_process_and_dedupes():
+    pairs = [(g, p) for g, p, _ in GRADE] * 3 + [("3", None)]
+    pooled = grade_pairs(pairs, workers=2, timeout_s=5, chunk=4)
+    local = grade_pairs(pairs, workers=0, timeout_s=5)
+    assert pooled == local
+    assert len(pooled) == len(GRADE) + 1
+    assert [pooled[(g, p)][0] for g, p, _ in GRADE] == [c for _, _, c in GRADE]
+
+
+def test_grading_off_the_main_thread():
+    """Prefect runs tasks in threads, where Math-Verify's signal-based timeout would raise."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(grade_pairs([("0.5", "\\frac{1}{2}")], workers=0)))
+    t.start()
+    t.join()
+    assert out[("0.5", "\\frac{1}{2}")] == (True, "correct")
