@@ -14,3 +14,23 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def embedded_teacher():
+    """One in-process vLLM engine of the embedded teacher, shared by every test that needs it."""
+    from tracefactory.backends.vllm_teacher import VLLMTeacher
+    from tracefactory.config import TeacherConfig
+
+    return VLLMTeacher(TeacherConfig(model="embedded", max_model_len=512), progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_subset(tmp_path_factory):
+    """Every 5th demo problem: 12 per level, 60 in all."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "data" / "demo" / "problems.jsonl").read_text().splitlines()
+    path = tmp_path_factory.mktemp("demo") / "subset.jsonl"
+    path.write_text("\n".join(lines[::5]) + "\n")
+    return path

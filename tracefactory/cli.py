@@ -39,6 +39,7 @@ def run(
     except TraceFactoryError as exc:
         _fail(exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     from flows.build_dataset import build_dataset
 
     try:

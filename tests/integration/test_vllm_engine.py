@@ -1,0 +1,59 @@
+"""The embedded teacher under the real vLLM CPU engine, and the whole flow on it."""
+
+import polars as pl
+import pytest
+
+from flows.build_dataset import build_dataset
+from tracefactory.config import SamplingConfig
+from tracefactory.query import query
+from tracefactory.schema import columns
+from tracefactory.synth import generate
+from tracefactory.verify import extract_answer, is_correct
+
+pytestmark = pytest.mark.vllm
+PARAMS = SamplingConfig(n=4, temperature=0.7, max_tokens=200)
+
+
+def _chat(q):
+    return [{"role": "user", "content": q}]
+
+
+def test_seeded_requests_do_not_depend_on_the_batch(embedded_teacher):
+    qs = [p.question for p in generate(1, seed=3)]  # one problem per level
+    seeds = [11, 22, 33, 44, 55]
+    full = embedded_teacher.generate([_chat(q) for q in qs], 4, PARAMS, seeds)
+    part = embedded_teacher.generate([_chat(qs[4]), _chat(qs[0])], 4, PARAMS, [seeds[4], seeds[0]])
+    assert [c.text for c in part[0]] == [c.text for c in full[4]]
+    assert [c.text for c in part[1]] == [c.text for c in full[0]]
+    for completions in full:
+        assert [c.index for c in completions] == [0, 1, 2, 3]
+        for c in completions:
+            assert c.finish_reason in ("stop", "length") and 0 < c.tokens <= 200
+            assert c.tokens in (len(c.text), len(c.text) + 1)  # char-level tokenizer (+ EOS when stopped)
+    assert len({c.text for c in full[4]}) > 1  # K samples, not K copies
+
+
+def test_teacher_solves_the_easiest_level(embedded_teacher):
+    problems = [p for p in generate(10, seed=99, levels=(1,))]
+    outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(10)))
+    right = sum(is_correct(p.answer, extract_answer(c.text))[0] for p, cs in zip(problems, outs) for c in cs)
+    assert right / 40 >= 0.8
+
+
+def test_flow_on_the_embedded_teacher(prefect_harness, embedded_teacher, demo_subset, tmp_path):
+    out = tmp_path / "run"
+    result = build_dataset(config=None, out=str(out), teacher=embedded_teacher,
+                           overrides={"source.path": str(demo_subset), "run.shard_size": 32})
+    data = pl.read_parquet(out / "dataset")
+    assert data.columns == columns("dataset") and len(data) == result["dataset_rows"] > 0
+    for gold, cot in zip(data["answer"], data["cot"]):
+        assert is_correct(gold, extract_answer(cot))[0]
+    rates = data["pass_rate"].to_list()
+    assert rates == sorted(rates, reverse=True)
+    assert data["curriculum_rank"].to_list() == list(range(len(data)))
+    _, buckets = query(out, "SELECT difficulty, count(*) FROM dataset GROUP BY difficulty")
+    assert len(buckets) >= 3
+    _, by_level = query(out, "SELECT level, avg(pass_rate) FROM problems GROUP BY level ORDER BY level")
+    assert by_level[0][1] > by_level[-1][1]  # the teacher is better at level 1 than at level 5
+    _, funnel = query(out, "SELECT rows_in, kept, dropped FROM funnel")
+    assert all(i == k + d for i, k, d in funnel)
