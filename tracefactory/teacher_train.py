@@ -21,6 +21,7 @@ from tracefactory.synth import make_problem
 
 log = logging.getLogger(__name__)
 
+LEVEL_WEIGHTS = (3, 3, 2, 1, 1)
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ALPHABET = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
 # Renders chat messages as "Q: ...\nA: ..." — the format the teacher was trained on.
@@ -59,18 +60,43 @@ def build_model(vocab_size: int):
     return LlamaForCausalLM(cfg)
 
 
-def encode_batch(tok, rng: random.Random, batch: int):
-    """Prompt tokens are masked out of the loss; the model learns the worked solution + EOS."""
+def _example(tok, question: str, target: str) -> tuple[list[int], list[int]]:
+    """Prompt tokens are masked out of the loss; the model learns the target + EOS."""
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                     add_generation_prompt=True)
+    ids_p = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids_t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return ids_p + ids_t, [-100] * len(ids_p) + ids_t
+
+
+def word_problems(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[int]]]:
+    # one level per batch (similar lengths, little padding); easy levels, which are short, more often
+    level = rng.choices((1, 2, 3, 4, 5), weights=LEVEL_WEIGHTS)[0]
+    problems = [make_problem(rng, level, "train") for _ in range(batch)]
+    return [_example(tok, p.question, p.solution) for p in problems]
+
+
+def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[int]]]:
+    """Arithmetic drills: one equation line of a random problem, asked bare ("Q: 18 - 4").
+
+    They are ~10x shorter than word problems, so the model practises the arithmetic of its
+    solution lines many more times within the same compute budget.
+    """
+    rows = []
+    for _ in range(batch):
+        line = rng.choice(make_problem(rng, rng.randint(1, 5), "train").solution.splitlines()[:-1])
+        rows.append(_example(tok, line.split(" = ")[0], line))
+    return rows
+
+
+def encode_batch(tok, rng: random.Random, batch: int, drill_share: float = 0.0):
     import torch
 
-    rows, level = [], rng.randint(1, 5)  # one level per batch: similar lengths, little padding
-    for _ in range(batch):
-        p = make_problem(rng, level, "train")
-        prompt = tok.apply_chat_template([{"role": "user", "content": p.question}], tokenize=False,
-                                         add_generation_prompt=True)
-        ids_p = tok(prompt, add_special_tokens=False)["input_ids"]
-        ids_t = tok(p.solution, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        rows.append((ids_p + ids_t, [-100] * len(ids_p) + ids_t))
+    if rng.random() < drill_share:
+        rows = drills(tok, rng, batch * 4)
+    else:
+        rows = word_problems(tok, rng, batch)
+    batch = len(rows)
     width = max(len(r[0]) for r in rows)
     ids = torch.full((batch, width), tok.pad_token_id)
     labels = torch.full((batch, width), -100)
@@ -87,7 +113,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
+def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: float) -> dict:
     import torch
 
     torch.manual_seed(seed)
@@ -100,7 +126,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        ids, labels, mask = encode_batch(tok, rng, batch)
+        ids, labels, mask = encode_batch(tok, rng, batch, drill_share)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -112,7 +138,8 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
             log.info("step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]),
                      time.time() - t0)
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "final_loss": losses[-1],
+    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "drill_share": drill_share,
+            "level_weights": LEVEL_WEIGHTS, "final_loss": losses[-1],
             "train_seconds": round(time.time() - t0, 1),
             "parameters": sum(p.numel() for p in model.parameters())}
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -122,9 +149,10 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data/teacher"))
-    ap.add_argument("--steps", type=int, default=650)
+    ap.add_argument("--steps", type=int, default=1300)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--drill-share", type=float, default=0.5, help="share of steps that are arithmetic drills")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
@@ -133,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(json.dumps(train(args.out, args.steps, args.batch, args.lr, args.seed), indent=2))
+    print(json.dumps(train(args.out, args.steps, args.batch, args.lr, args.seed, args.drill_share), indent=2))
 
 
 if __name__ == "__main__":

