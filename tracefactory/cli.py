@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -38,6 +39,8 @@ def run(
         load_config(config, overrides)  # fail fast, before Prefect or the engine start
     except TraceFactoryError as exc:
         _fail(exc)
+    # the temporary server's telemetry heartbeat contends for its SQLite file and logs spurious errors
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     from flows.build_dataset import build_dataset

@@ -24,8 +24,8 @@ RETRIES = 4
 
 
 class OpenAITeacher:
-    def __init__(self, cfg: TeacherConfig, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: TeacherConfig, progress: bool = True, transport: httpx.AsyncBaseTransport | None = None):
+        self.cfg, self.progress, self.transport = cfg, progress, transport
         self.name = cfg.model
         self.base_url = (cfg.base_url or "").rstrip("/")
 
@@ -77,7 +77,7 @@ class OpenAITeacher:
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency)
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.cfg.request_timeout_s, limits=limits,
-                                     headers={"Authorization": f"Bearer {key}"}) as client:
+                                     headers={"Authorization": f"Bearer {key}"}, transport=self.transport) as client:
             tasks = [self._one(client, sem, p, n, params, s) for p, s in zip(prompts, seeds)]
             return await _gather_with_progress(tasks, self.progress)
 

@@ -26,9 +26,14 @@ def import_vllm():
     return vllm
 
 
-def teacher_name(model: str) -> str:
-    p = Path(model)
-    return f"{p.parent.name}/{p.name}" if p.is_dir() else model
+EMBEDDED_NAME = "tracefactory/arith-tiny-3m"
+
+
+def teacher_name(cfg: TeacherConfig) -> str:
+    if cfg.model == "embedded":
+        return EMBEDDED_NAME
+    p = Path(cfg.model)
+    return f"{p.parent.name}/{p.name}" if p.is_dir() else cfg.model
 
 
 class VLLMTeacher:
@@ -36,7 +41,7 @@ class VLLMTeacher:
 
     def __init__(self, cfg: TeacherConfig, progress: bool = True):
         self.cfg, self.progress = cfg, progress
-        self.name = teacher_name(cfg.model_path)
+        self.name = teacher_name(cfg)
         self._llm = None
 
     def engine_kwargs(self, on_cpu: bool) -> dict:

