@@ -22,6 +22,11 @@ def load_task(run: io.RunDir, cfg: FactoryConfig) -> pipeline.Loaded:
     return pipeline.load_problems(run, cfg)
 
 
+@task(name="start-teacher", cache_policy=NO_CACHE)
+def start_teacher_task(teacher: Any) -> None:
+    getattr(teacher, "start", lambda: None)()  # engine load time is not rollout time
+
+
 @task(name="rollout-shard", task_run_name="rollout-shard-{shard}", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=10)
 def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, teacher: Any):
@@ -47,6 +52,8 @@ def build_dataset(config: str | None = None, out: str | None = None, overrides: 
     teacher = teacher or make_teacher(cfg.teacher)
     loaded = load_task(run, cfg)
     shards = pipeline.shard_frames(loaded.problems, cfg.run.shard_size)
+    if any(not pipeline.shard_done(run, cfg, i) for i in range(len(shards))) and len(loaded.problems):
+        start_teacher_task(teacher)  # a fully resumed run never loads the model
     roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
     done = finish_task(run, cfg, loaded.problems, len(shards))
     reports = [loaded.report, pipeline.merge_reports(roll), *done.reports]

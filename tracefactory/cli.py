@@ -17,7 +17,7 @@ from tracefactory.errors import TraceFactoryError
 
 app = typer.Typer(help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+console = Console() if sys.stdout.isatty() else Console(width=160)  # logs and pipes: don't wrap at 80
 
 
 def _fail(exc: Exception) -> None:

@@ -19,7 +19,7 @@ from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load
-from tracefactory.stages.rollout import rollout
+from tracefactory.stages.rollout import GENERATION_SCHEMA, rollout
 from tracefactory.stages.select import select
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,19 @@ def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
     return [problems.slice(i, size) for i in range(0, len(problems), size)] or [problems.clear()]
 
 
+def _shard_marker(cfg: FactoryConfig, shard: int) -> str:
+    return f"generations-{cfg.rollout_hash()}-{shard:05d}"
+
+
+def shard_done(run: io.RunDir, cfg: FactoryConfig, shard: int) -> bool:
+    return run.is_done(_shard_marker(cfg, shard)) and run.generation_path(cfg.rollout_hash(), shard).is_file()
+
+
 def rollout_shard(run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig,
                   teacher: Teacher) -> StageReport:
     """Generate one shard's completions, or reuse them if an earlier run finished that shard."""
-    key = cfg.rollout_hash()
-    path, marker = run.generation_path(key, shard), f"generations-{key}-{shard:05d}"
-    if run.is_done(marker) and path.is_file():
+    path, marker = run.generation_path(cfg.rollout_hash(), shard), _shard_marker(cfg, shard)
+    if shard_done(run, cfg, shard):
         done = pl.read_parquet(path)
         log.info("shard %d: reusing %d finished completions", shard, len(done))
         return StageReport("rollout", "completions", len(problems) * cfg.sampling.n, len(done),
@@ -80,7 +87,7 @@ def merge_reports(reports: list[StageReport]) -> StageReport:
 def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.DataFrame:
     paths = [run.generation_path(cfg.rollout_hash(), s) for s in range(n_shards)]
     frames = [pl.read_parquet(p) for p in paths if p.is_file()]
-    return pl.concat(frames) if frames else pl.DataFrame()
+    return pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
 
 
 def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame) -> Finished:

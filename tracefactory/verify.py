@@ -137,7 +137,7 @@ def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2, timeo
             for items, results in zip(chunks, ex.map(_grade_chunk, chunks, [timeout_s] * len(chunks))):
                 out.update(zip(items, results))
     except BrokenProcessPool:
-        log.error("a grading worker died; %d pairs marked %s", len(todo) - (len(out) - len(unique) + len(todo)), ERROR)
+        log.error("a grading worker died; %d pairs marked %s", sum(p not in out for p in todo), ERROR)
     for p in todo:
         out.setdefault(p, (False, ERROR))
     return out

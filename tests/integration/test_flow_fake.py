@@ -80,3 +80,16 @@ def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
                                        "FROM dataset GROUP BY difficulty ORDER BY first")
     assert cols == ["difficulty", "n", "first"]
     assert [r[0] for r in rows][0] == "easy" and len(rows) >= 2
+
+
+def test_all_rows_bad_gives_an_empty_dataset_not_a_crash(prefect_harness, tmp_path):
+    teacher = FakeTeacher()
+    result = _run(tmp_path / "r", FIXTURES / "bad_input.jsonl", teacher, **{"source.id_field": "id"})
+    assert result["dataset_rows"] == 2  # the fixture's two good rows
+    bad_only = tmp_path / "bad.jsonl"
+    bad_only.write_text("{oops\n[]\n")
+    result = _run(tmp_path / "r2", bad_only, FakeTeacher())
+    assert result["dataset_rows"] == 0
+    _, funnel = query(tmp_path / "r2", "SELECT stage, rows_in, kept FROM funnel")
+    assert funnel[0] == ("load", 2, 0) and all(r[1] == 0 for r in funnel[1:])
+    assert len(pl.read_parquet(tmp_path / "r2" / "dataset")) == 0

@@ -76,6 +76,10 @@ class VLLMTeacher:
                 raise BackendError(f"vLLM could not load teacher '{self.cfg.model_path}': {exc}") from exc
         return self._llm
 
+    def start(self) -> None:
+        """Load the engine now (otherwise the first generate() does), so stage timings exclude it."""
+        _ = self.llm
+
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
