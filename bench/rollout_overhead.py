@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tracefactory.backends.openai_teacher import OpenAITeacher  # noqa: E402
+from tracefactory.backends.server import local_server  # noqa: E402
 from tracefactory.backends.vllm_teacher import VLLMTeacher  # noqa: E402
 from tracefactory.config import EMBEDDED_TEACHER, load_config  # noqa: E402
 from tracefactory.prompts import build_prompt  # noqa: E402
@@ -53,6 +52,7 @@ def alternate(baseline, candidate, pairs: int) -> dict:
             t0 = time.perf_counter()
             tokens = fn()
             pair[name] = tokens / (time.perf_counter() - t0)
+            pair[f"{name}_tokens"] = tokens  # same seeds: both sides must generate the same tokens
         runs.append(pair)
         print(f"  pair {i + 1}: baseline {pair['baseline']:.0f} tok/s, candidate {pair['candidate']:.0f} tok/s, "
               f"ratio {pair['candidate'] / pair['baseline']:.3f}", flush=True)
@@ -78,31 +78,16 @@ def bench_in_process(cfg, problems: pl.DataFrame, pairs: int) -> dict:
         return rollout(problems, cfg, teacher)[1].tokens
 
     raw()  # warm-up: first compile / caches
-    return alternate(raw, stage, pairs)
-
-
-def start_server(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(EMBEDDED_TEACHER),
-           "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-           "--no-enable-chunked-prefill"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
+    try:
+        return alternate(raw, stage, pairs)
+    finally:
+        teacher.close()  # free the cores for the server part
 
 
 def bench_server(cfg, problems: pl.DataFrame, pairs: int) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = start_server(port)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
+    log = ROOT / "bench" / "results" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with local_server(str(EMBEDDED_TEACHER), SERVED, log) as url:
         scfg = load_config(None, {"teacher.kind": "openai", "teacher.base_url": url, "teacher.model": SERVED,
                                   "teacher.max_concurrency": cfg.teacher.max_concurrency})
         teacher, s = OpenAITeacher(scfg.teacher, progress=False), scfg.sampling
@@ -125,9 +110,6 @@ def bench_server(cfg, problems: pl.DataFrame, pairs: int) -> dict:
 
         asyncio.run(raw_async())  # warm-up
         return alternate(lambda: asyncio.run(raw_async()), stage, pairs)
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def main() -> None:
@@ -135,13 +117,15 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=300)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--skip-in-process", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollout_overhead.json")
     args = ap.parse_args()
     cfg = load_config()
     problems = demo_problems(args.problems)
     results = {"problems": len(problems), "n": cfg.sampling.n, "max_tokens": cfg.sampling.max_tokens}
-    print(f"in-process: rollout() vs LLM.generate, {len(problems)} problems x n={cfg.sampling.n}", flush=True)
-    results["in_process"] = bench_in_process(cfg, problems, args.pairs)
+    if not args.skip_in_process:
+        print(f"in-process: rollout() vs LLM.generate, {len(problems)} problems x n={cfg.sampling.n}", flush=True)
+        results["in_process"] = bench_in_process(cfg, problems, args.pairs)
     if not args.skip_server:
         print("server: rollout() with OpenAITeacher vs raw HTTP, same server", flush=True)
         results["server"] = bench_server(cfg, problems, args.pairs)

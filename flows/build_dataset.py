@@ -49,12 +49,17 @@ def build_dataset(config: str | None = None, out: str | None = None, overrides: 
     logger, started = get_run_logger(), time.time()
     cfg = load_config(config, overrides)
     run = io.RunDir(out or default_run_dir(cfg))
+    own_teacher = teacher is None
     teacher = teacher or make_teacher(cfg.teacher)
-    loaded = load_task(run, cfg)
-    shards = pipeline.shard_frames(loaded.problems, cfg.run.shard_size)
-    if any(not pipeline.shard_done(run, cfg, i) for i in range(len(shards))) and len(loaded.problems):
-        start_teacher_task(teacher)  # a fully resumed run never loads the model
-    roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
+    try:
+        loaded = load_task(run, cfg)
+        shards = pipeline.shard_frames(loaded.problems, cfg.run.shard_size)
+        if any(not pipeline.shard_done(run, cfg, i) for i in range(len(shards))) and len(loaded.problems):
+            start_teacher_task(teacher)  # a fully resumed run never loads the model
+        roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
+    finally:
+        if own_teacher:
+            getattr(teacher, "close", lambda: None)()
     done = finish_task(run, cfg, loaded.problems, len(shards))
     reports = [loaded.report, pipeline.merge_reports(roll), *done.reports]
     pipeline.write_funnel(run, reports)

