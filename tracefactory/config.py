@@ -141,6 +141,27 @@ class DifficultyConfig:
 
 
 @dataclass(frozen=True)
+class StepScoreConfig:
+    """Process scoring of correct traces (between grade and select)."""
+
+    enabled: bool = False
+    scorer: Literal["monte_carlo"] = "monte_carlo"
+    split: Literal["blank_line", "line", "regex"] = "line"
+    pattern: str | None = None  # for split: regex
+    n: int = 8  # Monte-Carlo continuations per probed prefix
+    search: Literal["binary", "all"] = "binary"
+    aggregate: Literal["min", "mean", "last"] = "min"
+    threshold: float = 0.0  # keep a trace when its aggregate score is above this
+    max_steps: int = 64  # longer traces are not scored (kept, with null scores)
+
+    def __post_init__(self):
+        _positive("step_score.n", self.n)
+        _positive("step_score.max_steps", self.max_steps)
+        if self.split == "regex" and not self.pattern:
+            raise ConfigError("step_score.pattern", self.pattern, "a regular expression when split is 'regex'")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     shard_size: int = 256  # problems per rollout shard (a shard is the unit of resume)
     progress: bool = True
@@ -154,6 +175,7 @@ class FactoryConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     grade: GradeConfig = field(default_factory=GradeConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    step_score: StepScoreConfig = field(default_factory=StepScoreConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     run: RunConfig = field(default_factory=RunConfig)
     name: str = "tracefactory-run"

@@ -141,3 +141,10 @@ def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2, timeo
     for p in todo:
         out.setdefault(p, (False, ERROR))
     return out
+
+
+def judge_texts(pairs: list[tuple[str, str]], workers: int = 0, timeout_s: float = 5.0) -> list[bool]:
+    """For (gold, completion text) pairs: does the text's final answer equal the gold?"""
+    preds = [(gold, extract_answer(text)) for gold, text in pairs]
+    verdicts = grade_pairs(preds, workers, timeout_s)
+    return [verdicts[p][0] for p in preds]

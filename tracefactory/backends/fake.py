@@ -24,19 +24,23 @@ _OPS = [
 ]
 
 
-def solve(question: str, rng: random.Random, slip_rate: float) -> str:
+def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "") -> str:
+    """A worked solution; with `prefix` (earlier steps, possibly wrong) only its continuation,
+    carrying on from the value the prefix's last line reached."""
     m = _START.search(question)
     if not m:
         return "I do not know."
+    done = [ln for ln in prefix.splitlines() if "=" in ln]
     value, lines = int(m.group(1)), []
-    for sentence in question.split(". ")[1:]:
-        for pat, op in _OPS:
-            hit = pat.search(sentence)
-            if hit:
-                value, expr = op(value, int(hit.group(1)) if hit.groups() else 0)
-                lines.append(f"{expr} = {value}")
-                break
-    if rng.random() < slip_rate * len(lines):
+    for k, sentence in enumerate(s for s in question.split(". ")[1:] if any(p.search(s) for p, _ in _OPS)):
+        if k < len(done):
+            value = int(done[k].rsplit("=", 1)[1])
+            continue
+        pat, op = next((p, o) for p, o in _OPS if p.search(sentence))
+        hit = pat.search(sentence)
+        value, expr = op(value, int(hit.group(1)) if hit.groups() else 0)
+        lines.append(f"{expr} = {value}")
+    if lines and rng.random() < slip_rate * len(lines):
         value += rng.choice([-1, 1, 10])
         lines[-1] = lines[-1].rsplit("=", 1)[0] + f"= {value}"
     return "\n".join(lines + [f"The answer is \\boxed{{{value}}}."])
@@ -55,13 +59,22 @@ class FakeTeacher:
         self.calls.append(len(prompts))
         out = []
         for prompt, seed in zip(prompts, seeds):
-            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            text, prefix = _question_and_prefix(prompt)
             samples = []
             for i in range(n):
-                cot = solve(text, random.Random(seed + i), self.slip_rate)
+                cot = solve(text, random.Random(seed + i), self.slip_rate, prefix)
                 finish = "stop"
                 if len(cot) > params.max_tokens:
                     cot, finish = cot[: params.max_tokens], "length"
                 samples.append(Completion(cot, len(cot), finish, i))
             out.append(samples)
         return out
+
+
+def _question_and_prefix(prompt: Prompt) -> tuple[str, str]:
+    """Chat prompts may end with a partial assistant message to continue (step-prefix scoring)."""
+    if isinstance(prompt, str):
+        return prompt, ""
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    prefix = prompt[-1]["content"] if prompt[-1]["role"] == "assistant" else ""
+    return users[-1], prefix

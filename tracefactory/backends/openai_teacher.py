@@ -36,6 +36,8 @@ class OpenAITeacher:
             body["return_token_ids"] = True  # vLLM extension: exact per-choice token counts
         if isinstance(prompt, str):
             return "/completions", {**body, "prompt": prompt}
+        if prompt and prompt[-1]["role"] == "assistant":  # vLLM extension: continue a partial answer
+            body.update(continue_final_message=True, add_generation_prompt=False)
         return "/chat/completions", {**body, "messages": list(prompt)}
 
     @staticmethod

@@ -91,8 +91,11 @@ class VLLMTeacher:
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
+        messages, partial = list(prompt), ""
+        if messages and messages[-1]["role"] == "assistant":  # continue a partial answer (step prefixes)
+            messages, partial = messages[:-1], messages[-1]["content"]
         tok = self.llm.get_tokenizer()
-        return tok.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + partial
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[list[Completion]]:

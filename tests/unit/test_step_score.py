@@ -1,0 +1,104 @@
+"""Step segmentation, Monte-Carlo step scores (binary search vs every prefix), the step filter."""
+
+import polars as pl
+import pytest
+
+from tracefactory.backends.fake import FakeTeacher
+from tracefactory.backends.scorers import MonteCarloScorer, StepItem
+from tracefactory.config import GradeConfig, PromptConfig, SamplingConfig, StepScoreConfig, load_config
+from tracefactory.stages.grade import grade
+from tracefactory.stages.rollout import rollout
+from tracefactory.stages.step_score import LOW_STEP_SCORE, reuse_pool, step_score
+from tracefactory.steps import join_steps, split_steps
+from tracefactory.synth import generate, make_problem
+from tracefactory.verify import judge_texts
+
+
+@pytest.mark.parametrize("text,mode,expected", [
+    ("a = 1\nb = 2\n\nThe answer is 3.", "line", ["a = 1", "b = 2", "The answer is 3."]),
+    ("a = 1\nb = 2\n\nThe answer is 3.", "blank_line", ["a = 1\nb = 2", "The answer is 3."]),
+    ("\n\n  \n", "line", []),
+    ("", "blank_line", []),
+    ("one. Step 2: two. Step 3: three", "regex", ["one.", "two.", "three"]),
+])
+def test_split_steps(text, mode, expected):
+    assert split_steps(text, mode, r"Step \d+:") == expected
+
+
+def _scorer(teacher, search="binary", reuse=None, n=4):
+    return MonteCarloScorer(teacher, lambda pairs: judge_texts(pairs, workers=0), PromptConfig(),
+                            SamplingConfig(n=n, max_tokens=200), search=search, reuse=reuse)
+
+
+OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
+
+
+def plant(lines, at, delta=7):
+    """A slip in equation `at`, carried through the later equations (as a model that erred would),
+    while the last line still states the original answer: right answer, wrong reasoning."""
+    out, value = list(lines), None
+    for k in range(at, len(lines) - 1):
+        a, op, b = out[k].split(" = ")[0].split(" ")
+        a = int(a) if value is None else value
+        value = OPS[op](a, int(b)) + (delta if k == at else 0)
+        out[k] = f"{a} {op} {b} = {value}"
+    return out
+
+
+def _planted(level=5, seed=3, at=1):
+    import random
+
+    p = make_problem(random.Random(seed), level, "p")
+    return p, StepItem(p.id, p.question, p.answer, tuple(plant(p.solution.splitlines(), at)), seed=11)
+
+
+def test_planted_error_scores_low_from_the_planted_step_on():
+    p, item = _planted(at=2)
+    clean = StepItem(p.id, p.question, p.answer, tuple(p.solution.splitlines()), seed=11)
+    bad, good = _scorer(FakeTeacher(slip_rate=0.0), search="all").score([item, clean])
+    assert bad.first_bad_step == 2
+    assert bad.scores[:2] == [1.0, 1.0] and all(s == 0.0 for s in bad.scores[2:])
+    assert good.first_bad_step is None and min(good.scores) == 1.0
+
+
+def test_binary_search_finds_the_same_first_bad_step_with_fewer_tokens():
+    cases = [_planted(level=5, seed=s, at=a) for s in range(4) for a in range(5)]
+    items = [it for _, it in cases]
+    binary = _scorer(FakeTeacher(slip_rate=0.0)).score(items)
+    every = _scorer(FakeTeacher(slip_rate=0.0), search="all").score(items)
+    assert [b.first_bad_step for b in binary] == [e.first_bad_step for e in every] == [a for _ in range(4)
+                                                                                        for a in range(5)]
+    assert sum(b.tokens for b in binary) * 1.3 < sum(e.tokens for e in every)
+    assert sum(b.probes for b in binary) < sum(e.probes for e in every)
+
+
+def test_rollout_completions_sharing_a_prefix_are_reused():
+    p, item = _planted(at=3)
+    head = item.steps[:2]
+    pool = {p.id: [(head + ("x = 1", "The answer is \\boxed{%s}." % p.answer), True)] * 4}
+    fresh = _scorer(FakeTeacher(slip_rate=0.0), search="all").score([item])[0]
+    reused = _scorer(FakeTeacher(slip_rate=0.0), search="all", reuse=pool).score([item])[0]
+    assert reused.first_bad_step == fresh.first_bad_step == 3
+    assert reused.tokens < fresh.tokens
+
+
+def test_single_step_and_stage_filter_annotate_before_dropping():
+    cfg = load_config(None, {"sampling.n": 4})
+    problems = pl.DataFrame([{"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t",
+                              "level": str(p.level)} for p in generate(3, seed=5, levels=(3, 4))])
+    gens, _ = rollout(problems, cfg, FakeTeacher(slip_rate=0.0))
+    graded, _ = grade(gens, problems, GradeConfig(workers=0))
+    # plant a slip in the middle of one correct trace: it still "looks" finished but its step 1 is wrong
+    text = plant(graded["text"][0].splitlines(), 1)
+    graded = graded.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("\n".join(text)))
+                                 .otherwise(pl.col("text")).alias("text"))
+    scfg = StepScoreConfig(enabled=True, n=3)
+    scorer = _scorer(FakeTeacher(slip_rate=0.0), reuse=reuse_pool(graded, scfg), n=3)
+    out, report = step_score(graded, problems, scfg, scorer)
+    row = out.row(0, named=True)
+    assert row["drop_reason"] == LOW_STEP_SCORE and row["first_bad_step"] == 1 and row["prm_min"] == 0.0
+    assert row["steps"] == text and len(row["step_scores"]) == len(text)
+    assert report.rows_in == int(graded["correct"].sum()) and report.dropped_by_reason == {LOW_STEP_SCORE: 1}
+    kept = out.filter(pl.col("drop_reason").is_null())
+    assert (kept["prm_min"] > 0).all() and kept["first_bad_step"].is_null().all()
+    assert _scorer(FakeTeacher()).score([StepItem("a", "q", "1", ("The answer is 1.",))])[0].scores == [1.0]

@@ -1,0 +1,67 @@
+"""step_score: split each correct trace into steps, score every step, filter on an aggregate.
+
+Runs between grade and select on the completions that reached the gold. Adds `steps`,
+`step_scores`, `prm_min`, `prm_mean`, `prm_last`, `first_bad_step`; a trace whose aggregate is
+not above the threshold is annotated `low_step_score` (and stays queryable in `rollouts`).
+Traces with more than `max_steps` steps are not scored (null scores) and are kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+import polars as pl
+
+from tracefactory.backends.scorers import StepItem, StepScorer
+from tracefactory.config import StepScoreConfig
+from tracefactory.report import StageReport
+from tracefactory.schema import ANSWER, CORRECT, DROP_REASON, PROBLEM_ID, QUESTION, SEED, TEXT
+from tracefactory.steps import split_steps
+
+LOW_STEP_SCORE = "low_step_score"
+STEPS, STEP_SCORES, FIRST_BAD = "steps", "step_scores", "first_bad_step"
+PRM_MIN, PRM_MEAN, PRM_LAST = "prm_min", "prm_mean", "prm_last"
+
+
+def reuse_pool(rollouts: pl.DataFrame, cfg: StepScoreConfig) -> dict[str, list[tuple[tuple[str, ...], bool]]]:
+    """Every graded completion as (steps, correct), by problem: free continuations of shared prefixes."""
+    pool: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
+    for pid, text, ok in rollouts.select(PROBLEM_ID, TEXT, CORRECT).iter_rows():
+        pool.setdefault(pid, []).append((tuple(split_steps(text, cfg.split, cfg.pattern)), bool(ok)))
+    return pool
+
+
+def _aggregate(scores: list[float] | None, how: str) -> float | None:
+    if not scores:
+        return None
+    return {"min": min(scores), "mean": sum(scores) / len(scores), "last": scores[-1]}[how]
+
+
+def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreConfig,
+               scorer: StepScorer) -> tuple[pl.DataFrame, StageReport]:
+    t0 = time.time()
+    questions = dict(problems.select(PROBLEM_ID, QUESTION).iter_rows())
+    golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
+    steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts[TEXT].to_list()]
+    todo = [i for i, (ok, why, st) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON], steps))
+            if ok and why is None and 0 < len(st) <= cfg.max_steps]
+    items = [StepItem(rollouts[PROBLEM_ID][i], questions[rollouts[PROBLEM_ID][i]], golds[rollouts[PROBLEM_ID][i]],
+                      tuple(steps[i]), int(rollouts[SEED][i] or 0)) for i in todo]
+    results = dict(zip(todo, scorer.score(items)))
+    scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
+    agg = [_aggregate(s, cfg.aggregate) for s in scores]
+    low = [a is not None and a <= cfg.threshold for a in agg]
+    out = rollouts.with_columns(
+        pl.Series(STEPS, steps, dtype=pl.List(pl.String)),
+        pl.Series(STEP_SCORES, scores, dtype=pl.List(pl.Float64)),
+        pl.Series(PRM_MIN, [_aggregate(s, "min") for s in scores], dtype=pl.Float64),
+        pl.Series(PRM_MEAN, [_aggregate(s, "mean") for s in scores], dtype=pl.Float64),
+        pl.Series(PRM_LAST, [_aggregate(s, "last") for s in scores], dtype=pl.Float64),
+        pl.Series(FIRST_BAD, [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
+                  dtype=pl.Int64),
+        pl.Series(DROP_REASON, [LOW_STEP_SCORE if is_low else why for is_low, why in zip(low, rollouts[DROP_REASON])],
+                  dtype=pl.String))
+    considered = out.filter(pl.col(CORRECT) & (pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == LOW_STEP_SCORE)))
+    tokens = sum(r.tokens for r in results.values())
+    return out, StageReport.from_reasons("step_score", "completions", considered[DROP_REASON],
+                                         seconds=time.time() - t0, tokens=tokens)
