@@ -33,9 +33,9 @@ def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, teach
     return pipeline.rollout_shard(run, shard, problems, cfg, teacher)
 
 
-@task(name="grade-select-tag", cache_policy=NO_CACHE)
-def finish_task(run: io.RunDir, cfg: FactoryConfig, problems, n_shards: int) -> pipeline.Finished:
-    return pipeline.finish(run, cfg, problems, pipeline.read_generations(run, cfg, n_shards))
+@task(name="grade-score-select-tag", cache_policy=NO_CACHE)
+def finish_task(run: io.RunDir, cfg: FactoryConfig, problems, n_shards: int, teacher: Any) -> pipeline.Finished:
+    return pipeline.finish(run, cfg, problems, pipeline.read_generations(run, cfg, n_shards), teacher)
 
 
 def default_run_dir(cfg: FactoryConfig) -> Path:
@@ -57,10 +57,10 @@ def build_dataset(config: str | None = None, out: str | None = None, overrides: 
         if any(not pipeline.shard_done(run, cfg, i) for i in range(len(shards))) and len(loaded.problems):
             start_teacher_task(teacher)  # a fully resumed run never loads the model
         roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
+        done = finish_task(run, cfg, loaded.problems, len(shards), teacher)  # step scoring samples too
     finally:
         if own_teacher:
             getattr(teacher, "close", lambda: None)()
-    done = finish_task(run, cfg, loaded.problems, len(shards))
     reports = [loaded.report, pipeline.merge_reports(roll), *done.reports]
     pipeline.write_funnel(run, reports)
     manifest = build_manifest(cfg, teacher, reports, started)

@@ -184,17 +184,17 @@ class FactoryConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        return _digest(self.to_dict())
+        return digest(self.to_dict())
 
     def rollout_hash(self) -> str:
         """What changes rollouts: teacher, sampling, prompt. Thresholds and selection do not."""
         d = self.to_dict()
         keep = {k: d[k] for k in ("sampling", "prompt")}
         keep["teacher"] = {"kind": self.teacher.kind, "model": self.teacher.model}
-        return _digest(keep)
+        return digest(keep)
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from tracefactory import io
 from tracefactory.backends.base import Teacher
-from tracefactory.config import FactoryConfig
+from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScores
+from tracefactory.config import FactoryConfig, SamplingConfig, digest
 from tracefactory.report import StageReport, funnel_frame
 from tracefactory.schema import COT_TOKENS, columns
 from tracefactory.stages.curriculum import curriculum
@@ -21,6 +24,8 @@ from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load
 from tracefactory.stages.rollout import GENERATION_SCHEMA, rollout
 from tracefactory.stages.select import select
+from tracefactory.stages.step_score import reuse_pool, step_score, unscored
+from tracefactory.verify import judge_texts
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +95,64 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.Da
     return pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
 
 
-def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame) -> Finished:
-    """grade -> select -> difficulty -> curriculum, then write problems, rollouts and dataset."""
+def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> MonteCarloScorer:
+    s = cfg.sampling
+    params = SamplingConfig(n=cfg.step_score.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                            seed=s.seed)
+    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
+    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search,
+                            reuse_pool(graded, cfg.step_score))
+
+
+def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
+    sc = cfg.step_score
+    key = digest([cfg.rollout_hash(), sc.scorer, sc.split, sc.pattern, sc.n, sc.search, sc.max_steps])
+    return run.root / "_work" / "step_scores" / f"{key}.parquet"
+
+
+def load_step_cache(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return {(pid, tuple(steps)): StepScores(list(scores), bad)
+            for pid, steps, scores, bad in pl.read_parquet(path).iter_rows()}
+
+
+def save_step_cache(path: Path, cache: dict) -> None:
+    frame = pl.DataFrame({"problem_id": [k[0] for k in cache], "steps": [list(k[1]) for k in cache],
+                          "step_scores": [v.scores for v in cache.values()],
+                          "first_bad_step": [v.first_bad_step for v in cache.values()]},
+                         schema={"problem_id": pl.String, "steps": pl.List(pl.String),
+                                 "step_scores": pl.List(pl.Float64), "first_bad_step": pl.Int64})
+    io.write_parquet(frame.to_arrow(), path)
+
+
+def score_steps(run: io.RunDir, cfg: FactoryConfig, graded: pl.DataFrame, problems: pl.DataFrame,
+                teacher: Teacher) -> tuple[pl.DataFrame, StageReport]:
+    """The step_score stage with its results kept in the run dir: a re-run samples nothing again."""
+    path = _step_cache_path(run, cfg)
+    scorer = CachedScorer(make_scorer(cfg, teacher, graded), load_step_cache(path))
+    out = step_score(graded, problems, cfg.step_score, scorer)
+    save_step_cache(path, scorer.cache)
+    return out
+
+
+def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame,
+           teacher: Teacher | None = None) -> Finished:
+    """grade -> step_score -> select -> difficulty -> curriculum; writes problems, rollouts, dataset."""
     graded, r_grade = grade(generations, problems, cfg.grade)
+    reports = [r_grade]
+    if cfg.step_score.enabled and teacher is not None:
+        graded, r_step = score_steps(run, cfg, graded, problems, teacher)
+        reports.append(r_step)
+    else:
+        graded = unscored(graded)
     chosen, r_select = select(graded, cfg.select)
     tagged, r_diff = difficulty(problems, chosen, cfg.difficulty)
     dataset, r_curr = curriculum(tagged, chosen)
     run.write_table(tagged.select(columns("problems")), "problems")
     run.write_table(chosen.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
-    return Finished([r_grade, r_select, r_diff, r_curr], len(dataset))
+    return Finished([*reports, r_select, r_diff, r_curr], len(dataset))
 
 
 def write_funnel(run: io.RunDir, reports: list[StageReport]) -> None:

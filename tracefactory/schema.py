@@ -42,9 +42,19 @@ ROW_INDEX = "row_index"
 RAW = "raw"
 REASON = "reason"
 
+STEPS = "steps"
+STEP_SCORES = "step_scores"
+PRM_MIN = "prm_min"
+PRM_MEAN = "prm_mean"
+PRM_LAST = "prm_last"
+FIRST_BAD_STEP = "first_bad_step"
+STEP_COLUMNS = {STEPS: pl.List(pl.String), STEP_SCORES: pl.List(pl.Float64), PRM_MIN: pl.Float64,
+                PRM_MEAN: pl.Float64, PRM_LAST: pl.Float64, FIRST_BAD_STEP: pl.Int64}
+
 UNSOLVED = "unsolved"
 
-_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+          "list<string>": pa.list_(pa.string()), "list<float64>": pa.list_(pa.float64())}
 
 
 @lru_cache(maxsize=None)

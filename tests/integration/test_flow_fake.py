@@ -46,17 +46,21 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     _, funnel = query(run, "SELECT stage, rows_in, kept, dropped FROM funnel")
     assert all(r[1] == r[2] + r[3] for r in funnel)
     assert funnel[0] == ("load", 60 + 15, 62, 13)
-    assert [r[0] for r in funnel] == ["load", "rollout", "grade", "select", "difficulty", "curriculum"]
+    assert [r[0] for r in funnel] == ["load", "rollout", "grade", "step_score", "select", "difficulty", "curriculum"]
+    assert data["step_scores"].list.len().min() >= 2 and (data["prm_min"] > 0).all()
+    rolls = pl.read_parquet(run / "rollouts")
+    assert rolls.filter(pl.col("drop_reason") == "low_step_score")["first_bad_step"].is_not_null().all()
     # unsolved problems stay in `problems`
     _, (n_problems,) = query(run, "SELECT count(*) FROM problems")
     assert n_problems == (62,)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["teacher"]["name"] == teacher.name and manifest["inputs"]["source"]["sha256"]
-    assert manifest["tokens"]["teacher_output"] == sum(pl.read_parquet(run / "rollouts")["cot_tokens"])
-    calls = list(teacher.calls)
-    assert len(calls) == 4 and sum(calls) == 62  # 62 problems in shards of 16
+    _, [(step_tokens,)] = query(run, "SELECT tokens FROM funnel WHERE stage = 'step_score'")
+    assert step_tokens > 0
+    assert manifest["tokens"]["teacher_output"] == sum(pl.read_parquet(run / "rollouts")["cot_tokens"]) + step_tokens
+    assert teacher.calls[:4] == [16, 16, 16, 14]  # 62 problems in shards of 16; then step-scoring rounds
 
-    # resume: a re-run regenerates nothing and yields the same dataset
+    # resume: a re-run samples nothing (rollouts and step scores are kept) and yields the same dataset
     again = FakeTeacher(slip_rate=0.08)
     _run(run, input_file, again)
     assert again.calls == []

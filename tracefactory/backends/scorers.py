@@ -135,3 +135,18 @@ class MonteCarloScorer:
         for j, (s, i, have, ok, _) in enumerate(plan):
             s.probes += 1
             s.record(i, (ok + wins[j]) / max(1, have + len(texts.get(j, []))))
+
+
+class CachedScorer:
+    """Serves scores already computed for the same (problem, steps); scores only the rest."""
+
+    def __init__(self, inner: StepScorer, cache: dict[tuple[str, tuple[str, ...]], StepScores]):
+        self.inner, self.cache, self.name = inner, cache, inner.name
+
+    def score(self, items: Sequence[StepItem]) -> list[StepScores]:
+        missing = [it for it in items if (it.problem_id, it.steps) not in self.cache]
+        for it, res in zip(missing, self.inner.score(missing) if missing else []):
+            self.cache[(it.problem_id, it.steps)] = res
+        fresh = {(it.problem_id, it.steps) for it in missing}
+        return [self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
+                for k in ((it.problem_id, it.steps) for it in items)]

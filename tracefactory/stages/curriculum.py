@@ -23,7 +23,7 @@ def curriculum(problems: pl.DataFrame, rollouts: pl.DataFrame) -> tuple[pl.DataF
     ordered = joined.sort([PASS_RATE, PASS_RATE_LOW, COT_TOKENS, PROBLEM_ID, SAMPLE_INDEX],
                           descending=[True, True, False, False, False])
     ordered = ordered.with_row_index(CURRICULUM_RANK).with_columns(pl.col(CURRICULUM_RANK).cast(pl.Int64))
-    dataset = ordered.select(columns("dataset"))
+    dataset = ordered.select([c for c in columns("dataset") if c in ordered.columns])
     missing = len(picked) - len(dataset)  # a trace whose problem is not in `problems` — should never happen
     report = StageReport("curriculum", "completions", len(picked), len(dataset), {"no_problem": missing},
                          seconds=time.time() - t0)

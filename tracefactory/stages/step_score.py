@@ -15,12 +15,12 @@ import polars as pl
 from tracefactory.backends.scorers import StepItem, StepScorer
 from tracefactory.config import StepScoreConfig
 from tracefactory.report import StageReport
-from tracefactory.schema import ANSWER, CORRECT, DROP_REASON, PROBLEM_ID, QUESTION, SEED, TEXT
+from tracefactory.schema import (ANSWER, CORRECT, DROP_REASON, FIRST_BAD_STEP, PRM_LAST, PRM_MEAN, PRM_MIN, PROBLEM_ID,
+                                 QUESTION, SEED, STEP_COLUMNS, STEP_SCORES, STEPS, TEXT)
 from tracefactory.steps import split_steps
 
 LOW_STEP_SCORE = "low_step_score"
-STEPS, STEP_SCORES, FIRST_BAD = "steps", "step_scores", "first_bad_step"
-PRM_MIN, PRM_MEAN, PRM_LAST = "prm_min", "prm_mean", "prm_last"
+FIRST_BAD = FIRST_BAD_STEP
 
 
 def reuse_pool(rollouts: pl.DataFrame, cfg: StepScoreConfig) -> dict[str, list[tuple[tuple[str, ...], bool]]]:
@@ -65,3 +65,8 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
     tokens = sum(r.tokens for r in results.values())
     return out, StageReport.from_reasons("step_score", "completions", considered[DROP_REASON],
                                          seconds=time.time() - t0, tokens=tokens)
+
+
+def unscored(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """The step columns, all null — for runs with step scoring off."""
+    return rollouts.with_columns(pl.lit(None, dtype=t).alias(c) for c, t in STEP_COLUMNS.items())
