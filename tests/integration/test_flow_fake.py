@@ -48,6 +48,8 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     assert funnel[0] == ("load", 60 + 15, 62, 13)
     assert [r[0] for r in funnel] == ["load", "rollout", "grade", "step_score", "select", "difficulty", "curriculum"]
     assert data["step_scores"].list.len().min() >= 2 and (data["prm_min"] > 0).all()
+    stage = {r[0]: r for r in funnel}
+    assert stage["grade"][2] == stage["step_score"][1] and stage["step_score"][2] == stage["select"][1]
     rolls = pl.read_parquet(run / "rollouts")
     assert rolls.filter(pl.col("drop_reason") == "low_step_score")["first_bad_step"].is_not_null().all()
     # unsolved problems stay in `problems`

@@ -57,3 +57,27 @@ def test_flow_on_the_embedded_teacher(prefect_harness, embedded_teacher, demo_su
     assert by_level[0][1] > by_level[-1][1]  # the teacher is better at level 1 than at level 5
     _, funnel = query(out, "SELECT rows_in, kept, dropped FROM funnel")
     assert all(i == k + d for i, k, d in funnel)
+
+
+def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
+    """A correct level-2 trace of the real teacher, with a slip planted in its second equation (carried
+    into later equations, final answer unchanged): the first step stays high, the planted one and
+    everything after it score 0."""
+    from tracefactory.backends.scorers import MonteCarloScorer, StepItem
+    from tracefactory.config import PromptConfig
+    from tracefactory.verify import judge_texts
+
+    problems = generate(6, seed=21, levels=(2,))
+    outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
+    p, trace = next((p, c.text) for p, cs in zip(problems, outs) for c in cs
+                    if is_correct(p.answer, extract_answer(c.text))[0])
+    lines = trace.splitlines()
+    lhs, value = lines[1].rsplit("= ", 1)
+    lines[1] = f"{lhs}= {int(value) + 9}"  # a level-2 trace: two equations, then the answer line
+    scorer = MonteCarloScorer(embedded_teacher, lambda pairs: judge_texts(pairs), PromptConfig(),
+                              SamplingConfig(n=8, temperature=0.7, max_tokens=200), search="all")
+    planted, clean = scorer.score([StepItem(p.id, p.question, p.answer, tuple(lines), seed=5),
+                                   StepItem(p.id, p.question, p.answer, tuple(trace.splitlines()), seed=5)])
+    assert planted.scores[0] >= 0.5
+    assert planted.first_bad_step == 1 and planted.scores[1:] == [0.0] * (len(lines) - 1)
+    assert clean.first_bad_step is None and min(clean.scores) >= 0.5

@@ -14,13 +14,17 @@ NOT_SHORTEST = "not_shortest"
 
 
 def select(rollouts: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, StageReport]:
-    """Annotates `not_shortest` on correct completions beyond the kept ones; reports on correct ones."""
+    """Annotates `not_shortest` on correct completions beyond the kept ones.
+
+    Reports on the completions still in the running: correct ones no earlier filter dropped.
+    """
     t0 = time.time()
     rank = (pl.struct(COT_TOKENS, SAMPLE_INDEX).rank("ordinal").over(PROBLEM_ID, CORRECT))
     out = rollouts.with_columns(
         pl.when(pl.col(DROP_REASON).is_null() & pl.col(CORRECT) & (rank > cfg.keep))
         .then(pl.lit(NOT_SHORTEST)).otherwise(pl.col(DROP_REASON)).alias(DROP_REASON))
-    considered = out.filter(pl.col(CORRECT))[DROP_REASON]
+    considered = out.filter(pl.col(CORRECT) & pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == NOT_SHORTEST))
+    considered = considered[DROP_REASON]
     return out, StageReport.from_reasons("select", "completions", considered, seconds=time.time() - t0)
 
 
