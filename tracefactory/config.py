@@ -145,7 +145,10 @@ class StepScoreConfig:
     """Process scoring of correct traces (between grade and select)."""
 
     enabled: bool = False
-    scorer: Literal["monte_carlo"] = "monte_carlo"
+    scorer: Literal["monte_carlo", "prm"] = "monte_carlo"
+    prm_model: str | None = None  # for scorer: prm, e.g. Qwen/Qwen2.5-Math-PRM-7B
+    prm_separator: str = "<extra_0>"
+    prm_max_model_len: int | None = None
     split: Literal["blank_line", "line", "regex"] = "line"
     pattern: str | None = None  # for split: regex
     n: int = 8  # Monte-Carlo continuations per probed prefix
@@ -157,6 +160,8 @@ class StepScoreConfig:
     def __post_init__(self):
         _positive("step_score.n", self.n)
         _positive("step_score.max_steps", self.max_steps)
+        if self.scorer == "prm" and not self.prm_model:
+            raise ConfigError("step_score.prm_model", self.prm_model, "a PRM path or hub id when scorer is 'prm'")
         if self.split == "regex" and not self.pattern:
             raise ConfigError("step_score.pattern", self.pattern, "a regular expression when split is 'regex'")
 

@@ -14,7 +14,7 @@ import polars as pl
 
 from tracefactory import io
 from tracefactory.backends.base import Teacher
-from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScores
+from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScorer, StepScores
 from tracefactory.config import FactoryConfig, SamplingConfig, digest
 from tracefactory.report import StageReport, funnel_frame
 from tracefactory.schema import COT_TOKENS, columns
@@ -95,7 +95,12 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.Da
     return pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
 
 
-def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> MonteCarloScorer:
+def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> StepScorer:
+    sc = cfg.step_score
+    if sc.scorer == "prm":
+        from tracefactory.backends.prm import VLLMPRMScorer
+
+        return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len)
     s = cfg.sampling
     params = SamplingConfig(n=cfg.step_score.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                             seed=s.seed)
@@ -106,7 +111,7 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> M
 
 def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
     sc = cfg.step_score
-    key = digest([cfg.rollout_hash(), sc.scorer, sc.split, sc.pattern, sc.n, sc.search, sc.max_steps])
+    key = digest([cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.max_steps])
     return run.root / "_work" / "step_scores" / f"{key}.parquet"
 
 
@@ -130,9 +135,13 @@ def score_steps(run: io.RunDir, cfg: FactoryConfig, graded: pl.DataFrame, proble
                 teacher: Teacher) -> tuple[pl.DataFrame, StageReport]:
     """The step_score stage with its results kept in the run dir: a re-run samples nothing again."""
     path = _step_cache_path(run, cfg)
-    scorer = CachedScorer(make_scorer(cfg, teacher, graded), load_step_cache(path))
-    out = step_score(graded, problems, cfg.step_score, scorer)
-    save_step_cache(path, scorer.cache)
+    inner = make_scorer(cfg, teacher, graded)
+    scorer = CachedScorer(inner, load_step_cache(path))
+    try:
+        out = step_score(graded, problems, cfg.step_score, scorer)
+    finally:
+        getattr(inner, "close", lambda: None)()  # a PRM engine; the teacher's is closed by the flow
+    save_step_cache(path, {k: v for k, v in scorer.cache.items() if v.scores})
     return out
 
 

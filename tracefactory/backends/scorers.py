@@ -33,6 +33,7 @@ class StepScores:
     first_bad_step: int | None
     probes: int = 0  # prefixes estimated
     tokens: int = 0  # teacher tokens spent on continuations
+    note: str | None = None  # why a trace was not scored (then `scores` is empty)
 
 
 class StepScorer(Protocol):

@@ -47,7 +47,7 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
             if ok and why is None and 0 < len(st) <= cfg.max_steps]
     items = [StepItem(rollouts[PROBLEM_ID][i], questions[rollouts[PROBLEM_ID][i]], golds[rollouts[PROBLEM_ID][i]],
                       tuple(steps[i]), int(rollouts[SEED][i] or 0)) for i in todo]
-    results = dict(zip(todo, scorer.score(items)))
+    results = {i: r for i, r in zip(todo, scorer.score(items)) if r.scores}  # unscorable traces stay unscored
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
     low = [a is not None and a <= cfg.threshold for a in agg]

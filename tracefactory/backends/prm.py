@@ -1,0 +1,91 @@
+"""A process reward model served by vLLM's pooling runner, in Qwen2.5-Math-PRM's format.
+
+The trace goes in as the assistant turn with the separator token after every step; the model's
+two-class head is read at each separator (`token_classify` with `PoolerConfig(step_tag_id=...)`)
+and the step score is the positive-class probability there. Without the right `step_tag_id` the
+outputs are silently empty, so the separator is checked before anything is scored, and every
+output must have exactly one row per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from tracefactory.backends.scorers import StepItem, StepScores
+from tracefactory.backends.vllm_teacher import import_vllm
+from tracefactory.errors import BackendError, ConfigError
+
+log = logging.getLogger(__name__)
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class VLLMPRMScorer:
+    def __init__(self, model: str, separator: str = "<extra_0>", system: str | None = QWEN_PRM_SYSTEM,
+                 max_model_len: int | None = None, bad_below: float = 0.5, kv_cache_gib: float | None = None):
+        self.model, self.separator, self.system = model, separator, system
+        self.max_model_len, self.bad_below, self.kv_cache_gib = max_model_len, bad_below, kv_cache_gib
+        self.name = f"prm:{model}"
+        self._llm = self._tok = None
+
+    def _separator_id(self, tok) -> int:
+        sid = tok.convert_tokens_to_ids(self.separator)
+        if sid is None or sid == tok.unk_token_id or tok.convert_ids_to_tokens(sid) != self.separator:
+            raise ConfigError("step_score.prm_separator", self.separator,
+                              f"a single token of the PRM's tokenizer ({self.model} has no such token)")
+        return sid
+
+    def start(self) -> None:
+        if self._llm is not None:
+            return
+        from transformers import AutoTokenizer
+
+        vllm = import_vllm()
+        from vllm.config import PoolerConfig
+        from vllm.platforms import current_platform
+
+        self._tok = AutoTokenizer.from_pretrained(self.model)
+        sid = self._separator_id(self._tok)  # before the engine loads: fail fast
+        kw: dict = dict(model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid))
+        if self.max_model_len:
+            kw["max_model_len"] = self.max_model_len
+        if current_platform.is_cpu():
+            kw.update(enable_chunked_prefill=False, kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)))
+        try:
+            self._llm = vllm.LLM(**kw)
+        except Exception as exc:
+            raise BackendError(f"vLLM could not load PRM '{self.model}': {exc}") from exc
+
+    def format(self, item: StepItem) -> str:
+        body = "".join(step + self.separator for step in item.steps)
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": item.question}, {"role": "assistant", "content": body}]
+        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def score(self, items: Sequence[StepItem]) -> list[StepScores]:
+        self.start()
+        limit = self._llm.llm_engine.model_config.max_model_len
+        texts = [self.format(it) for it in items]
+        fits = [len(self._tok(t, add_special_tokens=False)["input_ids"]) <= limit for t in texts]
+        outs = iter(self._llm.encode([t for t, ok in zip(texts, fits) if ok], pooling_task="token_classify",
+                                     use_tqdm=False) if any(fits) else [])
+        results = []
+        for item, ok in zip(items, fits):
+            if not ok:
+                results.append(StepScores([], None, note="too_long"))
+                continue
+            probs = next(outs).outputs.data
+            if probs.shape[0] != len(item.steps):  # e.g. a step text that itself contains the separator
+                results.append(StepScores([], None, note="step_count_mismatch"))
+                continue
+            scores = [float(p) for p in probs[:, 1]]
+            bad = next((i for i, s in enumerate(scores) if s < self.bad_below), None)
+            results.append(StepScores(scores, bad, probes=1))
+        return results
+
+    def close(self) -> None:
+        if self._llm is not None:
+            core = getattr(self._llm.llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self._llm = None
