@@ -58,12 +58,13 @@ def build_dataset(config: str | None = None, out: str | None = None, overrides: 
             start_teacher_task(teacher)  # a fully resumed run never loads the model
         roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
         done = finish_task(run, cfg, loaded.problems, len(shards), teacher)  # step scoring samples too
+        step_eval = pipeline.evaluate_steps(cfg, teacher) if cfg.step_score.eval_set else None
     finally:
         if own_teacher:
             getattr(teacher, "close", lambda: None)()
     reports = [loaded.report, pipeline.merge_reports(roll), *done.reports]
     pipeline.write_funnel(run, reports)
-    manifest = build_manifest(cfg, teacher, reports, started)
+    manifest = build_manifest(cfg, teacher, reports, started, {"step_eval": step_eval} if step_eval else None)
     io.write_json(manifest, run.root / "manifest.json")
     for r in reports:
         logger.info(r.line())

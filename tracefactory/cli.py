@@ -82,6 +82,37 @@ def _print_table(cols: list[str], rows: list[tuple], title: str | None = None) -
     console.print(table)
 
 
+@app.command("eval-steps")
+def eval_steps(
+    config: Optional[Path] = typer.Argument(None, help="YAML config whose step_score section picks the scorer"),
+    data: Path = typer.Option(Path("data/prm800k/phase1_test_labeled_2000.jsonl"), help="labelled steps (PRM800K)"),
+    limit: int = typer.Option(200, help="score at most this many labelled traces"),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="also write the figures into RUN/manifest.json"),
+) -> None:
+    """Agreement of the configured step scorer with human step labels: step AUROC, first-error F1."""
+    from tracefactory import io, pipeline
+    from tracefactory.backends import make_teacher
+    from tracefactory.config import load_config
+
+    try:
+        cfg = load_config(config)
+        if not data.is_file():
+            from tracefactory.errors import ConfigError
+
+            raise ConfigError("--data", str(data), "an existing PRM800K-format JSONL file")
+        teacher = make_teacher(cfg.teacher)
+        try:
+            result = pipeline.evaluate_steps(cfg, teacher, str(data), limit)
+        finally:
+            getattr(teacher, "close", lambda: None)()
+    except TraceFactoryError as exc:
+        _fail(exc)
+    console.print_json(json.dumps(result))
+    if run_dir:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        io.write_json({**manifest, "step_eval": result}, run_dir / "manifest.json")
+
+
 @app.command("query")
 def query_cmd(
     run_dir: Path = typer.Argument(..., help="a run directory"),

@@ -156,6 +156,8 @@ class StepScoreConfig:
     aggregate: Literal["min", "mean", "last"] = "min"
     threshold: float = 0.0  # keep a trace when its aggregate score is above this
     max_steps: int = 64  # longer traces are not scored (kept, with null scores)
+    eval_set: str | None = None  # human-labelled steps (PRM800K format): agreement goes into the manifest
+    eval_limit: int | None = 200
 
     def __post_init__(self):
         _positive("step_score.n", self.n)

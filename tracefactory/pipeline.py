@@ -109,6 +109,24 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> S
                             reuse_pool(graded, cfg.step_score))
 
 
+def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None,
+                   limit: int | None = None) -> dict:
+    """The configured step scorer's agreement with human step labels (see `step_eval`)."""
+    from tracefactory.step_eval import evaluate, load_labelled
+
+    path = path or cfg.step_score.eval_set
+    scorer = make_scorer(cfg, teacher, unscored_pool())
+    try:
+        result = evaluate(scorer, load_labelled(path, limit if limit is not None else cfg.step_score.eval_limit))
+    finally:
+        getattr(scorer, "close", lambda: None)()
+    return {"eval_set": str(path), **result}
+
+
+def unscored_pool() -> pl.DataFrame:
+    return pl.DataFrame(schema={"problem_id": pl.String, "text": pl.String, "correct": pl.Boolean})
+
+
 def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
     sc = cfg.step_score
     key = digest([cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.max_steps])

