@@ -17,7 +17,8 @@ from tracefactory.backends.base import Teacher
 from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScorer, StepScores
 from tracefactory.config import FactoryConfig, SamplingConfig, digest
 from tracefactory.report import StageReport, funnel_frame
-from tracefactory.schema import COT_TOKENS, columns
+from tracefactory.schema import (CORRECT, COT_TOKENS, FIRST_BAD_STEP, PROBLEM_ID, STEP_COLUMNS, STEP_SCORES, STEPS, TEXT,
+                                 columns)
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
@@ -124,7 +125,7 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
 
 
 def unscored_pool() -> pl.DataFrame:
-    return pl.DataFrame(schema={"problem_id": pl.String, "text": pl.String, "correct": pl.Boolean})
+    return pl.DataFrame(schema={PROBLEM_ID: pl.String, TEXT: pl.String, CORRECT: pl.Boolean})
 
 
 def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
@@ -141,11 +142,10 @@ def load_step_cache(path: Path) -> dict:
 
 
 def save_step_cache(path: Path, cache: dict) -> None:
-    frame = pl.DataFrame({"problem_id": [k[0] for k in cache], "steps": [list(k[1]) for k in cache],
-                          "step_scores": [v.scores for v in cache.values()],
-                          "first_bad_step": [v.first_bad_step for v in cache.values()]},
-                         schema={"problem_id": pl.String, "steps": pl.List(pl.String),
-                                 "step_scores": pl.List(pl.Float64), "first_bad_step": pl.Int64})
+    frame = pl.DataFrame({PROBLEM_ID: [k[0] for k in cache], STEPS: [list(k[1]) for k in cache],
+                          STEP_SCORES: [v.scores for v in cache.values()],
+                          FIRST_BAD_STEP: [v.first_bad_step for v in cache.values()]},
+                         schema={PROBLEM_ID: pl.String, **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)}})
     io.write_parquet(frame.to_arrow(), path)
 
 

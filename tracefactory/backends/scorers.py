@@ -54,8 +54,11 @@ class _Search:
     values: dict[int, float] = field(default_factory=dict)
     probes: int = 0
     tokens: int = 0
+    note: str | None = None  # set when the trace cannot be scored
 
     def next_probe(self, exhaustive: bool) -> int | None:
+        if self.note:
+            return None
         if exhaustive:
             todo = [i for i in range(len(self.item.steps) - 1) if i not in self.values]
             return todo[0] if todo else None
@@ -69,6 +72,8 @@ class _Search:
             self.hi = min(self.hi, i)
 
     def result(self) -> StepScores:
+        if self.note:
+            return StepScores([], None, self.probes, self.tokens, note=self.note)
         last = len(self.item.steps) - 1
         bad = min((i for i, v in self.values.items() if v == 0), default=None)
         scores = []
@@ -133,8 +138,11 @@ class MonteCarloScorer:
         wins = [0] * len(plan)
         for (j, _), ok in zip(pairs, verdicts):
             wins[j] += bool(ok)
-        for j, (s, i, have, ok, _) in enumerate(plan):
+        for j, (s, i, have, ok, m) in enumerate(plan):
             s.probes += 1
+            if m and not texts.get(j) and not have:  # the teacher could not take the prefix prompt
+                s.note = "too_long"
+                continue
             s.record(i, (ok + wins[j]) / max(1, have + len(texts.get(j, []))))
 
 

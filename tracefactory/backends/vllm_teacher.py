@@ -29,6 +29,14 @@ def import_vllm():
 EMBEDDED_NAME = "tracefactory/arith-tiny-3m"
 
 
+def shutdown_engine(llm) -> None:
+    """Stop a `vllm.LLM`'s engine processes (returns None, to clear the caller's reference)."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    return None
+
+
 def teacher_name(cfg: TeacherConfig) -> str:
     if cfg.model == "embedded":
         return EMBEDDED_NAME
@@ -82,11 +90,7 @@ class VLLMTeacher:
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
-        if self._llm is not None:
-            core = getattr(self._llm.llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            self._llm = None
+        self._llm = shutdown_engine(self._llm)
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -104,8 +108,17 @@ class VLLMTeacher:
         if not prompts:
             return []
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
+        texts = [self.render(p) for p in prompts]
+        # a prompt longer than the context would fail the whole batch: it gets no completions instead
+        limit = self.llm.llm_engine.model_config.max_model_len
+        tok = self.llm.get_tokenizer()
+        fits = [len(tok(t, add_special_tokens=False)["input_ids"]) < limit for t in texts]
+        if not all(fits):
+            log.warning("%d prompt(s) longer than the teacher's context (%d tokens) skipped", fits.count(False), limit)
         sps = [SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
                               max_tokens=params.max_tokens, seed=s) for s in seeds]
-        outputs = self.llm.generate([self.render(p) for p in prompts], sps, use_tqdm=self.progress)
+        sent = [i for i, ok in enumerate(fits) if ok]
+        outputs = iter(self.llm.generate([texts[i] for i in sent], [sps[i] for i in sent], use_tqdm=self.progress)
+                       if sent else [])
         return [[Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
-                 for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
+                 for o in sorted(next(outputs).outputs, key=lambda o: o.index)] if ok else [] for ok in fits]
