@@ -68,6 +68,6 @@ def build_dataset(config: str | None = None, out: str | None = None, overrides: 
     io.write_json(manifest, run.root / "manifest.json")
     for r in reports:
         logger.info(r.line())
-    create_table_artifact(key="funnel", table=[r.__dict__ | {"dropped": r.dropped} for r in reports],
+    create_table_artifact(key="funnel", table=[r.as_dict() for r in reports],
                           description=f"Stage funnel of {run.root}\n\n{funnel_markdown(reports)}")
     return {"run_dir": str(run.root), "dataset_rows": done.dataset_rows, "funnel": [r.line() for r in reports]}

@@ -69,7 +69,7 @@ def build_manifest(cfg: FactoryConfig, teacher: Teacher, reports: list[StageRepo
         "seeds": {"sampling.seed": cfg.sampling.seed, "per_request": "sha256(seed:problem_id); sample i uses +i"},
         "versions": {"python": sys.version.split()[0], "platform": platform.platform(), **package_versions()},
         "code_version": code_version(),
-        "funnel": [r.__dict__ | {"dropped": r.dropped} for r in reports],
+        "funnel": [r.as_dict() for r in reports],
         "tokens": {"teacher_output": sum(r.tokens for r in reports)},
         "timings_s": {r.stage: round(r.seconds, 3) for r in reports},
         **(extra or {}),

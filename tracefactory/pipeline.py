@@ -17,13 +17,12 @@ from tracefactory.backends.base import Teacher
 from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScorer, StepScores
 from tracefactory.config import FactoryConfig, SamplingConfig, digest
 from tracefactory.report import StageReport, funnel_frame
-from tracefactory.schema import (CORRECT, COT_TOKENS, FIRST_BAD_STEP, PROBLEM_ID, STEP_COLUMNS, STEP_SCORES, STEPS, TEXT,
-                                 columns)
+from tracefactory.schema import FIRST_BAD_STEP, PROBLEM_ID, STEP_COLUMNS, STEP_SCORES, STEPS, columns
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load
-from tracefactory.stages.rollout import GENERATION_SCHEMA, rollout
+from tracefactory.stages.rollout import GENERATION_SCHEMA, rollout, rollout_report
 from tracefactory.stages.select import select
 from tracefactory.stages.step_score import reuse_pool, step_score, unscored
 from tracefactory.verify import judge_texts
@@ -71,9 +70,7 @@ def rollout_shard(run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: Facto
     if shard_done(run, cfg, shard):
         done = pl.read_parquet(path)
         log.info("shard %d: reusing %d finished completions", shard, len(done))
-        return StageReport("rollout", "completions", len(problems) * cfg.sampling.n, len(done),
-                           {"missing_completion": len(problems) * cfg.sampling.n - len(done)},
-                           tokens=int(done[COT_TOKENS].sum() or 0))
+        return rollout_report(len(problems), cfg.sampling.n, done)
     frame, report = rollout(problems, cfg, teacher)
     io.write_parquet(frame.to_arrow(), path)
     run.mark_done(marker, completions=len(frame), problems=len(problems))
@@ -96,7 +93,8 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.Da
     return pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
 
 
-def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> StepScorer:
+def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | None = None) -> StepScorer:
+    """The configured scorer; `graded` rollouts (if any) are reused as Monte-Carlo continuations."""
     sc = cfg.step_score
     if sc.scorer == "prm":
         from tracefactory.backends.prm import VLLMPRMScorer
@@ -106,8 +104,8 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame) -> S
     params = SamplingConfig(n=cfg.step_score.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                             seed=s.seed)
     judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
-    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search,
-                            reuse_pool(graded, cfg.step_score))
+    reuse = reuse_pool(graded, cfg.step_score) if graded is not None else None
+    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search, reuse)
 
 
 def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None,
@@ -116,16 +114,12 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
     from tracefactory.step_eval import evaluate, load_labelled
 
     path = path or cfg.step_score.eval_set
-    scorer = make_scorer(cfg, teacher, unscored_pool())
+    scorer = make_scorer(cfg, teacher)
     try:
         result = evaluate(scorer, load_labelled(path, limit if limit is not None else cfg.step_score.eval_limit))
     finally:
         getattr(scorer, "close", lambda: None)()
     return {"eval_set": str(path), **result}
-
-
-def unscored_pool() -> pl.DataFrame:
-    return pl.DataFrame(schema={PROBLEM_ID: pl.String, TEXT: pl.String, CORRECT: pl.Boolean})
 
 
 def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:

@@ -28,6 +28,9 @@ class StageReport:
     def dropped(self) -> int:
         return sum(self.dropped_by_reason.values())
 
+    def as_dict(self) -> dict:
+        return {**asdict(self), "dropped": self.dropped}
+
     @classmethod
     def from_reasons(cls, stage: str, unit: str, reasons: pl.Series, **kw) -> "StageReport":
         """`reasons` holds one entry per input row: null when kept, else why it was dropped."""
@@ -41,8 +44,7 @@ class StageReport:
 
 
 def funnel_frame(reports: list[StageReport]) -> pl.DataFrame:
-    rows = [{**{k: v for k, v in asdict(r).items() if k != "dropped_by_reason"}, "dropped": r.dropped,
-             "dropped_by_reason": json.dumps(r.dropped_by_reason)} for r in reports]
+    rows = [{**r.as_dict(), "dropped_by_reason": json.dumps(r.dropped_by_reason)} for r in reports]
     cols = ["stage", "unit", "rows_in", "kept", "dropped", "dropped_by_reason", "seconds", "tokens"]
     schema = {"stage": pl.String, "unit": pl.String, "rows_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64,
               "dropped_by_reason": pl.String, "seconds": pl.Float64, "tokens": pl.Int64}

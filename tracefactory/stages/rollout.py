@@ -38,7 +38,11 @@ def rollout(problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher) -> tup
              COT_TOKENS: c.tokens, FINISH_REASON: c.finish_reason, TEACHER: teacher.name}
             for pid, seed, completions in zip(ids, seeds, results) for c in completions]
     frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
-    report = StageReport("rollout", "completions", len(ids) * n, len(rows),
-                         {"missing_completion": len(ids) * n - len(rows)},
-                         seconds=time.time() - t0, tokens=int(frame[COT_TOKENS].sum() or 0))
-    return frame, report
+    return frame, rollout_report(len(ids), n, frame, time.time() - t0)
+
+
+def rollout_report(n_problems: int, n: int, frame: pl.DataFrame, seconds: float = 0.0) -> StageReport:
+    """K completions asked per problem; those the teacher did not return are `missing_completion`."""
+    return StageReport("rollout", "completions", n_problems * n, len(frame),
+                       {"missing_completion": n_problems * n - len(frame)}, seconds=seconds,
+                       tokens=int(frame[COT_TOKENS].sum() or 0))

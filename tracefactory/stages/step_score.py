@@ -20,7 +20,6 @@ from tracefactory.schema import (ANSWER, CORRECT, DROP_REASON, FIRST_BAD_STEP, P
 from tracefactory.steps import split_steps
 
 LOW_STEP_SCORE = "low_step_score"
-FIRST_BAD = FIRST_BAD_STEP
 
 
 def reuse_pool(rollouts: pl.DataFrame, cfg: StepScoreConfig) -> dict[str, list[tuple[tuple[str, ...], bool]]]:
@@ -57,7 +56,7 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
         pl.Series(PRM_MIN, [_aggregate(s, "min") for s in scores], dtype=pl.Float64),
         pl.Series(PRM_MEAN, [_aggregate(s, "mean") for s in scores], dtype=pl.Float64),
         pl.Series(PRM_LAST, [_aggregate(s, "last") for s in scores], dtype=pl.Float64),
-        pl.Series(FIRST_BAD, [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
+        pl.Series(FIRST_BAD_STEP, [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
                   dtype=pl.Int64),
         pl.Series(DROP_REASON, [LOW_STEP_SCORE if is_low else why for is_low, why in zip(low, rollouts[DROP_REASON])],
                   dtype=pl.String))
