@@ -69,8 +69,9 @@ def first_error_f1(traces: Sequence[LabelledTrace], results: Sequence[StepScores
             err_hits += r.first_bad_step == human
     acc_err = err_hits / err_n if err_n else None
     acc_ok = ok_hits / ok_n if ok_n else None
-    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err is not None and acc_ok is not None and \
-        (acc_err + acc_ok) else None
+    f1 = None
+    if acc_err is not None and acc_ok is not None:  # both kinds of trace present; F1 of two zeros is 0
+        f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
     return {"acc_erroneous": acc_err, "acc_correct": acc_ok, "first_error_f1": f1}
 
 

@@ -29,6 +29,9 @@ def test_first_error_f1():
     results = [StepScores([1, 0, 0], 1), StepScores([1, 1, 1], None), StepScores([1, 1], None), StepScores([1, 0], 1)]
     m = first_error_f1(traces, results)
     assert m["acc_erroneous"] == 0.5 and m["acc_correct"] == 0.5 and m["first_error_f1"] == 0.5
+    always_wrong = [StepScores([0, 0, 0], 0), StepScores([0, 0, 0], 0), StepScores([0, 0], 0), StepScores([0, 0], 0)]
+    assert first_error_f1(traces, always_wrong)["first_error_f1"] == 0.0
+    assert first_error_f1(traces[2:], results[2:])["first_error_f1"] is None  # no erroneous trace: undefined
 
 
 class _Oracle:
