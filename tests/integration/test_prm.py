@@ -47,24 +47,3 @@ def test_a_model_without_the_separator_fails_before_scoring():
         scorer.score([StepItem("a", "q", "1", ("s",))])
     assert scorer._llm is None  # the engine never started
 
-
-def test_eval_steps_command_reports_agreement_and_writes_the_manifest(tmp_path):
-    import json
-
-    from typer.testing import CliRunner
-
-    from tracefactory.cli import app
-    from tracefactory.tiny_prm import build
-
-    model = build(tmp_path / "tiny-prm")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"source: {{path: x.jsonl}}\nstep_score: {{enabled: true, scorer: prm, prm_model: '{model}', "
-                   f"prm_max_model_len: 1024}}\n")
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "manifest.json").write_text("{}")
-    result = CliRunner().invoke(app, ["eval-steps", str(cfg), "--limit", "150", "--run", str(tmp_path / "run")])
-    assert result.exit_code == 0, result.output
-    figures = json.loads((tmp_path / "run" / "manifest.json").read_text())["step_eval"]
-    assert figures["traces"] == 150 and figures["scorer"].startswith("prm:")
-    assert figures["positive_steps"] > 0 and figures["negative_steps"] > 0 and figures["unscored"] < 150
-    assert 0.0 <= figures["step_auroc"] <= 1.0 and figures["first_error_f1"] is not None

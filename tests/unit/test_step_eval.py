@@ -56,3 +56,28 @@ def test_evaluate_on_the_shipped_prm800k_sample():
     perfect = evaluate(_Oracle({t.item.problem_id: t.labels for t in traces}), traces)
     assert perfect["step_auroc"] == 1.0 and perfect["first_error_f1"] == 1.0
     assert perfect["negative_steps"] > 0 and perfect["positive_steps"] > perfect["negative_steps"]
+
+
+def test_eval_steps_command_reports_agreement_and_writes_the_manifest(tmp_path, monkeypatch):
+    """The command's wiring (data, scorer from config, metrics, manifest) with a deterministic scorer;
+    the vLLM PRM itself is tested in tests/integration/test_prm.py."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tracefactory import pipeline
+    from tracefactory.cli import app
+
+    labels = {t.item.problem_id: t.labels for t in load_labelled(PRM800K, limit=150)}
+    monkeypatch.setattr(pipeline, "make_scorer", lambda cfg, teacher, graded=None: _Oracle(labels))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text("{}")
+    result = CliRunner().invoke(app, ["eval-steps", "--data", str(PRM800K), "--limit", "150",
+                                      "--run", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "run" / "manifest.json").read_text())["step_eval"]
+    assert figures["traces"] == 150 and figures["scorer"] == "oracle"
+    assert figures["positive_steps"] > 0 and figures["negative_steps"] > 0 and figures["unscored"] < 150
+    assert 0.0 <= figures["step_auroc"] <= 1.0 and figures["first_error_f1"] is not None
+    bad = CliRunner().invoke(app, ["eval-steps", "--data", str(tmp_path / "missing.jsonl")])
+    assert bad.exit_code == 2 and "--data" in bad.output
