@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/step_search.py [--traces 60] [--n 4]
 
+    .venv/bin/python bench/step_search.py --correct-only --rollouts 64   # the traces a run scores
+
 Traces are the embedded teacher's own completions of level-4/5 demo problems with >= 6 steps
-(correct or not). Both searches use the same per-prefix seeds, so a prefix probed by both gets the
-same continuations; they can disagree on the first bad step only where the scores are not
-monotone. Token counts are deterministic, so one run of each suffices (no timing involved).
+(correct or not; or only correct ones). Every policy uses the same per-prefix seeds, so a prefix
+probed by two gets the same continuations; binary search can disagree with scoring every prefix
+on the first bad step only where the scores are not monotone. Token counts are deterministic, so
+one run of each suffices (no timing involved).
 """
 
 from __future__ import annotations
@@ -27,56 +30,77 @@ from tracefactory.steps import split_steps  # noqa: E402
 from tracefactory.verify import judge_texts  # noqa: E402
 
 
-def traces(teacher, cfg, limit: int) -> tuple[list[StepItem], dict]:
-    """Rollouts as in a run (n = cfg.sampling.n); the first two of each problem are scored, and
-    all of them form the pool of already-sampled continuations the scorer may reuse."""
+# (search, label): soft = fixed n samples per probe; hard = sampled until the first success (at most n)
+POLICIES = [("all", "soft"), ("all", "hard"), ("binary", "soft"), ("binary", "hard"), ("scan", "hard")]
+BASELINE = "all/soft"
+
+
+def traces(teacher, cfg, args) -> tuple[list[StepItem], dict]:
+    """Rollouts as in a run (`--rollouts` per problem, default the demo's n); the first two finished
+    ones of each problem (or, with --correct-only, every correct one — the traces a run scores) with
+    at least `--min-steps` steps are scored, and all of them form the pool of already-sampled
+    continuations the scorer may reuse."""
     rows = [json.loads(x) for x in (ROOT / "data/demo/problems.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["level"] >= 4]
     seeds = [request_seed(cfg.sampling.seed, r["id"]) for r in rows]
-    outs = teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], cfg.sampling.n, cfg.sampling,
-                            seeds)
-    pool = {r["id"]: [(tuple(split_steps(c.text)), ok) for c, ok in
-                      zip(cs, judge_texts([(r["answer"], c.text) for c in cs]))] for r, cs in zip(rows, outs)}
+    params = SamplingConfig(n=args.rollouts or cfg.sampling.n, temperature=cfg.sampling.temperature,
+                            max_tokens=cfg.sampling.max_tokens)
+    outs = teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], params.n, params, seeds)
+    verdicts = judge_texts([(r["answer"], c.text) for r, cs in zip(rows, outs) for c in cs], workers=2)
+    graded, k = [], 0
+    for cs in outs:
+        graded.append([(c, ok) for c, ok in zip(cs, verdicts[k:k + len(cs)])])
+        k += len(cs)
+    pool = {r["id"]: [(tuple(split_steps(c.text)), ok) for c, ok in g] for r, g in zip(rows, graded)}
+    picked = [[c for c, ok in g if ok] if args.correct_only else [c for c, _ in g if c.finish_reason == "stop"][:2]
+              for g in graded]
     items = [StepItem(r["id"], r["question"], r["answer"], tuple(split_steps(c.text)), seed=s)
-             for r, s, cs in zip(rows, seeds, outs) for c in cs[:2] if c.finish_reason == "stop"]
-    return [it for it in items if len(it.steps) >= 6][:limit], pool
+             for r, s, cs in zip(rows, seeds, picked) for c in cs]
+    return [it for it in items if len(it.steps) >= args.min_steps][:args.traces], pool
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=60)
     ap.add_argument("--n", type=int, default=4, help="continuations per probed prefix")
+    ap.add_argument("--min-steps", type=int, default=6)
+    ap.add_argument("--correct-only", action="store_true",
+                    help="score only correct-answer traces (what a run's step_score stage sees)")
+    ap.add_argument("--rollouts", type=int, default=None, help="completions per problem (default: the demo's n)")
     ap.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                     help="count rollout completions that share a prefix as free continuations")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_search.json")
     args = ap.parse_args()
     cfg = load_config()
     teacher = VLLMTeacher(cfg.teacher, progress=False)
-    items, pool = traces(teacher, cfg, args.traces)
+    items, pool = traces(teacher, cfg, args)
     params = SamplingConfig(n=args.n, temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)
     results = {}
-    for search in ("all", "binary"):
+    for search, label in POLICIES:
         reuse = pool if args.reuse else None
         scorer = MonteCarloScorer(teacher, lambda pairs: judge_texts(pairs, workers=2), cfg.prompt, params, search,
-                                  reuse)
+                                  reuse, label)
         scores = scorer.score(items)
-        results[search] = {"tokens_per_trace": sum(s.tokens for s in scores) / len(items),
-                           "probes_per_trace": sum(s.probes for s in scores) / len(items),
-                           "first_bad": [s.first_bad_step for s in scores]}
+        results[f"{search}/{label}"] = {"tokens_per_trace": sum(s.tokens for s in scores) / len(items),
+                                        "probes_per_trace": sum(s.probes for s in scores) / len(items),
+                                        "first_bad": [s.first_bad_step for s in scores]}
     teacher.close()
-    same = sum(a == b for a, b in zip(results["all"]["first_bad"], results["binary"]["first_bad"])) / len(items)
-    summary = {"traces": len(items), "mean_steps": sum(len(i.steps) for i in items) / len(items), "n": args.n,
-               "reuse": args.reuse,
-               "tokens_per_trace_all": results["all"]["tokens_per_trace"],
-               "tokens_per_trace_binary": results["binary"]["tokens_per_trace"],
-               "token_ratio_all_over_binary": results["all"]["tokens_per_trace"] / results["binary"]["tokens_per_trace"],
-               "same_first_bad_step": same}
+    base = results[BASELINE]
+    summary = {"traces": len(items), "correct_only": args.correct_only, "mean_steps": sum(len(i.steps) for i in items) / len(items), "n": args.n,
+               "reuse": args.reuse, "baseline": BASELINE,
+               **{f"token_ratio_baseline_over_{k}": base["tokens_per_trace"] / r["tokens_per_trace"]
+                  for k, r in results.items() if k != BASELINE},
+               **{f"same_first_bad_step_{k}": sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
+                  for k, r in results.items() if k != BASELINE}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**summary, "detail": results}, indent=2) + "\n")
-    print("| search | tokens / trace | probes / trace |\n|---|---|---|")
-    for search in ("all", "binary"):
-        r = results[search]
-        print(f"| {search} | {r['tokens_per_trace']:.0f} | {r['probes_per_trace']:.2f} |")
+    print(f"baseline: {BASELINE} (every prefix, n={args.n} continuations each — Math-Shepherd)")
+    print("| search / label | tokens / trace | probes / trace | baseline tokens ÷ these | same first bad step |")
+    print("|---|---|---|---|---|")
+    for k, r in results.items():
+        same = sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
+        print(f"| {k} | {r['tokens_per_trace']:.0f} | {r['probes_per_trace']:.2f} | "
+              f"{base['tokens_per_trace'] / r['tokens_per_trace']:.2f} | {same:.1%} |")
     print(json.dumps(summary))
 
 

@@ -30,12 +30,23 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; omit for the embedded demo"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set sampling.n=4"),
+    task_runner: Optional[str] = typer.Option(None, "--task-runner",
+                                              help="local (default) or ray: shard tasks on a Ray cluster"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="Ray cluster to join, e.g. auto or ray://head:10001 "
+                                                   "(default: start a local Ray instance)"),
 ) -> None:
-    """Run the Prefect flow `build_dataset`. Re-running into the same --out resumes finished shards."""
+    """Run the Prefect flow `build_dataset`. Re-running into the same --out resumes: finished requests
+    are never generated again."""
     from tracefactory.config import load_config
 
     try:
         overrides = dict(_parse_override(s) for s in set_)
+        if task_runner is not None:
+            overrides["run.task_runner"] = task_runner
+        if ray_address is not None:
+            overrides.setdefault("run.task_runner", "ray")
+            overrides["run.ray_address"] = ray_address
         load_config(config, overrides)  # fail fast, before Prefect or the engine start
     except TraceFactoryError as exc:
         _fail(exc)
@@ -43,10 +54,10 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
-    from flows.build_dataset import build_dataset
+    from flows.build_dataset import run_build
 
     try:
-        result = build_dataset(config=str(config) if config else None, out=str(out) if out else None,
+        result = run_build(config=str(config) if config else None, out=str(out) if out else None,
                                overrides=overrides)
     except TraceFactoryError as exc:
         _fail(exc)

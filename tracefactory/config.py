@@ -60,6 +60,8 @@ class TeacherConfig:
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 64
     request_timeout_s: float = 600.0
+    retries: int = 4  # kind=openai: retries of a 5xx / timeout / refused connection (exponential backoff)
+    retry_backoff_s: float = 0.5  # first backoff; doubles per retry, at most 30 s
     return_token_ids: bool = True  # vLLM servers: exact token counts per choice; off for other endpoints
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -75,6 +77,8 @@ class TeacherConfig:
                               "e.g. http://127.0.0.1:8000/v1")
         _positive("teacher.max_concurrency", self.max_concurrency)
         _positive("teacher.tensor_parallel_size", self.tensor_parallel_size)
+        _positive("teacher.retries", self.retries, allow_zero=True)
+        _positive("teacher.retry_backoff_s", self.retry_backoff_s, allow_zero=True)
 
     @property
     def model_path(self) -> str:
@@ -151,11 +155,13 @@ class StepScoreConfig:
     prm_max_model_len: int | None = None
     split: Literal["blank_line", "line", "regex"] = "line"
     pattern: str | None = None  # for split: regex
-    n: int = 8  # Monte-Carlo continuations per probed prefix
-    search: Literal["binary", "all"] = "binary"
+    n: int = 8  # Monte-Carlo continuations per probed prefix (at most, for label: hard)
+    label: Literal["hard", "soft"] = "hard"  # hard: any continuation reaches the gold (sampled until one does)
+    search: Literal["binary", "scan", "all"] = "binary"  # first bad step: bisect / forward until bad / every prefix
     aggregate: Literal["min", "mean", "last"] = "min"
     threshold: float = 0.0  # keep a trace when its aggregate score is above this
-    max_steps: int = 64  # longer traces are not scored (kept, with null scores)
+    max_steps: int = 64  # longer traces are not scored (null scores)
+    unscored: Literal["keep", "drop"] = "keep"  # traces that could not be scored: keep (null scores) or drop
     eval_set: str | None = None  # human-labelled steps (PRM800K format): agreement goes into the manifest
     eval_limit: int | None = 200
 
@@ -170,8 +176,19 @@ class StepScoreConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    shard_size: int = 256  # problems per rollout shard (a shard is the unit of resume)
+    shard_size: int = 256  # problems per rollout shard (a Prefect task; one teacher batch)
+    flush_every: int = 32  # finished problems buffered before they are committed to disk (the unit of resume)
+    flush_seconds: float = 10.0  # ... or this long, whichever comes first
     progress: bool = True
+    task_runner: Literal["local", "ray"] = "local"  # ray: shard tasks on a Ray cluster, engines in actors
+    ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://head:10001": join one
+    ray_engines: int = 1  # teacher engine actors (each takes teacher.tensor_parallel_size GPUs)
+
+    def __post_init__(self):
+        _positive("run.shard_size", self.shard_size)
+        _positive("run.flush_every", self.flush_every)
+        _positive("run.flush_seconds", self.flush_seconds, allow_zero=True)
+        _positive("run.ray_engines", self.ray_engines)
 
 
 @dataclass(frozen=True)

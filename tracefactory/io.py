@@ -4,7 +4,9 @@ Layout of a run directory:
 
     RUN/problems/part-0.parquet     RUN/rollouts/part-0.parquet     RUN/dataset/part-0.parquet
     RUN/rejected/part-0.parquet     RUN/funnel/part-0.parquet       RUN/manifest.json
-    RUN/_work/generations/<rollout_key>/part-<shard>.parquet   raw teacher output, one file per shard
+    RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.parquet   raw teacher output, written
+    RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.json      as requests finish; the JSON
+                                                 commits the chunk (which problems are done, by which run)
     RUN/_work/markers/<name>.done                              JSON: what was finished, when
 """
 
@@ -24,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tracefactory.config import SourceConfig
 from tracefactory.errors import ConfigError
-from tracefactory.schema import RAW, ROW_INDEX, validate_frame
+from tracefactory.schema import COT_TOKENS, PROBLEM_ID, RAW, ROW_INDEX, SAMPLE_INDEX, validate_frame
 
 
 def _atomic(path: Path, write) -> None:
@@ -80,8 +82,8 @@ class RunDir:
                       and not p.name.startswith("_"))
 
     # raw generations: the resumable, expensive part
-    def generation_path(self, rollout_key: str, shard: int) -> Path:
-        return self.root / "_work" / "generations" / rollout_key / f"part-{shard:05d}.parquet"
+    def generations(self, rollout_key: str) -> "GenerationStore":
+        return GenerationStore(self.root / "_work" / "generations" / rollout_key)
 
     def marker(self, name: str) -> Path:
         return self.root / "_work" / "markers" / f"{name}.done"
@@ -91,6 +93,51 @@ class RunDir:
 
     def mark_done(self, name: str, **info: Any) -> None:
         write_json({"done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, self.marker(name))
+
+
+class GenerationStore:
+    """The teacher's output for one rollout key, keyed by problem: each chunk of finished requests is
+    a Parquet file plus a JSON commit record written after it (both atomically). A problem is done
+    once a commit lists it; a chunk without its commit (the process died between the two writes) is
+    ignored and its problems are generated again. Chunk names are unique per process, so shards may
+    be written concurrently (several workers, one directory)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def commits(self) -> list[dict]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in sorted(self.root.glob("chunk-*.json")):
+            try:
+                out.append({**json.loads(path.read_text()), "chunk": path.stem})
+            except (OSError, ValueError):  # not written by us: atomic writes never leave half a file
+                continue
+        return out
+
+    def done_ids(self) -> set[str]:
+        return {pid for c in self.commits() for pid in c["problems"]}
+
+    def commit(self, frame: pl.DataFrame, problem_ids: list[str], *, shard: int, run_id: str, seq: int,
+               failed: dict[str, str] | None = None) -> None:
+        name = f"chunk-{shard:05d}-{run_id}-{seq:05d}"
+        if len(frame):
+            write_parquet(frame.to_arrow(), self.root / f"{name}.parquet")
+        write_json({"run": run_id, "shard": shard, "problems": problem_ids, "completions": len(frame),
+                    "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0, "failed": failed or {},
+                    "at": time.time()}, self.root / f"{name}.json")
+
+    def read(self, problem_ids: set[str] | None = None) -> pl.DataFrame | None:
+        """Committed completions (of `problem_ids` if given), each (problem, sample) once; None if none."""
+        paths = [self.root / f"{c['chunk']}.parquet" for c in self.commits() if c["completions"]
+                 and (problem_ids is None or not problem_ids.isdisjoint(c["problems"]))]
+        if not paths:
+            return None
+        frame = pl.read_parquet(paths)
+        if problem_ids is not None:
+            frame = frame.filter(pl.col(PROBLEM_ID).is_in(list(problem_ids)))
+        return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
 
 
 # ---- reading inputs: every row becomes (row_index, raw JSON text); the load stage validates ----------

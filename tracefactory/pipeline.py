@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
+import uuid
 from functools import partial
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -16,8 +19,9 @@ from tracefactory import io
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScorer, StepScores
 from tracefactory.config import FactoryConfig, SamplingConfig, digest
+from tracefactory.failpoints import failpoint
 from tracefactory.report import StageReport, funnel_frame
-from tracefactory.schema import FIRST_BAD_STEP, PROBLEM_ID, STEP_COLUMNS, STEP_SCORES, STEPS, columns
+from tracefactory.schema import FIRST_BAD_STEP, PROBLEM_ID, SAMPLE_INDEX, STEP_COLUMNS, STEP_SCORES, STEPS, columns
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
@@ -55,26 +59,77 @@ def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
     return [problems.slice(i, size) for i in range(0, len(problems), size)] or [problems.clear()]
 
 
-def _shard_marker(cfg: FactoryConfig, shard: int) -> str:
-    return f"generations-{cfg.rollout_hash()}-{shard:05d}"
+def _shard_marker(cfg: FactoryConfig, problems: pl.DataFrame) -> str:
+    return f"generations-{cfg.rollout_hash()}-{digest(problems[PROBLEM_ID].to_list())[:12]}"
 
 
-def shard_done(run: io.RunDir, cfg: FactoryConfig, shard: int) -> bool:
-    return run.is_done(_shard_marker(cfg, shard)) and run.generation_path(cfg.rollout_hash(), shard).is_file()
+def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> bool:
+    return run.is_done(_shard_marker(cfg, problems))
+
+
+class ChunkWriter:
+    """Sink for `rollout`: buffers finished problems and commits them to the generation store every
+    `flush_every` problems or `flush_seconds`, so a crash loses at most that much finished work."""
+
+    def __init__(self, store: io.GenerationStore, shard: int, run_id: str, flush_every: int, flush_seconds: float):
+        self.store, self.shard, self.run_id = store, shard, run_id
+        self.flush_every, self.flush_seconds = flush_every, flush_seconds
+        self.frames: list[pl.DataFrame] = []
+        self.ids: list[str] = []
+        self.failed: dict[str, str] = {}  # this writer's requests that failed for good (recorded, not done)
+        self.new_failures: dict[str, str] = {}  # ... not yet in a commit record
+        self.last = time.monotonic()
+
+    def __call__(self, problem_id: str, rows: pl.DataFrame, error: str | None) -> None:
+        if error is not None:
+            self.failed[problem_id] = self.new_failures[problem_id] = error
+        else:
+            self.frames.append(rows)
+            self.ids.append(problem_id)
+        if len(self.ids) >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids and not self.new_failures:
+            return
+        frame = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=GENERATION_SCHEMA)
+        self.store.commit(frame, self.ids, shard=self.shard, run_id=self.run_id, seq=next(_CHUNK_SEQ),
+                          failed=self.new_failures)
+        failpoint("rollout.chunk_committed")
+        self.frames, self.ids, self.new_failures, self.last = [], [], {}, time.monotonic()
+
+
+RUN_ID = uuid.uuid4().hex[:12]  # this process: chunk names and the per-run generation ledger
+_CHUNK_SEQ = itertools.count()  # chunk numbers, unique within the process (shards, task retries)
 
 
 def rollout_shard(run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig,
                   teacher: Teacher) -> StageReport:
-    """Generate one shard's completions, or reuse them if an earlier run finished that shard."""
-    path, marker = run.generation_path(cfg.rollout_hash(), shard), _shard_marker(cfg, shard)
-    if shard_done(run, cfg, shard):
-        done = pl.read_parquet(path)
-        log.info("shard %d: reusing %d finished completions", shard, len(done))
-        return rollout_report(len(problems), cfg.sampling.n, done)
-    frame, report = rollout(problems, cfg, teacher)
-    io.write_parquet(frame.to_arrow(), path)
-    run.mark_done(marker, completions=len(frame), problems=len(problems))
-    return report
+    """Generate the shard's problems that no earlier run committed; commit results as they finish.
+
+    The shard is marked done when every problem has its completions; problems whose request failed
+    for good are counted `teacher_error` and retried by the next run."""
+    t0, store, n = time.time(), run.generations(cfg.rollout_hash()), cfg.sampling.n
+    ids = set(problems[PROBLEM_ID].to_list())
+    failed: dict[str, str] = {}
+    if not shard_done(run, cfg, problems):
+        todo = problems.filter(~pl.col(PROBLEM_ID).is_in(list(store.done_ids() & ids)))
+        if len(todo) < len(problems):
+            log.info("shard %d: %d of %d problems already generated, %d to go", shard, len(problems) - len(todo),
+                     len(problems), len(todo))
+        if len(todo):
+            writer = ChunkWriter(store, shard, RUN_ID, cfg.run.flush_every, cfg.run.flush_seconds)
+            rollout(todo, cfg, teacher, sink=writer)
+            writer.flush()
+            failed = writer.failed
+        if failed:
+            log.warning("shard %d: %d request(s) failed after retries (first: %s); re-run to retry them",
+                        shard, len(failed), next(iter(failed.values())))
+        else:
+            run.mark_done(_shard_marker(cfg, problems), shard=shard, problems=len(problems))
+    frame = store.read(ids)
+    frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
+    return rollout_report(len(problems), n, frame, time.time() - t0, len(failed))
 
 
 def merge_reports(reports: list[StageReport]) -> StageReport:
@@ -87,10 +142,14 @@ def merge_reports(reports: list[StageReport]) -> StageReport:
                        seconds=sum(r.seconds for r in reports), tokens=sum(r.tokens for r in reports))
 
 
-def read_generations(run: io.RunDir, cfg: FactoryConfig, n_shards: int) -> pl.DataFrame:
-    paths = [run.generation_path(cfg.rollout_hash(), s) for s in range(n_shards)]
-    frames = [pl.read_parquet(p) for p in paths if p.is_file()]
-    return pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
+def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> pl.DataFrame:
+    """The committed completions of `problems`, in problem order then sample index — the same order
+    whatever order requests finished in, or how many runs it took."""
+    frame = run.generations(cfg.rollout_hash()).read(set(problems[PROBLEM_ID].to_list()))
+    if frame is None:
+        return pl.DataFrame(schema=GENERATION_SCHEMA)
+    order = problems.select(PROBLEM_ID).with_row_index("_order")
+    return frame.join(order, on=PROBLEM_ID, how="left").sort("_order", SAMPLE_INDEX).drop("_order")
 
 
 def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | None = None) -> StepScorer:
@@ -105,7 +164,7 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | Non
                             seed=s.seed)
     judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
     reuse = reuse_pool(graded, cfg.step_score) if graded is not None else None
-    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search, reuse)
+    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search, reuse, cfg.step_score.label)
 
 
 def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None,
@@ -124,7 +183,7 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
 
 def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
     sc = cfg.step_score
-    key = digest([cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.max_steps])
+    key = digest([cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps])
     return run.root / "_work" / "step_scores" / f"{key}.parquet"
 
 
@@ -171,6 +230,7 @@ def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generatio
     tagged, r_diff = difficulty(problems, chosen, cfg.difficulty)
     dataset, r_curr = curriculum(tagged, chosen)
     run.write_table(tagged.select(columns("problems")), "problems")
+    failpoint("write.table")
     run.write_table(chosen.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
     return Finished([*reports, r_select, r_diff, r_curr], len(dataset))

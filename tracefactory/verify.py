@@ -6,19 +6,17 @@ Extraction order (first hit wins), documented in the README:
   3. the last "answer is X" / "Answer: X" phrase (X up to the end of the sentence);
   otherwise no answer (`None`) — a bare trailing number is *not* taken, it is too often a step.
 
-Math-Verify's own timeouts use `signal.alarm`, which only works on a process's main thread, so
-grading runs in a process pool whose workers call it on their main thread with the configured
-per-item timeout. Identical (gold, answer) pairs are graded once.
+Math-Verify's own timeouts use `signal.alarm`, which only works on a process's main thread (and
+cannot interrupt long C calls), so grading runs in worker processes with a hard per-pair
+wall-clock budget enforced by the parent (`gradepool`). Identical (gold, answer) pairs are graded once.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import re
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import time
 from functools import lru_cache
 from typing import Iterable
 
@@ -103,6 +101,7 @@ def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tu
 
     on_main = threading.current_thread() is threading.main_thread()
     t = max(1, int(round(timeout_s))) if (timeout_s and on_main) else None
+    started = time.monotonic()
     try:
         g = _parse_cached(gold, t)  # golds repeat across a problem's K completions
         p = _parse_cached(pred, t)
@@ -114,32 +113,27 @@ def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tu
     except Exception:  # Math-Verify is meant to be total; a crash on one item must not stop the batch
         log.debug("grading failed for gold=%r pred=%r", gold, pred, exc_info=True)
         return False, ERROR
+    if not ok and t is not None and time.monotonic() - started >= t:
+        return False, TIMEOUT  # Math-Verify swallows its own timeouts and answers "not equal"
     return bool(ok), CORRECT if ok else WRONG
 
 
-def _grade_chunk(items: list[tuple[str, str | None]], timeout_s: float) -> list[tuple[bool, str]]:
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return [is_correct(g, p, timeout_s) for g, p in items]
 
+def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2,
+                timeout_s: float = 5.0) -> dict[tuple[str, str | None], tuple[bool, str]]:
+    """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}.
 
-def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2, timeout_s: float = 5.0,
-                chunk: int = 64) -> dict[tuple[str, str | None], tuple[bool, str]]:
-    """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}."""
+    With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `gradepool`)."""
     unique = list(dict.fromkeys(pairs))
     todo = [p for p in unique if p[1] is not None]
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
     if workers == 0 or not todo:
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out
-    chunks = [todo[i: i + chunk] for i in range(0, len(todo), chunk)]
-    try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=mp.get_context("spawn")) as ex:
-            for items, results in zip(chunks, ex.map(_grade_chunk, chunks, [timeout_s] * len(chunks))):
-                out.update(zip(items, results))
-    except BrokenProcessPool:
-        log.error("a grading worker died; %d pairs marked %s", sum(p not in out for p in todo), ERROR)
-    for p in todo:
-        out.setdefault(p, (False, ERROR))
+    from tracefactory.gradepool import GradePool
+
+    with GradePool(min(workers, len(todo)), timeout_s) as pool:
+        out.update(zip(todo, pool.grade(todo)))
     return out
 
 

@@ -68,9 +68,18 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     assert again.calls == []
     assert pl.read_parquet(run / "dataset").equals(data)
 
+    # without its marker a shard is checked problem by problem: nothing to generate
+    [marker] = [m for m in (run / "_work" / "markers").glob("generations-*.done")
+                if json.loads(m.read_text())["shard"] == 1]
+    marker.unlink()
+    _run(run, input_file, second := FakeTeacher(slip_rate=0.08))
+    assert second.calls == [] and marker.is_file()
     # a lost shard is regenerated alone; a selection change reuses every rollout
-    [marker] = (run / "_work" / "markers").glob("generations-*-00001.done")
-    marker.unlink()  # a shard counts as done only with its marker
+    marker.unlink()
+    lost = list((run / "_work" / "generations").glob("*/chunk-00001-*"))
+    assert lost
+    for path in lost:
+        path.unlink()
     third = FakeTeacher(slip_rate=0.08)
     _run(run, input_file, third, **{"select.keep": 2})
     assert third.calls == [16]

@@ -56,3 +56,23 @@ def test_bad_request_is_a_clear_error(server):
     teacher = OpenAITeacher(TeacherConfig(kind="openai", base_url=server, model="no-such-model"), progress=False)
     with pytest.raises(BackendError, match="404|400"):
         teacher.generate(["hi"], 1, SamplingConfig(n=1, max_tokens=5), [0])
+
+
+def test_flow_through_a_faulty_network_loses_nothing(prefect_harness, server, demo_subset, tmp_path):
+    """500s, stalls past the request timeout, dropped connections and cut-off bodies between the
+    teacher and a real server: retried, and the dataset equals the one over a clean connection."""
+    from faultproxy import FaultProxy  # tests/integration/faultproxy.py
+
+    over = {"source.path": str(demo_subset), "source.limit": 30, "teacher.kind": "openai", "teacher.model": SERVED,
+            "sampling.n": 4, "step_score.enabled": False, "teacher.retries": 4, "teacher.retry_backoff_s": 0.05,
+            "teacher.request_timeout_s": 4.0, "teacher.max_concurrency": 8}
+    build_dataset(out=str(tmp_path / "clean"), overrides={**over, "teacher.base_url": server})
+    proxy = FaultProxy(server.removesuffix("/v1"), stall_s=8.0)
+    with proxy as proxied:
+        result = build_dataset(out=str(tmp_path / "faulty"), overrides={**over, "teacher.base_url": proxied})
+    assert {"500", "drop", "stall", "cut", "ok"} <= set(proxy.faults) and proxy.faults["ok"] >= 30
+    assert result["dataset_rows"] > 0
+    for table in ("problems", "rollouts", "dataset"):
+        assert pl.read_parquet(tmp_path / "clean" / table).equals(pl.read_parquet(tmp_path / "faulty" / table)), table
+    funnel = pl.read_parquet(tmp_path / "faulty" / "funnel").filter(pl.col("stage") == "rollout")
+    assert funnel["kept"][0] == funnel["rows_in"][0] == 120  # 30 problems x 4, no teacher_error

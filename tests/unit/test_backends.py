@@ -5,6 +5,7 @@ import json
 import httpx
 import pytest
 
+from tracefactory.backends.base import RequestFailed
 from tracefactory.backends.openai_teacher import OpenAITeacher
 from tracefactory.backends.vllm_teacher import EMBEDDED_NAME, VLLMTeacher
 from tracefactory.config import SamplingConfig, TeacherConfig
@@ -60,16 +61,30 @@ def test_requests_carry_n_seed_and_retry_transient_faults(monkeypatch):
     assert len(seen) == 4  # two 503s retried
 
 
-def test_client_errors_and_exhausted_retries_raise(monkeypatch):
+def test_client_errors_raise_but_exhausted_retries_soft_fail(monkeypatch):
     monkeypatch.setattr("tracefactory.backends.openai_teacher.asyncio.sleep", _no_sleep)
     with pytest.raises(BackendError, match="answered 404"):
         _teacher(lambda r: httpx.Response(404, text="no such model")).generate(["q"], 1, SamplingConfig(n=1))
+    attempts = []
 
-    def refuse(request):
-        raise httpx.ConnectError("refused")
+    def flaky(request):
+        attempts.append(json.loads(request.content)["seed"])
+        if json.loads(request.content)["seed"] == 1:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, json=_chat_response(1))
 
-    with pytest.raises(BackendError, match="failed 5 times"):
-        _teacher(refuse).generate(["q"], 1, SamplingConfig(n=1))
+    seen = {}
+    out = _teacher(flaky).generate(["a", "b"], 1, SamplingConfig(n=1), [1, 2],
+                                   on_result=lambda i, r: seen.setdefault(i, r))
+    assert isinstance(out[0], RequestFailed) and out[0] == [] and "failed 5 times" in out[0].error
+    assert len(out[1]) == 1 and not isinstance(out[1], RequestFailed)
+    assert attempts.count(1) == 5 and attempts.count(2) == 1  # retries: 4 (the default)
+    assert seen == {0: out[0], 1: out[1]}  # every result reported as it finished
+
+
+def test_prompt_longer_than_the_servers_context_gets_no_completions():
+    too_long = httpx.Response(400, json={"message": "This model's maximum context length is 512 tokens."})
+    assert _teacher(lambda r: too_long).generate(["q"], 2, SamplingConfig(n=2)) == [[]]
 
 
 async def _no_sleep(_):

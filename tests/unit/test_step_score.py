@@ -25,9 +25,9 @@ def test_split_steps(text, mode, expected):
     assert split_steps(text, mode, r"Step \d+:") == expected
 
 
-def _scorer(teacher, search="binary", reuse=None, n=4):
+def _scorer(teacher, search="binary", reuse=None, n=4, label="soft"):
     return MonteCarloScorer(teacher, lambda pairs: judge_texts(pairs, workers=0), PromptConfig(),
-                            SamplingConfig(n=n, max_tokens=200), search=search, reuse=reuse)
+                            SamplingConfig(n=n, max_tokens=200), search=search, reuse=reuse, label=label)
 
 
 OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
@@ -72,6 +72,38 @@ def test_binary_search_finds_the_same_first_bad_step_with_fewer_tokens():
     assert sum(b.probes for b in binary) < sum(e.probes for e in every)
 
 
+def _mixed_items():
+    """Planted-error and clean level-5 traces, for a teacher that slips (noisy, non-trivial values)."""
+    items = []
+    for seed in range(4):
+        p, planted = _planted(level=5, seed=seed, at=1 + seed % 3)
+        items += [planted, StepItem(p.id, p.question, p.answer, tuple(p.solution.splitlines()), seed=seed)]
+    return items
+
+
+def test_hard_labels_stop_at_the_first_success_and_equal_fixed_n_labels():
+    items = _mixed_items()
+    soft = _scorer(FakeTeacher(slip_rate=0.1), search="all", n=6).score(items)
+    hard = _scorer(FakeTeacher(slip_rate=0.1), search="all", n=6, label="hard").score(items)
+    assert any(0 < v < 1 for r in soft for v in r.scores)  # the teacher really slips: soft values vary
+    for s, h in zip(soft, hard):
+        assert h.scores == [float(v > 0) for v in s.scores]
+        assert h.first_bad_step == s.first_bad_step
+    assert sum(h.tokens for h in hard) * 2 < sum(s.tokens for s in soft)
+
+
+def test_scan_stops_at_the_first_bad_step_and_agrees_with_every_prefix():
+    items = _mixed_items()
+    every = _scorer(FakeTeacher(slip_rate=0.1), search="all", n=6, label="hard").score(items)
+    scan = _scorer(FakeTeacher(slip_rate=0.1), search="scan", n=6, label="hard").score(items)
+    assert [r.first_bad_step for r in scan] == [r.first_bad_step for r in every]
+    assert any(r.first_bad_step is not None for r in every) and any(r.first_bad_step is None for r in every)
+    for s, e, it in zip(scan, every, items):
+        assert s.scores == e.scores
+        stop = e.first_bad_step if e.first_bad_step is not None else len(it.steps) - 2
+        assert s.probes == stop + 1 <= e.probes
+
+
 def test_rollout_completions_sharing_a_prefix_are_reused():
     p, item = _planted(at=3)
     head = item.steps[:2]
@@ -112,3 +144,30 @@ def test_prefixes_longer_than_the_teachers_context_are_skipped_not_crashed():
     long_res, short_res = _scorer(teacher, search="all").score([item, short])
     assert long_res.note == "too_long" and long_res.scores == []
     assert short_res.note is None and short_res.scores == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("policy", ["keep", "drop"])
+@pytest.mark.parametrize("max_steps,why", [(64, "too_long"), (5, "too_many_steps")])
+def test_unscorable_traces_are_kept_or_dropped_with_their_reason(policy, max_steps, why):
+    cfg = load_config(None, {"sampling.n": 2})
+    problems = pl.DataFrame([{"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t",
+                              "level": str(p.level)} for p in generate(2, seed=9, levels=(1, 5))])
+    gens, _ = rollout(problems, cfg, FakeTeacher(slip_rate=0.0))
+    graded, _ = grade(gens, problems, GradeConfig(workers=0))
+    level = dict(problems.select("problem_id", "level").iter_rows())
+    room = max(len(q) for q, lvl in problems.select("question", "level").iter_rows() if lvl == "1") + 40
+    assert all(len(q) > room for q, lvl in problems.select("question", "level").iter_rows() if lvl == "5")
+    teacher = FakeTeacher(slip_rate=0.0, context_chars=room)  # level-1 prefixes fit, level-5 questions do not
+    scfg = StepScoreConfig(enabled=True, n=2, max_steps=max_steps, unscored=policy)
+    out, report = step_score(graded, problems, scfg, _scorer(teacher, n=2))
+    assert report.rows_in == int(graded["correct"].sum()) == report.kept + report.dropped
+    correct = out.filter(pl.col("correct"))
+    by_level = {lvl: correct.filter(pl.col("problem_id").replace_strict(level) == lvl) for lvl in ("1", "5")}
+    assert len(by_level["5"]) > 0 and by_level["5"]["step_scores"].is_null().all()
+    assert by_level["1"]["step_scores"].is_not_null().all()
+    if policy == "drop":
+        assert set(by_level["5"]["drop_reason"]) == {f"unscored_{why}"}
+        assert report.dropped_by_reason == {f"unscored_{why}": len(by_level["5"])}
+    else:
+        assert by_level["5"]["drop_reason"].is_null().all()
+        assert report.dropped_by_reason == {} and report.kept == report.rows_in

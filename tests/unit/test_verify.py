@@ -1,10 +1,11 @@
 """Grading is table-driven: each row is a real-looking model output; every grading bug becomes a row."""
 
 import threading
+import time
 
 import pytest
 
-from tracefactory.verify import (ERROR, NO_ANSWER, WRONG, extract_answer, grade_pairs, gsm8k_gold, is_correct,
+from tracefactory.verify import (ERROR, NO_ANSWER, TIMEOUT, WRONG, extract_answer, grade_pairs, gsm8k_gold, is_correct,
                                  last_boxed)
 
 EXTRACT = [
@@ -71,7 +72,7 @@ def test_gsm8k_gold():
 
 def test_grade_pairs_pool_matches_in_process_and_dedupes():
     pairs = [(g, p) for g, p, _ in GRADE] * 3 + [("3", None)]
-    pooled = grade_pairs(pairs, workers=2, timeout_s=5, chunk=4)
+    pooled = grade_pairs(pairs, workers=2, timeout_s=5)
     local = grade_pairs(pairs, workers=0, timeout_s=5)
     assert pooled == local
     assert len(pooled) == len(GRADE) + 1
@@ -85,3 +86,35 @@ def test_grading_off_the_main_thread():
     t.start()
     t.join()
     assert out[("0.5", "\\frac{1}{2}")] == (True, "correct")
+
+
+HUGE = "9^{9^{9^{9}}}"  # sympy would evaluate this power for ever
+
+
+@pytest.mark.parametrize("timeout_s", [1.0, 2.0])
+def test_pathological_answer_ends_within_the_timeout_and_the_rest_is_graded(timeout_s):
+    """timeout 1 s: no Math-Verify alarms fit, the parent kills the stuck worker and starts another;
+    timeout 2 s: Math-Verify's own 1 s alarms end it inside the worker. Either way: grade_timeout."""
+    from tracefactory.gradepool import GradePool
+
+    ok = [(g, p) for g, p, _ in GRADE[:4]]
+    with GradePool(workers=1, timeout_s=timeout_s) as pool:
+        pool.grade(ok[:1])  # the worker is up (spawn + imports are not the item's time)
+        t0 = time.monotonic()
+        verdicts = pool.grade([ok[1], ("5", HUGE), *ok[2:]])
+        took = time.monotonic() - t0
+    assert verdicts[1] == (False, TIMEOUT)
+    assert verdicts[:1] + verdicts[2:] == [is_correct(g, p) for g, p in [ok[1], *ok[2:]]]
+    assert took < timeout_s + 6  # the timeout, plus (after a kill) one worker restart for the rest
+    assert (pool.replaced == 1) == (timeout_s < 2)
+
+
+def test_a_worker_that_dies_marks_its_item_and_is_replaced(monkeypatch):
+    from tracefactory.gradepool import GradePool
+
+    with GradePool(workers=1, timeout_s=30) as pool:
+        pool.grade([("1", "1")])
+        pool.slots[0].proc.kill()  # as the OOM killer would
+        verdicts = pool.grade([("2", "2"), ("3", "3")])
+    assert pool.replaced == 1
+    assert verdicts[1] == (True, "correct") and verdicts[0] in {(True, "correct"), (False, ERROR)}

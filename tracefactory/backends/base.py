@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from tracefactory.config import SamplingConfig, TeacherConfig
 
@@ -18,15 +18,31 @@ class Completion:
     index: int  # sample index within the request, 0..n-1
 
 
+class RequestFailed(list):
+    """The result of a request that still failed after the teacher's retries: no completions (an empty
+    list, so callers that only count completions need no special case) plus the error, so that a
+    caller can record it and retry the request on a later run instead of losing the batch."""
+
+    def __init__(self, error: str):
+        super().__init__()
+        self.error = error
+
+
+# on_result(i, completions): called once per prompt as soon as its request finishes (any order)
+OnResult = Callable[[int, list[Completion]], None]
+
+
 @runtime_checkable
 class Teacher(Protocol):
     name: str
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
         """n completions per prompt, one request per prompt; `seeds[i]` seeds prompt i's request.
 
-        A prompt the teacher cannot take (longer than its context) gets an empty list.
+        A prompt the teacher cannot take (longer than its context) gets an empty list; a request that
+        failed for good gets a `RequestFailed`. `on_result` sees each prompt's result as it finishes,
+        so callers can persist work before the whole batch is done.
         """
         ...
 

@@ -3,7 +3,12 @@
 One request per prompt with `n=K` (the server samples K continuations of one prefill), up to
 `max_concurrency` requests in flight so the server's batch stays full. Chat prompts go to
 /chat/completions (the server applies the model's chat template), text prompts to /completions.
-Transient faults (5xx, timeouts, refused connections) are retried with exponential backoff.
+Transient faults (5xx, timeouts, refused or dropped connections) are retried with exponential
+backoff, `teacher.retries` times; a request that still fails comes back as a `RequestFailed` (no
+completions, with the error) instead of failing the batch, so the caller can record it and retry it
+on the next run. A prompt the server refuses as longer than the model's context gets no completions,
+as with the in-process engine; any other 4xx (wrong model name, bad request) is a configuration
+error and fails at once.
 """
 
 from __future__ import annotations
@@ -15,12 +20,12 @@ from typing import Sequence
 
 import httpx
 
-from tracefactory.backends.base import Completion, Prompt
+from tracefactory.backends.base import Completion, OnResult, Prompt, RequestFailed
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
 log = logging.getLogger(__name__)
-RETRIES = 4
+_TOO_LONG = ("maximum context length", "context length", "too long", "max_model_len")
 
 
 class OpenAITeacher:
@@ -57,36 +62,50 @@ class OpenAITeacher:
     async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: Prompt, n: int,
                    params: SamplingConfig, seed: int) -> list[Completion]:
         path, body = self._body(prompt, n, params, seed)
+        retries = self.cfg.retries
         async with sem:
-            for attempt in range(RETRIES + 1):
+            for attempt in range(retries + 1):
                 try:
                     resp = await client.post(path, json=body)
                     if resp.status_code < 500:
                         if resp.status_code >= 400:
+                            if resp.status_code == 400 and any(m in resp.text.lower() for m in _TOO_LONG):
+                                log.warning("prompt longer than the teacher's context skipped: %s", resp.text[:200])
+                                return []
                             raise BackendError(f"{self.base_url}{path} answered {resp.status_code}: {resp.text[:500]}")
                         return self._parse(resp.json())
-                    err = f"HTTP {resp.status_code}"
+                    err = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     err = repr(exc)
-                if attempt < RETRIES:
-                    log.warning("teacher request failed (%s); retry %d/%d", err, attempt + 1, RETRIES)
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
-            raise BackendError(f"{self.base_url}{path} failed {RETRIES + 1} times, last: {err}")
+                except ValueError as exc:  # a 200 whose body is cut off or not JSON
+                    err = f"unreadable response: {exc!r}"
+                if attempt < retries:
+                    log.warning("teacher request failed (%s); retry %d/%d", err, attempt + 1, retries)
+                    await asyncio.sleep(min(30.0, self.cfg.retry_backoff_s * 2 ** attempt))
+            log.error("teacher request failed %d times, giving up on it for this run: %s", retries + 1, err)
+            return RequestFailed(f"{self.base_url}{path} failed {retries + 1} times, last: {err}")
 
-    async def _all(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                   seeds: Sequence[int]) -> list[list[Completion]]:
+    async def _all(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig, seeds: Sequence[int],
+                   on_result: OnResult | None) -> list[list[Completion]]:
         key = os.environ.get(self.cfg.api_key_env, "EMPTY")
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency)
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
+
+        async def one(i: int, prompt: Prompt, seed: int) -> list[Completion]:
+            result = await self._one(client, sem, prompt, n, params, seed)
+            if on_result:
+                on_result(i, result)
+            return result
+
         async with httpx.AsyncClient(base_url=self.base_url, timeout=self.cfg.request_timeout_s, limits=limits,
                                      headers={"Authorization": f"Bearer {key}"}, transport=self.transport) as client:
-            tasks = [self._one(client, sem, p, n, params, s) for p, s in zip(prompts, seeds)]
+            tasks = [one(i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds))]
             return await _gather_with_progress(tasks, self.progress)
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
-        return asyncio.run(self._all(prompts, n, params, seeds)) if prompts else []
+        return asyncio.run(self._all(prompts, n, params, seeds, on_result)) if prompts else []
 
 
 async def _gather_with_progress(coros: list, progress: bool) -> list:

@@ -3,8 +3,12 @@
 The value of step i of a trace is the share of N teacher continuations of the prefix (steps 0..i)
 whose final answer equals the gold. A step whose prefix can no longer reach the gold (value 0) is
 "bad"; assuming that once a trace goes wrong it stays wrong, the first bad step is found by binary
-search in about log2(steps) probes instead of one probe per step. Completions already sampled at
-rollout time that share a prefix with the trace are counted as free continuations of that prefix.
+search in about log2(steps) probes instead of one probe per step (`search="binary"`). `search="scan"`
+probes prefixes front to back and stops at the first bad one: it needs no monotonicity, so its first
+bad step is exactly that of scoring every prefix (`search="all"`), and with hard labels (good
+prefixes settled by one success) it is the cheaper search when traces go wrong early. Completions
+already sampled at rollout time that share a prefix with the trace are counted as free
+continuations of that prefix.
 """
 
 from __future__ import annotations
@@ -56,13 +60,15 @@ class _Search:
     tokens: int = 0
     note: str | None = None  # set when the trace cannot be scored
 
-    def next_probe(self, exhaustive: bool) -> int | None:
+    def next_probe(self, search: str) -> int | None:
         if self.note:
             return None
-        if exhaustive:
-            todo = [i for i in range(len(self.item.steps) - 1) if i not in self.values]
-            return todo[0] if todo else None
-        return (self.lo + self.hi) // 2 if self.lo < self.hi else None
+        if search == "binary":
+            return (self.lo + self.hi) // 2 if self.lo < self.hi else None
+        if search == "scan" and any(v == 0 for v in self.values.values()):
+            return None  # scan: forward, stopping at the first bad step
+        todo = [i for i in range(len(self.item.steps) - 1) if i not in self.values]
+        return todo[0] if todo else None
 
     def record(self, i: int, value: float) -> None:
         self.values[i] = value
@@ -85,14 +91,45 @@ class _Search:
         return StepScores(scores, bad, self.probes, self.tokens)
 
 
+@dataclass
+class _Probe:
+    """One step prefix being estimated: reused rollout completions plus fresh teacher samples."""
+
+    search: _Search
+    step: int
+    reused: int
+    reused_ok: int
+    drawn: int = 0
+    wins: int = 0
+    too_long: bool = False
+
+    def remaining(self, n: int, hard: bool) -> int:
+        if self.too_long or (hard and self.reused_ok + self.wins):  # a hard label is settled by one success
+            return 0
+        return max(0, n - self.reused - self.drawn)
+
+    def value(self, hard: bool) -> float:
+        ok = self.reused_ok + self.wins
+        if hard:
+            return float(ok > 0)
+        return ok / max(1, self.reused + self.drawn)
+
+
 class MonteCarloScorer:
+    """`label="soft"`: a step's value is the share of `n` continuations reaching the gold.
+    `label="hard"`: 1 if any continuation does, else 0 — sampled adaptively (1, 1, 2, 4, … at a time, up
+    to `n`), stopping at the first success. Sample j of a prefix always has seed `base + j` (vLLM gives
+    sample j of an n-sample request seed + j), so adaptive sampling draws exactly the first samples the
+    fixed-`n` estimate would draw and the hard labels are the same, at a fraction of the tokens."""
+
     name = "monte-carlo"
 
     def __init__(self, teacher: Teacher, judge: Judge, prompt: PromptConfig, sampling: SamplingConfig,
-                 search: Literal["binary", "all"] = "binary",
-                 reuse: dict[str, list[tuple[tuple[str, ...], bool]]] | None = None):
+                 search: Literal["binary", "scan", "all"] = "binary",
+                 reuse: dict[str, list[tuple[tuple[str, ...], bool]]] | None = None,
+                 label: Literal["soft", "hard"] = "soft"):
         self.teacher, self.judge, self.prompt, self.sampling = teacher, judge, prompt, sampling
-        self.search, self.reuse = search, reuse or {}
+        self.search, self.reuse, self.hard = search, reuse or {}, label == "hard"
 
     def _prefix_prompt(self, item: StepItem, i: int):
         prefix = join_steps(list(item.steps[: i + 1]))
@@ -110,40 +147,50 @@ class MonteCarloScorer:
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
         searches = [_Search(it, 0, max(0, len(it.steps) - 1)) for it in items]
-        exhaustive = self.search == "all"
         while True:
-            probes = [(s, s.next_probe(exhaustive)) for s in searches]
+            probes = [(s, s.next_probe(self.search)) for s in searches]
             probes = [(s, i) for s, i in probes if i is not None]
             if not probes:
                 return [s.result() for s in searches]
             self._estimate(probes)
 
     def _estimate(self, probes: list[tuple[_Search, int]]) -> None:
-        """One teacher call per distinct sample count (usually one call for the whole round)."""
-        plan = []
-        for s, i in probes:
-            have, ok = self._reused(s.item, i)
-            plan.append((s, i, have, ok, max(0, self.sampling.n - have)))
+        """Estimate one prefix per search; each sampling round is one teacher call per distinct sample
+        count and one grading batch."""
+        state = [_Probe(s, i, *self._reused(s.item, i)) for s, i in probes]
+        while True:
+            todo = [(p, p.remaining(self.sampling.n, self.hard)) for p in state]
+            # hard labels: double the samples drawn so far each round (1, 1, 2, 4, ...)
+            todo = [(p, min(m, max(1, p.drawn)) if self.hard else m) for p, m in todo if m]
+            if not todo:
+                break
+            self._sample(todo)
+        for p in state:
+            p.search.probes += 1
+            if p.too_long and not p.reused:
+                p.search.note = "too_long"
+            else:
+                p.search.record(p.step, p.value(self.hard))
+
+    def _sample(self, todo: list[tuple[_Probe, int]]) -> None:
         texts: dict[int, list[str]] = {}
-        for m in sorted({p[4] for p in plan if p[4]}):
-            group = [(j, p) for j, p in enumerate(plan) if p[4] == m]
-            prompts = [self._prefix_prompt(p[0].item, p[1]) for _, p in group]
-            seeds = [p[0].item.seed + 7919 * (p[1] + 1) for _, p in group]
+        for m in sorted({m for _, m in todo}):
+            group = [(j, p) for j, (p, mm) in enumerate(todo) if mm == m]
+            prompts = [self._prefix_prompt(p.search.item, p.step) for _, p in group]
+            seeds = [p.search.item.seed + 7919 * (p.step + 1) + p.drawn for _, p in group]
             for (j, p), completions in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds)):
-                prefix = join_steps(list(p[0].item.steps[: p[1] + 1]))
+                if not completions:  # the teacher could not take the prefix prompt
+                    p.too_long = True
+                    continue
+                prefix = join_steps(list(p.search.item.steps[: p.step + 1]))
                 texts[j] = [prefix + c.text for c in completions]
-                p[0].tokens += sum(c.tokens for c in completions)
-        pairs = [(j, (p[0].item.gold, t)) for j, p in enumerate(plan) for t in texts.get(j, [])]
-        verdicts = self.judge([pair for _, pair in pairs]) if pairs else []  # one grading batch per round
-        wins = [0] * len(plan)
+                p.search.tokens += sum(c.tokens for c in completions)
+        pairs = [(j, (p.search.item.gold, t)) for j, (p, _) in enumerate(todo) for t in texts.get(j, [])]
+        verdicts = self.judge([pair for _, pair in pairs]) if pairs else []
+        for j, (p, _) in enumerate(todo):
+            p.drawn += len(texts.get(j, []))
         for (j, _), ok in zip(pairs, verdicts):
-            wins[j] += bool(ok)
-        for j, (s, i, have, ok, m) in enumerate(plan):
-            s.probes += 1
-            if m and not texts.get(j) and not have:  # the teacher could not take the prefix prompt
-                s.note = "too_long"
-                continue
-            s.record(i, (ok + wins[j]) / max(1, have + len(texts.get(j, []))))
+            todo[j][0].wins += bool(ok)
 
 
 class CachedScorer:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from tracefactory.backends.base import Completion, Prompt
+from tracefactory.backends.base import Completion, OnResult, Prompt
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
@@ -102,7 +102,7 @@ class VLLMTeacher:
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + partial
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         if not prompts:
@@ -115,10 +115,40 @@ class VLLMTeacher:
         fits = [len(tok(t, add_special_tokens=False)["input_ids"]) < limit for t in texts]
         if not all(fits):
             log.warning("%d prompt(s) longer than the teacher's context (%d tokens) skipped", fits.count(False), limit)
-        sps = [SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                              max_tokens=params.max_tokens, seed=s) for s in seeds]
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for i in (i for i, ok in enumerate(fits) if not ok):
+            if on_result:
+                on_result(i, [])
         sent = [i for i, ok in enumerate(fits) if ok]
-        outputs = iter(self.llm.generate([texts[i] for i in sent], [sps[i] for i in sent], use_tqdm=self.progress)
-                       if sent else [])
-        return [[Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
-                 for o in sorted(next(outputs).outputs, key=lambda o: o.index)] if ok else [] for ok in fits]
+        if sent:
+            sps = [SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                  max_tokens=params.max_tokens, seed=seeds[i]) for i in sent]
+            ids = self.llm.enqueue([texts[i] for i in sent], sps, use_tqdm=False)
+            # enqueue() answers the engine's internal ids ("<id>-<random>"); outputs carry "<id>"
+            index = {**{rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, sent)}, **dict(zip(ids, sent))}
+            for request_id, out in self._run(len(sent) * n):
+                i = index[request_id]
+                results[i] = [Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
+                              for o in sorted(out.outputs, key=lambda o: o.index)]
+                if on_result:
+                    on_result(i, results[i])
+        return results
+
+    def _run(self, total: int):
+        """Drive the engine (as `LLM.generate` does) and yield each request as soon as it finishes."""
+        engine = self.llm.llm_engine
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="teacher completions", unit="seq", dynamic_ncols=True)
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        if bar is not None:
+                            bar.update(len(out.outputs))
+                        yield out.request_id, out
+        finally:
+            if bar is not None:
+                bar.close()

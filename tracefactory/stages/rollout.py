@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Callable
 
 import polars as pl
 
-from tracefactory.backends.base import Teacher
+from tracefactory.backends.base import Completion, Teacher
 from tracefactory.config import FactoryConfig
 from tracefactory.prompts import build_prompt
 from tracefactory.report import StageReport
@@ -28,21 +29,34 @@ def request_seed(base_seed: int, problem_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % (2**31 - 2**16)
 
 
-def rollout(problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher) -> tuple[pl.DataFrame, StageReport]:
+# sink(problem_id, its completion rows, error or None): each problem's result as its request finishes
+Sink = Callable[[str, pl.DataFrame, str | None], None]
+TEACHER_ERROR = "teacher_error"
+
+
+def rollout(problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher,
+            sink: Sink | None = None) -> tuple[pl.DataFrame, StageReport]:
     t0, n, key = time.time(), cfg.sampling.n, cfg.rollout_hash()
     ids = problems[PROBLEM_ID].to_list()
     seeds = [request_seed(cfg.sampling.seed, pid) for pid in ids]
     prompts = [build_prompt(q, cfg.prompt) for q in problems[QUESTION].to_list()]
-    results = teacher.generate(prompts, n, cfg.sampling, seeds)
-    rows = [{PROBLEM_ID: pid, SAMPLE_INDEX: c.index, ROLLOUT_KEY: key, SEED: seed, TEXT: c.text,
-             COT_TOKENS: c.tokens, FINISH_REASON: c.finish_reason, TEACHER: teacher.name}
-            for pid, seed, completions in zip(ids, seeds, results) for c in completions]
-    frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA)
-    return frame, rollout_report(len(ids), n, frame, time.time() - t0)
+
+    def rows(i: int, completions: list[Completion]) -> pl.DataFrame:
+        return pl.DataFrame([{PROBLEM_ID: ids[i], SAMPLE_INDEX: c.index, ROLLOUT_KEY: key, SEED: seeds[i],
+                              TEXT: c.text, COT_TOKENS: c.tokens, FINISH_REASON: c.finish_reason,
+                              TEACHER: teacher.name} for c in completions], schema=GENERATION_SCHEMA)
+
+    on_result = (lambda i, cs: sink(ids[i], rows(i, cs), getattr(cs, "error", None))) if sink else None
+    results = teacher.generate(prompts, n, cfg.sampling, seeds, on_result=on_result)
+    frame = pl.concat([rows(i, cs) for i, cs in enumerate(results)]) if results else rows(0, [])
+    failed = sum(getattr(cs, "error", None) is not None for cs in results)
+    return frame, rollout_report(len(ids), n, frame, time.time() - t0, failed)
 
 
-def rollout_report(n_problems: int, n: int, frame: pl.DataFrame, seconds: float = 0.0) -> StageReport:
-    """K completions asked per problem; those the teacher did not return are `missing_completion`."""
+def rollout_report(n_problems: int, n: int, frame: pl.DataFrame, seconds: float = 0.0,
+                   failed: int = 0) -> StageReport:
+    """K completions asked per problem; a request that failed for good (retried on the next run) is
+    `teacher_error`, other completions the teacher did not return are `missing_completion`."""
     return StageReport("rollout", "completions", n_problems * n, len(frame),
-                       {"missing_completion": n_problems * n - len(frame)}, seconds=seconds,
-                       tokens=int(frame[COT_TOKENS].sum() or 0))
+                       {TEACHER_ERROR: failed * n, "missing_completion": n_problems * n - len(frame) - failed * n},
+                       seconds=seconds, tokens=int(frame[COT_TOKENS].sum() or 0))

@@ -3,12 +3,16 @@
 Runs between grade and select on the completions that reached the gold. Adds `steps`,
 `step_scores`, `prm_min`, `prm_mean`, `prm_last`, `first_bad_step`; a trace whose aggregate is
 not above the threshold is annotated `low_step_score` (and stays queryable in `rollouts`).
-Traces with more than `max_steps` steps are not scored (null scores) and are kept.
+Traces that cannot be scored (no steps, more than `max_steps` steps, longer than the scorer's
+context, a scorer failure) get null scores; they are kept, or with `unscored: drop` dropped as
+`unscored_<why>` (e.g. `unscored_too_long`). Either way their count by reason is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 
 import polars as pl
 
@@ -20,6 +24,7 @@ from tracefactory.schema import (ANSWER, CORRECT, DROP_REASON, FIRST_BAD_STEP, P
 from tracefactory.steps import split_steps
 
 LOW_STEP_SCORE = "low_step_score"
+log = logging.getLogger(__name__)
 
 
 def reuse_pool(rollouts: pl.DataFrame, cfg: StepScoreConfig) -> dict[str, list[tuple[tuple[str, ...], bool]]]:
@@ -42,11 +47,21 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
     questions = dict(problems.select(PROBLEM_ID, QUESTION).iter_rows())
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
     steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts[TEXT].to_list()]
-    todo = [i for i, (ok, why, st) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON], steps))
-            if ok and why is None and 0 < len(st) <= cfg.max_steps]
+    eligible = [i for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON])) if ok and why is None]
+    unscorable = {i: "no_steps" if not steps[i] else "too_many_steps" for i in eligible
+                  if not 0 < len(steps[i]) <= cfg.max_steps}
+    todo = [i for i in eligible if i not in unscorable]
     items = [StepItem(rollouts[PROBLEM_ID][i], questions[rollouts[PROBLEM_ID][i]], golds[rollouts[PROBLEM_ID][i]],
                       tuple(steps[i]), int(rollouts[SEED][i] or 0)) for i in todo]
-    results = {i: r for i, r in zip(todo, scorer.score(items)) if r.scores}  # unscorable traces stay unscored
+    results, scored = {}, scorer.score(items)
+    for i, r in zip(todo, scored):
+        if r.scores:
+            results[i] = r
+        else:
+            unscorable[i] = r.note or "no_scores"
+    if unscorable:
+        log.warning("step_score: %d correct trace(s) not scored (%s) — %s", len(unscorable),
+                    dict(Counter(unscorable.values())), "dropped" if cfg.unscored == "drop" else "kept, null scores")
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
     low = [a is not None and a <= cfg.threshold for a in agg]
@@ -58,12 +73,19 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
         pl.Series(PRM_LAST, [_aggregate(s, "last") for s in scores], dtype=pl.Float64),
         pl.Series(FIRST_BAD_STEP, [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
                   dtype=pl.Int64),
-        pl.Series(DROP_REASON, [LOW_STEP_SCORE if is_low else why for is_low, why in zip(low, rollouts[DROP_REASON])],
+        pl.Series(DROP_REASON, [_reason(i, why, low[i], unscorable, cfg) for i, why in enumerate(rollouts[DROP_REASON])],
                   dtype=pl.String))
-    considered = out.filter(pl.col(CORRECT) & (pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == LOW_STEP_SCORE)))
-    tokens = sum(r.tokens for r in results.values())
-    return out, StageReport.from_reasons("step_score", "completions", considered[DROP_REASON],
+    tokens = sum(r.tokens for r in scored)
+    return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible),
                                          seconds=time.time() - t0, tokens=tokens)
+
+
+def _reason(i: int, why: str | None, low: bool, unscorable: dict[int, str], cfg: StepScoreConfig) -> str | None:
+    if low:
+        return LOW_STEP_SCORE
+    if i in unscorable and cfg.unscored == "drop":
+        return f"unscored_{unscorable[i]}"
+    return why
 
 
 def unscored(rollouts: pl.DataFrame) -> pl.DataFrame:

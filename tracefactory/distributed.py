@@ -1,0 +1,117 @@
+"""Teacher engines in Ray actors, for runs on a Ray cluster (`run.task_runner: ray`).
+
+Each actor loads the teacher once and keeps it (one engine per actor — per GPU, or per
+`tensor_parallel_size` GPUs); rollout shards are Prefect tasks on Ray workers that hand their shard
+to an actor, round-robin, and the actor writes the shard's chunks into the run directory itself
+(which multi-node runs must therefore keep on storage every node mounts). Step scoring and other
+direct `generate` calls go to the actors too. Nothing here runs unless Ray is installed and chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from tracefactory import io, pipeline
+from tracefactory.backends.base import Completion, OnResult, Prompt, RequestFailed, make_teacher
+from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
+from tracefactory.errors import BackendError
+from tracefactory.report import StageReport
+
+log = logging.getLogger(__name__)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendError(f"run.task_runner 'ray' needs Ray and prefect-ray ({exc}): pip install "
+                           "'tracefactory[ray]'") from exc
+    return ray
+
+
+def ray_task_runner(cfg: FactoryConfig):
+    """prefect-ray's task runner for `run.ray_address` (a fresh local instance when None)."""
+    import_ray()
+    from prefect_ray import RayTaskRunner
+
+    # a local instance: no dashboard, a small object store (shards are small, engines live in actors)
+    init = {} if cfg.run.ray_address else {"include_dashboard": False, "object_store_memory": 512 << 20}
+    return RayTaskRunner(address=cfg.run.ray_address, init_kwargs=init)
+
+
+class TeacherActor:
+    """The body of one Ray actor: a teacher engine that lives as long as the actor."""
+
+    def __init__(self, cfg: TeacherConfig):
+        self.teacher = make_teacher(cfg)
+        getattr(self.teacher, "start", lambda: None)()
+
+    def name(self) -> str:
+        return self.teacher.name
+
+    def generate(self, prompts, n, params, seeds):
+        # RequestFailed is a list subclass: keep its error across the pickle boundary
+        return [(list(r), getattr(r, "error", None)) for r in self.teacher.generate(prompts, n, params, seeds)]
+
+    def rollout_shard(self, root: str, shard: int, problems, cfg: FactoryConfig) -> StageReport:
+        return pipeline.rollout_shard(io.RunDir(root), shard, problems, cfg, self.teacher)
+
+    def close(self) -> None:
+        getattr(self.teacher, "close", lambda: None)()
+
+
+class RayTeacherPool:
+    """A Teacher whose engines are `engines` Ray actors, started on first use; picklable, so Prefect
+    tasks on Ray workers can take it as an argument and reach the same long-lived actors."""
+
+    def __init__(self, cfg: TeacherConfig, engines: int = 1):
+        from tracefactory.backends.vllm_teacher import teacher_name
+
+        self.cfg, self.engines = cfg, engines
+        self.name = teacher_name(cfg) if cfg.kind == "vllm" else cfg.model
+        self.actors: list = []
+
+    def start(self) -> None:
+        """Start the engine actors (if not yet) and wait until every engine is loaded."""
+        ray = import_ray()
+        if not self.actors:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            tp = self.cfg.tensor_parallel_size
+            if gpus and gpus < self.engines * tp:
+                raise BackendError(f"run.ray_engines={self.engines} x teacher.tensor_parallel_size={tp} needs "
+                                   f"more GPUs than the Ray cluster's {gpus:g}")
+            opts = {"num_gpus": tp} if gpus else {"num_cpus": 1}
+            actor = ray.remote(TeacherActor).options(**opts)
+            self.actors = [actor.remote(self.cfg) for _ in range(self.engines)]
+            log.info("%d teacher engine(s) in Ray actors (%s each)", self.engines, opts)
+        ray.get([a.name.remote() for a in self.actors])
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
+                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
+        ray = import_ray()
+        self.start()
+        packed = ray.get(self.actors[0].generate.remote(list(prompts), n, params, seeds))
+        results = [RequestFailed(err) if err is not None else completions for completions, err in packed]
+        for i, r in enumerate(results):
+            if on_result:
+                on_result(i, r)
+        return results
+
+    def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig) -> StageReport:
+        ray = import_ray()
+        if not self.actors:
+            raise BackendError("the engine actors must be started (start()) before shards are handed out")
+        actor = self.actors[shard % len(self.actors)]
+        return ray.get(actor.rollout_shard.remote(str(run.root.resolve()), shard, problems, cfg))
+
+    def close(self) -> None:
+        if not self.actors:
+            return
+        ray = import_ray()
+        try:
+            ray.get([a.close.remote() for a in self.actors], timeout=120)
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []

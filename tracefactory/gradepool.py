@@ -1,0 +1,131 @@
+"""A grading pool that never hangs: each (gold, answer) pair has a wall-clock budget.
+
+Workers are spawned processes that grade one pair at a time and answer after each. The parent
+tracks when each worker took its pair; a worker still busy past `timeout_s` (stuck in C code that
+Math-Verify's `signal.alarm` cannot interrupt, e.g. a huge power of a huge integer) is killed, its
+pair is marked `grade_timeout`, and a fresh worker takes its place. A worker that dies marks its
+pair `grade_error`. Inside a worker Math-Verify still gets its own (signal) timeouts, so most slow
+pairs end without a replacement.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from typing import Sequence
+
+from tracefactory.failpoints import failpoint
+
+log = logging.getLogger(__name__)
+Pair = tuple[str, str | None]
+Verdict = tuple[bool, str]
+
+
+def _worker(conn: Connection, inner_timeout_s: float | None) -> None:
+    from tracefactory import verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    conn.send("ready")
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        idx, gold, pred = msg
+        conn.send((idx, verify.is_correct(gold, pred, inner_timeout_s)))
+
+
+class _Slot:
+    def __init__(self, ctx, inner_timeout_s: float | None):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, inner_timeout_s), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready, self.busy, self.since = False, None, 0.0
+
+    def take(self, idx: int, pair: Pair) -> None:
+        self.conn.send((idx, *pair))
+        self.busy, self.since = idx, time.monotonic()
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+
+
+class GradePool:
+    def __init__(self, workers: int, timeout_s: float):
+        from tracefactory.verify import ERROR, TIMEOUT
+
+        self.timeout_s, self.ERROR, self.TIMEOUT = timeout_s, ERROR, TIMEOUT
+        # Math-Verify's own alarms (whole seconds, parse and verify each) fit inside the hard budget
+        inner = int(timeout_s // 2)
+        self.inner = inner if inner >= 1 else None
+        self.ctx = mp.get_context("spawn")
+        self.slots = [_Slot(self.ctx, self.inner) for _ in range(max(1, workers))]
+        self.replaced = 0
+
+    def __enter__(self) -> "GradePool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for s in self.slots:
+            s.stop()
+        self.slots = []
+
+    def _replace(self, slot: _Slot, why: str) -> None:
+        slot.stop(kill=True)
+        self.slots[self.slots.index(slot)] = _Slot(self.ctx, self.inner)
+        self.replaced += 1
+        log.warning("grading worker replaced (%s)", why)
+
+    def grade(self, pairs: Sequence[Pair]) -> list[Verdict]:
+        results: list[Verdict | None] = [None] * len(pairs)
+        pending, left, halfway = deque(range(len(pairs))), len(pairs), len(pairs) // 2
+        while left:
+            for s in list(self.slots):
+                if s.ready and s.busy is None and pending:
+                    i = pending.popleft()
+                    try:
+                        s.take(i, pairs[i])
+                    except OSError:  # died while idle: the pair goes back to the queue
+                        pending.appendleft(i)
+                        self._replace(s, "died")
+            by_conn = {s.conn: s for s in self.slots}
+            for conn in wait(list(by_conn), timeout=0.05):
+                s = by_conn[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died (out of memory, a crash in C code)
+                    if s.busy is not None:
+                        results[s.busy], left = (False, self.ERROR), left - 1
+                    self._replace(s, "died")
+                    continue
+                if msg == "ready":
+                    s.ready = True
+                else:
+                    idx, verdict = msg
+                    results[idx], s.busy, left = verdict, None, left - 1
+                    if left == halfway:
+                        failpoint("grade.batch")
+            now = time.monotonic()
+            for s in list(self.slots):
+                if s.busy is not None and now - s.since > self.timeout_s:
+                    log.warning("grading %r took over %.1f s", pairs[s.busy][1][:80] if pairs[s.busy][1] else None,
+                                self.timeout_s)
+                    results[s.busy], left = (False, self.TIMEOUT), left - 1
+                    self._replace(s, "timeout")
+        return results  # type: ignore[return-value]
