@@ -207,13 +207,13 @@ def score_steps(run: io.RunDir, cfg: FactoryConfig, graded: pl.DataFrame, proble
     """The step_score stage with its results kept in the run dir: a re-run samples nothing again."""
     path = _step_cache_path(run, cfg)
     inner = make_scorer(cfg, teacher, graded)
-    scorer = CachedScorer(inner, load_step_cache(path))
+    cache = load_step_cache(path)
+    scorer = CachedScorer(inner, cache, on_block=lambda: save_step_cache(path, {k: v for k, v in cache.items()
+                                                                               if v.scores}))
     try:
-        out = step_score(graded, problems, cfg.step_score, scorer)
+        return step_score(graded, problems, cfg.step_score, scorer)
     finally:
         getattr(inner, "close", lambda: None)()  # a PRM engine; the teacher's is closed by the flow
-    save_step_cache(path, {k: v for k, v in scorer.cache.items() if v.scores})
-    return out
 
 
 def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame,

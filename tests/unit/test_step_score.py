@@ -171,3 +171,29 @@ def test_unscorable_traces_are_kept_or_dropped_with_their_reason(policy, max_ste
     else:
         assert by_level["5"]["drop_reason"].is_null().all()
         assert report.dropped_by_reason == {} and report.kept == report.rows_in
+
+
+def test_step_scores_are_persisted_block_by_block():
+    from tracefactory.backends.scorers import CachedScorer
+
+    items = _mixed_items()
+    saved = []
+
+    class DiesOnThirdBlock:
+        name, calls = "mc", 0
+
+        def score(self, chunk):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("engine died")
+            return _scorer(FakeTeacher(slip_rate=0.0), n=2).score(chunk)
+
+    cache = {}
+    scorer = CachedScorer(DiesOnThirdBlock(), cache, block=3, on_block=lambda: saved.append(len(cache)))
+    with pytest.raises(RuntimeError):
+        scorer.score(items)
+    assert saved == [3, 6] and len(cache) == 6  # two blocks done and saved before the crash
+    again = DiesOnThirdBlock()
+    again.calls = 10  # a healthy engine: only the 2 unscored traces are scored
+    results = CachedScorer(again, cache, block=3).score(items)
+    assert again.calls == 11 and len(results) == len(items) == 8

@@ -194,15 +194,24 @@ class MonteCarloScorer:
 
 
 class CachedScorer:
-    """Serves scores already computed for the same (problem, steps); scores only the rest."""
+    """Serves scores already computed for the same (problem, steps); scores only the rest, `block`
+    traces at a time, calling `on_block()` after each (to persist the cache: a crash mid-stage loses
+    at most one block of scoring)."""
 
-    def __init__(self, inner: StepScorer, cache: dict[tuple[str, tuple[str, ...]], StepScores]):
+    def __init__(self, inner: StepScorer, cache: dict[tuple[str, tuple[str, ...]], StepScores],
+                 block: int = 512, on_block: Callable[[], None] | None = None):
         self.inner, self.cache, self.name = inner, cache, inner.name
+        self.block, self.on_block = block, on_block
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
-        missing = [it for it in items if (it.problem_id, it.steps) not in self.cache]
-        for it, res in zip(missing, self.inner.score(missing) if missing else []):
-            self.cache[(it.problem_id, it.steps)] = res
+        missing = list({(it.problem_id, it.steps): it for it in items
+                        if (it.problem_id, it.steps) not in self.cache}.values())
+        for start in range(0, len(missing), self.block):
+            chunk = missing[start: start + self.block]
+            for it, res in zip(chunk, self.inner.score(chunk)):
+                self.cache[(it.problem_id, it.steps)] = res
+            if self.on_block:
+                self.on_block()
         fresh = {(it.problem_id, it.steps) for it in missing}
         return [self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
                 for k in ((it.problem_id, it.steps) for it in items)]
