@@ -21,6 +21,12 @@ def test_bad_override_fails_fast(tmp_path):
     assert result.exit_code == 2 and "teacher.kind" in result.output and "'openai'" in result.output
 
 
+def test_task_runner_option_is_validated_before_anything_starts(tmp_path):
+    result = runner.invoke(app, ["run", "--task-runner", "slurm", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "run.task_runner" in result.output and "'ray'" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_help_lists_the_verbs():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "run" in result.output and "query" in result.output
