@@ -13,11 +13,18 @@ from prefect.cache_policies import NO_CACHE
 from tracefactory import io, pipeline
 from tracefactory.backends import make_teacher
 from tracefactory.config import FactoryConfig, load_config
+from tracefactory.errors import TraceFactoryError
 from tracefactory.manifest import build_manifest
 from tracefactory.report import funnel_markdown
 
 
-@task(name="load", cache_policy=NO_CACHE)
+def _transient(task, task_run, state) -> bool:
+    """Retry a task on unexpected errors (a hub read, a crashed engine), not on our own clear errors
+    (bad config, a model that cannot load), which would fail the same way again."""
+    return not isinstance(state.data, TraceFactoryError)
+
+
+@task(name="load", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
 def load_task(run: io.RunDir, cfg: FactoryConfig) -> pipeline.Loaded:
     return pipeline.load_problems(run, cfg)
 
@@ -28,7 +35,7 @@ def start_teacher_task(teacher: Any) -> None:
 
 
 @task(name="rollout-shard", task_run_name="rollout-shard-{shard}", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=10)
+      retry_delay_seconds=10, retry_condition_fn=_transient)  # a retry resumes from the committed chunks
 def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, teacher: Any):
     if hasattr(teacher, "rollout_shard") and not pipeline.shard_done(run, cfg, problems):
         # engines in Ray actors: the shard goes to one of them

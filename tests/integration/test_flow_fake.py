@@ -108,3 +108,14 @@ def test_all_rows_bad_gives_an_empty_dataset_not_a_crash(prefect_harness, tmp_pa
     _, funnel = query(tmp_path / "r2", "SELECT stage, rows_in, kept FROM funnel")
     assert funnel[0] == ("load", 2, 0) and all(r[1] == 0 for r in funnel[1:])
     assert len(pl.read_parquet(tmp_path / "r2" / "dataset")) == 0
+
+
+def test_tasks_retry_unexpected_errors_but_not_clear_ones():
+    from prefect.states import Failed
+
+    from flows.build_dataset import _transient
+    from tracefactory.errors import BackendError, ConfigError
+
+    assert _transient(None, None, Failed(data=ConnectionResetError("hub hiccup")))
+    assert not _transient(None, None, Failed(data=ConfigError("source.path", "x.jsonl", "an existing file")))
+    assert not _transient(None, None, Failed(data=BackendError("model cannot load")))
