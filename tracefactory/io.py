@@ -5,8 +5,7 @@ Layout of a run directory:
     RUN/problems/part-0.parquet     RUN/rollouts/part-0.parquet     RUN/dataset/part-0.parquet
     RUN/rejected/part-0.parquet     RUN/funnel/part-0.parquet       RUN/manifest.json
     RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.parquet   raw teacher output, written
-    RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.json      as requests finish; the JSON
-                                                 commits the chunk (which problems are done, by which run)
+                                     as requests finish; the footer commits the chunk (problems, run)
     RUN/_work/markers/<name>.done                              JSON: what was finished, when
 """
 
@@ -97,10 +96,13 @@ class RunDir:
 
 class GenerationStore:
     """The teacher's output for one rollout key, keyed by problem: each chunk of finished requests is
-    a Parquet file plus a JSON commit record written after it (both atomically). A problem is done
-    once a commit lists it; a chunk without its commit (the process died between the two writes) is
-    ignored and its problems are generated again. Chunk names are unique per process, so shards may
-    be written concurrently (several workers, one directory)."""
+    ONE Parquet file whose footer carries its commit record (which problems it completes, the run that
+    generated them, failed requests), written atomically (temp file + rename): a chunk either exists
+    whole, committed, or not at all — a process killed mid-write leaves only a hidden temp file, and
+    those problems are generated again. Chunk names are unique per process, so shards may be written
+    concurrently (several workers, one directory)."""
+
+    KEY = b"tracefactory.commit"
 
     def __init__(self, root: Path):
         self.root = root
@@ -109,10 +111,11 @@ class GenerationStore:
         if not self.root.is_dir():
             return []
         out = []
-        for path in sorted(self.root.glob("chunk-*.json")):
+        for path in sorted(self.root.glob("chunk-*.parquet")):
             try:
-                out.append({**json.loads(path.read_text()), "chunk": path.stem})
-            except (OSError, ValueError):  # not written by us: atomic writes never leave half a file
+                meta = pq.read_schema(path).metadata or {}
+                out.append({**json.loads(meta[self.KEY]), "chunk": path.stem})
+            except (OSError, ValueError, KeyError, pa.ArrowException):  # not a chunk of ours
                 continue
         return out
 
@@ -121,12 +124,12 @@ class GenerationStore:
 
     def commit(self, frame: pl.DataFrame, problem_ids: list[str], *, shard: int, run_id: str, seq: int,
                failed: dict[str, str] | None = None) -> None:
-        name = f"chunk-{shard:05d}-{run_id}-{seq:05d}"
-        if len(frame):
-            write_parquet(frame.to_arrow(), self.root / f"{name}.parquet")
-        write_json({"run": run_id, "shard": shard, "problems": problem_ids, "completions": len(frame),
-                    "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0, "failed": failed or {},
-                    "at": time.time()}, self.root / f"{name}.json")
+        record = {"run": run_id, "shard": shard, "problems": problem_ids, "completions": len(frame),
+                  "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0, "failed": failed or {},
+                  "at": time.time()}
+        table = frame.to_arrow()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(record)})
+        write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
     def read(self, problem_ids: set[str] | None = None) -> pl.DataFrame | None:
         """Committed completions (of `problem_ids` if given), each (problem, sample) once; None if none."""

@@ -1,7 +1,6 @@
 """SIGKILL `tracefactory run` (real vLLM engine) during rollout, grading and writing; the re-run's
 dataset equals an uninterrupted run's, and no completion was generated twice."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
+from tracefactory import io
 
 pytestmark = pytest.mark.vllm
 CLI = [sys.executable, "-m", "tracefactory.cli", "run"]
@@ -39,7 +40,7 @@ def _reap(proc: subprocess.Popen, timeout: float = 600) -> int:
 
 
 def _commits(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in (out / "_work" / "generations").glob("*/chunk-*.json")]
+    return [c for key in (out / "_work" / "generations").glob("*") for c in io.GenerationStore(key).commits()]
 
 
 @pytest.fixture(scope="module")

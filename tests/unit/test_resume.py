@@ -1,7 +1,5 @@
 """Request-level durability: chunk commits, resume by problem, soft-failed requests retried later."""
 
-import json
-
 import polars as pl
 
 from tracefactory import io, pipeline
@@ -50,13 +48,16 @@ def test_resume_after_a_partial_run_generates_only_what_is_missing(tmp_path):
     assert sum(_ledger(run, cfg).values()) == sum(_ledger(whole, cfg).values()) == 75
 
 
-def test_a_chunk_without_its_commit_is_not_trusted(tmp_path):
+def test_a_write_cut_short_by_a_crash_is_not_trusted(tmp_path):
     run, cfg = io.RunDir(tmp_path), _cfg()
     pipeline.rollout_shard(run, 0, PROBLEMS, cfg, FakeTeacher())
     store = run.generations(cfg.rollout_hash())
-    last = sorted(store.root.glob("chunk-*.json"))[-1]
-    lost = len(json.loads(last.read_text())["problems"])
-    last.unlink()  # died between the Parquet write and its commit record
+    last = sorted(store.root.glob("chunk-*.parquet"))[-1]
+    lost = len(store.commits()[-1]["problems"])
+    # killed mid-write: only the hidden temp file of the last chunk is left, half written
+    (store.root / f".{last.name}.x1y2.tmp").write_bytes(last.read_bytes()[:200])
+    last.unlink()
+    (store.root / "chunk-garbage.parquet").write_bytes(b"not parquet")  # and something that is no chunk
     for m in (run.root / "_work" / "markers").glob("*.done"):
         m.unlink()
     teacher = FakeTeacher()
