@@ -94,6 +94,9 @@ class RunDir:
         write_json({"done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, self.marker(name))
 
 
+_COMMITS: dict[tuple[str, int, int], dict] = {}  # commit records read, by (path, mtime, size)
+
+
 class GenerationStore:
     """The teacher's output for one rollout key, keyed by problem: each chunk of finished requests is
     ONE Parquet file whose footer carries its commit record (which problems it completes, the run that
@@ -113,8 +116,12 @@ class GenerationStore:
         out = []
         for path in sorted(self.root.glob("chunk-*.parquet")):
             try:
-                meta = pq.read_schema(path).metadata or {}
-                out.append({**json.loads(meta[self.KEY]), "chunk": path.stem})
+                st = path.stat()
+                key = (str(path), st.st_mtime_ns, st.st_size)
+                if key not in _COMMITS:  # a chunk never changes once written: read each footer once
+                    meta = pq.read_schema(path).metadata or {}
+                    _COMMITS[key] = {**json.loads(meta[self.KEY]), "chunk": path.stem}
+                out.append(_COMMITS[key])
             except (OSError, ValueError, KeyError, pa.ArrowException):  # not a chunk of ours
                 continue
         return out

@@ -46,9 +46,15 @@ def rollout(problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher,
                               TEXT: c.text, COT_TOKENS: c.tokens, FINISH_REASON: c.finish_reason,
                               TEACHER: teacher.name} for c in completions], schema=GENERATION_SCHEMA)
 
-    on_result = (lambda i, cs: sink(ids[i], rows(i, cs), getattr(cs, "error", None))) if sink else None
-    results = teacher.generate(prompts, n, cfg.sampling, seeds, on_result=on_result)
-    frame = pl.concat([rows(i, cs) for i, cs in enumerate(results)]) if results else rows(0, [])
+    built: dict[int, pl.DataFrame] = {}
+
+    def on_result(i: int, completions: list[Completion]) -> None:
+        built[i] = rows(i, completions)
+        sink(ids[i], built[i], getattr(completions, "error", None))
+
+    results = teacher.generate(prompts, n, cfg.sampling, seeds, on_result=on_result if sink else None)
+    frames = [built[i] if i in built else rows(i, cs) for i, cs in enumerate(results)]
+    frame = pl.concat(frames) if frames else rows(0, [])
     failed = sum(getattr(cs, "error", None) is not None for cs in results)
     return frame, rollout_report(len(ids), n, frame, time.time() - t0, failed)
 
