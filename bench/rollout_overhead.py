@@ -47,18 +47,29 @@ def alternate(baseline, candidate, pairs: int) -> dict:
     runs = []
     for i in range(pairs):
         pair = {}
-        for name, fn in (("baseline", baseline), ("candidate", candidate)) if i % 2 == 0 else \
-                (("candidate", candidate), ("baseline", baseline)):
+        for name, fn in (
+            (("baseline", baseline), ("candidate", candidate))
+            if i % 2 == 0
+            else (("candidate", candidate), ("baseline", baseline))
+        ):
             t0 = time.perf_counter()
             tokens = fn()
             pair[name] = tokens / (time.perf_counter() - t0)
             pair[f"{name}_tokens"] = tokens  # same seeds: both sides must generate the same tokens
         runs.append(pair)
-        print(f"  pair {i + 1}: baseline {pair['baseline']:.0f} tok/s, candidate {pair['candidate']:.0f} tok/s, "
-              f"ratio {pair['candidate'] / pair['baseline']:.3f}", flush=True)
+        print(
+            f"  pair {i + 1}: baseline {pair['baseline']:.0f} tok/s, candidate {pair['candidate']:.0f} tok/s, "
+            f"ratio {pair['candidate'] / pair['baseline']:.3f}",
+            flush=True,
+        )
     ratios = [r["candidate"] / r["baseline"] for r in runs]
-    return {"pairs": runs, "ratio_mean": statistics.mean(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "baseline_tok_s_mean": statistics.mean(r["baseline"] for r in runs)}
+    return {
+        "pairs": runs,
+        "ratio_mean": statistics.mean(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "baseline_tok_s_mean": statistics.mean(r["baseline"] for r in runs),
+    }
 
 
 def bench_in_process(cfg, problems: pl.DataFrame, pairs: int) -> dict:
@@ -70,8 +81,10 @@ def bench_in_process(cfg, problems: pl.DataFrame, pairs: int) -> dict:
     seeds = [request_seed(s.seed, pid) for pid in problems["problem_id"]]
 
     def raw():
-        sps = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=x)
-               for x in seeds]
+        sps = [
+            SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=x)
+            for x in seeds
+        ]
         return sum(len(o.token_ids) for out in llm.generate(texts, sps, use_tqdm=False) for o in out.outputs)
 
     def stage():
@@ -88,21 +101,40 @@ def bench_server(cfg, problems: pl.DataFrame, pairs: int) -> dict:
     log = ROOT / "bench" / "results" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with local_server(str(EMBEDDED_TEACHER), SERVED, log) as url:
-        scfg = load_config(None, {"teacher.kind": "openai", "teacher.base_url": url, "teacher.model": SERVED,
-                                  "teacher.max_concurrency": cfg.teacher.max_concurrency})
+        scfg = load_config(
+            None,
+            {
+                "teacher.kind": "openai",
+                "teacher.base_url": url,
+                "teacher.model": SERVED,
+                "teacher.max_concurrency": cfg.teacher.max_concurrency,
+            },
+        )
         teacher, s = OpenAITeacher(scfg.teacher, progress=False), scfg.sampling
         seeds = [request_seed(s.seed, pid) for pid in problems["problem_id"]]
-        bodies = [{"model": SERVED, "messages": build_prompt(q, scfg.prompt), "n": s.n, "seed": x,
-                   "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
-                  for q, x in zip(problems["question"], seeds)]
+        bodies = [
+            {
+                "model": SERVED,
+                "messages": build_prompt(q, scfg.prompt),
+                "n": s.n,
+                "seed": x,
+                "temperature": s.temperature,
+                "top_p": s.top_p,
+                "max_tokens": s.max_tokens,
+            }
+            for q, x in zip(problems["question"], seeds)
+        ]
 
         async def raw_async():
             sem = asyncio.Semaphore(scfg.teacher.max_concurrency)
-            async with httpx.AsyncClient(base_url=url, timeout=600,
-                                         limits=httpx.Limits(max_connections=scfg.teacher.max_concurrency)) as c:
+            async with httpx.AsyncClient(
+                base_url=url, timeout=600, limits=httpx.Limits(max_connections=scfg.teacher.max_concurrency)
+            ) as c:
+
                 async def one(b):
                     async with sem:
                         return (await c.post("/chat/completions", json=b)).json()["usage"]["completion_tokens"]
+
                 return sum(await asyncio.gather(*(one(b) for b in bodies)))
 
         def stage():
@@ -135,10 +167,19 @@ def main() -> None:
     for part, goal in (("in_process", 0.95), ("server", 0.90)):
         if part in results:
             r = results[part]
-            print(f"| {part} | {r['baseline_tok_s_mean']:.0f} | {r['ratio_mean']:.3f} | {r['ratio_min']:.3f} | "
-                  f"{r['ratio_max']:.3f} | >= {goal} |")
-    print(json.dumps({k: {kk: v[kk] for kk in ("ratio_mean", "ratio_min", "ratio_max")} for k, v in results.items()
-                      if isinstance(v, dict)}))
+            print(
+                f"| {part} | {r['baseline_tok_s_mean']:.0f} | {r['ratio_mean']:.3f} | {r['ratio_min']:.3f} | "
+                f"{r['ratio_max']:.3f} | >= {goal} |"
+            )
+    print(
+        json.dumps(
+            {
+                k: {kk: v[kk] for kk in ("ratio_mean", "ratio_min", "ratio_max")}
+                for k, v in results.items()
+                if isinstance(v, dict)
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

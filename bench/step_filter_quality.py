@@ -28,16 +28,23 @@ def quality(run: Path, problems: Path) -> dict:
     ref = {r["id"]: r["solution"].splitlines() for r in map(json.loads, problems.read_text().splitlines())}
     rows = pl.read_parquet(run / "rollouts").filter(pl.col("correct") & pl.col("step_scores").is_not_null())
     tp = fp = fn = tn = exact = 0
-    for pid, steps, reason, first_bad in rows.select("problem_id", "steps", "drop_reason",
-                                                     "first_bad_step").iter_rows():
+    for pid, steps, reason, first_bad in rows.select(
+        "problem_id", "steps", "drop_reason", "first_bad_step"
+    ).iter_rows():
         truth = true_first_bad(steps, ref[pid])
         flagged = reason == "low_step_score"
         tp, fp = tp + (flagged and truth is not None), fp + (flagged and truth is None)
         fn, tn = fn + (not flagged and truth is not None), tn + (not flagged and truth is None)
         exact += flagged and truth is not None and first_bad == truth
-    return {"run": str(run), "scored": len(rows), "wrong_step_traces": tp + fn, "flagged": tp + fp,
-            "precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
-            "same_first_bad_step_when_caught": exact / max(1, tp)}
+    return {
+        "run": str(run),
+        "scored": len(rows),
+        "wrong_step_traces": tp + fn,
+        "flagged": tp + fp,
+        "precision": tp / max(1, tp + fp),
+        "recall": tp / max(1, tp + fn),
+        "same_first_bad_step_when_caught": exact / max(1, tp),
+    }
 
 
 def main() -> None:
@@ -46,8 +53,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for run in runs:
         q = quality(run, ROOT / "data" / "demo" / "problems.jsonl")
-        print(f"| {run} | {q['scored']} | {q['wrong_step_traces']} | {q['flagged']} | {q['precision']:.2f} | "
-              f"{q['recall']:.2f} | {q['same_first_bad_step_when_caught']:.0%} |")
+        print(
+            f"| {run} | {q['scored']} | {q['wrong_step_traces']} | {q['flagged']} | {q['precision']:.2f} | "
+            f"{q['recall']:.2f} | {q['same_first_bad_step_when_caught']:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from tracefactory.stages.rollout import request_seed  # noqa: E402
 from tracefactory.steps import split_steps  # noqa: E402
 from tracefactory.verify import judge_texts  # noqa: E402
 
-
 # (search, label): soft = fixed n samples per probe; hard = sampled until the first success (at most n)
 POLICIES = [("all", "soft"), ("all", "hard"), ("binary", "soft"), ("binary", "hard"), ("scan", "hard")]
 BASELINE = "all/soft"
@@ -43,20 +42,26 @@ def traces(teacher, cfg, args) -> tuple[list[StepItem], dict]:
     rows = [json.loads(x) for x in (ROOT / "data/demo/problems.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["level"] >= 4]
     seeds = [request_seed(cfg.sampling.seed, r["id"]) for r in rows]
-    params = SamplingConfig(n=args.rollouts or cfg.sampling.n, temperature=cfg.sampling.temperature,
-                            max_tokens=cfg.sampling.max_tokens)
+    params = SamplingConfig(
+        n=args.rollouts or cfg.sampling.n, temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens
+    )
     outs = teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], params.n, params, seeds)
     verdicts = judge_texts([(r["answer"], c.text) for r, cs in zip(rows, outs) for c in cs], workers=2)
     graded, k = [], 0
     for cs in outs:
-        graded.append([(c, ok) for c, ok in zip(cs, verdicts[k:k + len(cs)])])
+        graded.append([(c, ok) for c, ok in zip(cs, verdicts[k : k + len(cs)])])
         k += len(cs)
     pool = {r["id"]: [(tuple(split_steps(c.text)), ok) for c, ok in g] for r, g in zip(rows, graded)}
-    picked = [[c for c, ok in g if ok] if args.correct_only else [c for c, _ in g if c.finish_reason == "stop"][:2]
-              for g in graded]
-    items = [StepItem(r["id"], r["question"], r["answer"], tuple(split_steps(c.text)), seed=s)
-             for r, s, cs in zip(rows, seeds, picked) for c in cs]
-    return [it for it in items if len(it.steps) >= args.min_steps][:args.traces], pool
+    picked = [
+        [c for c, ok in g if ok] if args.correct_only else [c for c, _ in g if c.finish_reason == "stop"][:2]
+        for g in graded
+    ]
+    items = [
+        StepItem(r["id"], r["question"], r["answer"], tuple(split_steps(c.text)), seed=s)
+        for r, s, cs in zip(rows, seeds, picked)
+        for c in cs
+    ]
+    return [it for it in items if len(it.steps) >= args.min_steps][: args.traces], pool
 
 
 def main() -> None:
@@ -64,11 +69,18 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=60)
     ap.add_argument("--n", type=int, default=4, help="continuations per probed prefix")
     ap.add_argument("--min-steps", type=int, default=6)
-    ap.add_argument("--correct-only", action="store_true",
-                    help="score only correct-answer traces (what a run's step_score stage sees)")
+    ap.add_argument(
+        "--correct-only",
+        action="store_true",
+        help="score only correct-answer traces (what a run's step_score stage sees)",
+    )
     ap.add_argument("--rollouts", type=int, default=None, help="completions per problem (default: the demo's n)")
-    ap.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
-                    help="count rollout completions that share a prefix as free continuations")
+    ap.add_argument(
+        "--reuse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count rollout completions that share a prefix as free continuations",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_search.json")
     args = ap.parse_args()
     cfg = load_config()
@@ -78,20 +90,35 @@ def main() -> None:
     results = {}
     for search, label in POLICIES:
         reuse = pool if args.reuse else None
-        scorer = MonteCarloScorer(teacher, lambda pairs: judge_texts(pairs, workers=2), cfg.prompt, params, search,
-                                  reuse, label)
+        scorer = MonteCarloScorer(
+            teacher, lambda pairs: judge_texts(pairs, workers=2), cfg.prompt, params, search, reuse, label
+        )
         scores = scorer.score(items)
-        results[f"{search}/{label}"] = {"tokens_per_trace": sum(s.tokens for s in scores) / len(items),
-                                        "probes_per_trace": sum(s.probes for s in scores) / len(items),
-                                        "first_bad": [s.first_bad_step for s in scores]}
+        results[f"{search}/{label}"] = {
+            "tokens_per_trace": sum(s.tokens for s in scores) / len(items),
+            "probes_per_trace": sum(s.probes for s in scores) / len(items),
+            "first_bad": [s.first_bad_step for s in scores],
+        }
     teacher.close()
     base = results[BASELINE]
-    summary = {"traces": len(items), "correct_only": args.correct_only, "mean_steps": sum(len(i.steps) for i in items) / len(items), "n": args.n,
-               "reuse": args.reuse, "baseline": BASELINE,
-               **{f"token_ratio_baseline_over_{k}": base["tokens_per_trace"] / r["tokens_per_trace"]
-                  for k, r in results.items() if k != BASELINE},
-               **{f"same_first_bad_step_{k}": sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
-                  for k, r in results.items() if k != BASELINE}}
+    summary = {
+        "traces": len(items),
+        "correct_only": args.correct_only,
+        "mean_steps": sum(len(i.steps) for i in items) / len(items),
+        "n": args.n,
+        "reuse": args.reuse,
+        "baseline": BASELINE,
+        **{
+            f"token_ratio_baseline_over_{k}": base["tokens_per_trace"] / r["tokens_per_trace"]
+            for k, r in results.items()
+            if k != BASELINE
+        },
+        **{
+            f"same_first_bad_step_{k}": sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
+            for k, r in results.items()
+            if k != BASELINE
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({**summary, "detail": results}, indent=2) + "\n")
     print(f"baseline: {BASELINE} (every prefix, n={args.n} continuations each — Math-Shepherd)")
@@ -99,8 +126,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for k, r in results.items():
         same = sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
-        print(f"| {k} | {r['tokens_per_trace']:.0f} | {r['probes_per_trace']:.2f} | "
-              f"{base['tokens_per_trace'] / r['tokens_per_trace']:.2f} | {same:.1%} |")
+        print(
+            f"| {k} | {r['tokens_per_trace']:.0f} | {r['probes_per_trace']:.2f} | "
+            f"{base['tokens_per_trace'] / r['tokens_per_trace']:.2f} | {same:.1%} |"
+        )
     print(json.dumps(summary))
 
 

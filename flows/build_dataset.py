@@ -1,21 +1,26 @@
-"""@flow build_dataset: problems -> rollouts -> graded, selected, tagged, curriculum-ordered dataset."""
+"""@flow build_dataset: load -> rollout (per shard) -> grade -> step_score -> select -> difficulty ->
+curriculum -> write, each stage its own Prefect task (name, state, duration and logs in the UI)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tracefactory import io, pipeline
-from tracefactory.backends import make_teacher
+from tracefactory.backends.base import Teacher
+from tracefactory.backends.factory import make_teacher
 from tracefactory.config import FactoryConfig, load_config
 from tracefactory.errors import TraceFactoryError
 from tracefactory.manifest import build_manifest
-from tracefactory.report import funnel_markdown
+from tracefactory.pipeline import Engines, Loaded, run_stage
+from tracefactory.report import StageReport, funnel_markdown
+from tracefactory.stages.curriculum import curriculum
+from tracefactory.stages.difficulty import difficulty
+from tracefactory.stages.select import select
 
 
 def _transient(task, task_run, state) -> bool:
@@ -24,44 +29,80 @@ def _transient(task, task_run, state) -> bool:
     return not isinstance(state.data, TraceFactoryError)
 
 
-@task(name="load", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
-def load_task(run: io.RunDir, cfg: FactoryConfig) -> pipeline.Loaded:
-    return pipeline.load_problems(run, cfg)
+RETRY = dict(retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
 
 
-@task(name="start-teacher", cache_policy=NO_CACHE)
-def start_teacher_task(teacher: Any) -> None:
-    getattr(teacher, "start", lambda: None)()  # engine load time is not rollout time
+def stage_task(name: str, **options):
+    """A stage task: named after the stage, never cached by Prefect (the run directory is the cache)."""
+    return task(name=name, task_run_name=options.pop("task_run_name", name), cache_policy=NO_CACHE, **options)
 
 
-@task(name="rollout-shard", task_run_name="rollout-shard-{shard}", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=10, retry_condition_fn=_transient)  # a retry resumes from the committed chunks
-def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, teacher: Any):
-    if hasattr(teacher, "rollout_shard") and not pipeline.shard_done(run, cfg, problems):
-        # engines in Ray actors: the shard goes to one of them
-        return teacher.rollout_shard(run, shard, problems, cfg)
-    return pipeline.rollout_shard(run, shard, problems, cfg, teacher)
+@stage_task("load", **RETRY)
+def load_task(cfg: FactoryConfig) -> Loaded:
+    return pipeline.load_problems(cfg)
 
 
-@task(name="grade-score-select-tag", cache_policy=NO_CACHE)
-def finish_task(run: io.RunDir, cfg: FactoryConfig, problems, teacher: Any) -> pipeline.Finished:
-    return pipeline.finish(run, cfg, problems, pipeline.read_generations(run, cfg, problems), teacher)
+@stage_task("start-teacher")
+def start_task(engines: Engines) -> None:
+    engines.start()  # engine load time is not rollout time
 
 
-def default_run_dir(cfg: FactoryConfig) -> Path:
-    return Path("runs") / cfg.name
+@stage_task("rollout", task_run_name="rollout-shard-{shard}", **RETRY)  # a retry resumes from committed chunks
+def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, engines: Engines) -> StageReport:
+    return engines.rollout_shard(run, shard, problems, cfg)
 
 
-def _make_teacher(cfg: FactoryConfig):
+@stage_task("grade")
+def grade_task(run: io.RunDir, cfg: FactoryConfig, problems):
+    return pipeline.grade_rollouts(run, cfg, problems)
+
+
+@stage_task("step_score", **RETRY)  # a retry re-scores only what the step-score store lacks
+def step_score_task(run: io.RunDir, cfg: FactoryConfig, graded, problems, teacher: Teacher):
+    return pipeline.score_steps(run, cfg, graded, problems, teacher)
+
+
+@stage_task("select")
+def select_task(cfg: FactoryConfig, scored):
+    return run_stage(select, scored, cfg.select)
+
+
+@stage_task("difficulty")
+def difficulty_task(cfg: FactoryConfig, problems, chosen):
+    return run_stage(difficulty, problems, cfg.difficulty, chosen)
+
+
+@stage_task("curriculum")
+def curriculum_task(cfg: FactoryConfig, chosen, tagged):
+    return run_stage(curriculum, chosen, cfg.curriculum, tagged)
+
+
+@stage_task("eval-steps")
+def eval_steps_task(cfg: FactoryConfig, teacher: Teacher) -> dict:
+    return pipeline.evaluate_steps(cfg, teacher)
+
+
+@stage_task("write", **RETRY)
+def write_task(
+    run: io.RunDir, loaded: Loaded, tagged, chosen, dataset, reports: list[StageReport], manifest: dict
+) -> None:
+    pipeline.write_outputs(run, loaded, tagged, chosen, dataset, reports, manifest)
+
+
+def make_engines(cfg: FactoryConfig) -> Engines:
     if cfg.run.task_runner == "ray":
         from tracefactory.distributed import RayTeacherPool
 
         return RayTeacherPool(cfg.teacher, cfg.run.ray_engines)
-    return make_teacher(cfg.teacher)
+    return pipeline.LocalEngines(make_teacher(cfg.teacher))  # engines load on first use
 
 
-def run_build(config: str | None = None, out: str | None = None, overrides: dict[str, Any] | None = None,
-              teacher: Any = None) -> dict[str, Any]:
+def run_build(
+    config: str | None = None,
+    out: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    teacher: Teacher | None = None,
+) -> dict[str, Any]:
     """`build_dataset` with the task runner the config names (`run.task_runner`)."""
     cfg = load_config(config, overrides)
     flow_fn = build_dataset
@@ -72,37 +113,46 @@ def run_build(config: str | None = None, out: str | None = None, overrides: dict
     return flow_fn(config=config, out=out, overrides=overrides, teacher=teacher)
 
 
+def _rollouts(run: io.RunDir, cfg: FactoryConfig, shards: list, engines: Engines) -> StageReport:
+    if pipeline.rollouts_pending(run, cfg, shards):
+        start_task(engines)
+    if cfg.run.task_runner == "ray":  # shard tasks on Ray workers, all at once; each hands its shard to an actor
+        futures = [rollout_task.submit(run, i, shard, cfg, engines) for i, shard in enumerate(shards)]
+        reports = [f.result() for f in futures]
+    else:  # one in-process engine: shards in turn
+        reports = [rollout_task(run, i, shard, cfg, engines) for i, shard in enumerate(shards)]
+    return pipeline.rollout_total(reports)
+
+
 @flow(name="build_dataset")
-def build_dataset(config: str | None = None, out: str | None = None, overrides: dict[str, Any] | None = None,
-                  teacher: Any = None) -> dict[str, Any]:
-    """Build the curated dataset for CONFIG (the embedded demo when None) into OUT."""
-    logger, started = get_run_logger(), time.time()
+def build_dataset(
+    config: str | None = None, out: str | None = None, overrides: dict[str, Any] | None = None, teacher: Any = None
+) -> dict[str, Any]:
+    """Build the curated dataset for CONFIG (the embedded demo when None) into OUT. `teacher` (typed
+    Any: Prefect validates flow parameters by their annotations) replaces the configured one."""
+    started = time.time()
     cfg = load_config(config, overrides)
-    run = io.RunDir(out or default_run_dir(cfg))
-    own_teacher, on_ray = teacher is None, cfg.run.task_runner == "ray"
+    run = io.RunDir(out or io.default_run_dir(cfg.name))
+    engines = pipeline.LocalEngines(teacher) if teacher is not None else make_engines(cfg)
     try:
-        loaded = load_task(run, cfg)
-        shards = pipeline.shard_frames(loaded.problems, cfg.run.shard_size)
-        todo = any(not pipeline.shard_done(run, cfg, shard) for shard in shards) and len(loaded.problems)
-        teacher = teacher or _make_teacher(cfg)  # engines load on first use: a resumed run may never load one
-        if todo:
-            start_teacher_task(teacher)
-        if on_ray:  # shard tasks on Ray workers, all at once; each hands its shard to an engine actor
-            roll = [f.result() for f in [rollout_task.submit(run, i, shard, cfg, teacher)
-                                         for i, shard in enumerate(shards)]]
-        else:  # one in-process engine: shards in turn
-            roll = [rollout_task(run, i, shard, cfg, teacher) for i, shard in enumerate(shards)]
-        done = finish_task(run, cfg, loaded.problems, teacher)  # step scoring samples too
-        step_eval = pipeline.evaluate_steps(cfg, teacher) if cfg.step_score.eval_set else None
+        loaded = load_task(cfg)
+        r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
+        graded, r_grade = grade_task(run, cfg, loaded.problems)
+        scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)
+        chosen, r_select = select_task(cfg, scored)
+        tagged, r_diff = difficulty_task(cfg, loaded.problems, chosen)
+        dataset, r_curr = curriculum_task(cfg, chosen, tagged)
+        step_eval = eval_steps_task(cfg, engines.teacher) if cfg.step_score.eval_set else None
     finally:
-        if own_teacher:
-            getattr(teacher, "close", lambda: None)()
-    reports = [loaded.report, pipeline.merge_reports(roll), *done.reports]
-    pipeline.write_funnel(run, reports)
-    manifest = build_manifest(cfg, teacher, reports, started, {"step_eval": step_eval} if step_eval else None)
-    io.write_json(manifest, run.root / "manifest.json")
-    for r in reports:
-        logger.info(r.line())
-    create_table_artifact(key="funnel", table=[r.as_dict() for r in reports],
-                          description=f"Stage funnel of {run.root}\n\n{funnel_markdown(reports)}")
-    return {"run_dir": str(run.root), "dataset_rows": done.dataset_rows, "funnel": [r.line() for r in reports]}
+        if teacher is None:  # ours to close; a caller's teacher stays the caller's
+            engines.close()
+    reports = [r for r in (loaded.report, r_roll, r_grade, r_step, r_select, r_diff, r_curr) if r is not None]
+    extra = {"step_eval": step_eval} if step_eval else None
+    manifest = build_manifest(cfg, engines.teacher, reports, started, extra)
+    write_task(run, loaded, tagged, chosen, dataset, reports, manifest)
+    create_table_artifact(
+        key="funnel",
+        table=[r.as_dict() for r in reports],
+        description=f"Stage funnel of {run.root}\n\n{funnel_markdown(reports)}",
+    )
+    return {"run_dir": str(run.root), "dataset_rows": len(dataset), "funnel": [r.line() for r in reports]}

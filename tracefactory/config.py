@@ -34,7 +34,7 @@ class SourceConfig:
     """Where problems come from and which fields hold what."""
 
     path: str = ""
-    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
     split: str = "train"
     subset: str | None = None
     question_field: str = "question"
@@ -73,8 +73,12 @@ class TeacherConfig:
 
     def __post_init__(self):
         if self.kind == "openai" and not self.base_url:
-            raise ConfigError("teacher.base_url", self.base_url, "an OpenAI-compatible URL for kind 'openai'",
-                              "e.g. http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                "teacher.base_url",
+                self.base_url,
+                "an OpenAI-compatible URL for kind 'openai'",
+                "e.g. http://127.0.0.1:8000/v1",
+            )
         _positive("teacher.max_concurrency", self.max_concurrency)
         _positive("teacher.tensor_parallel_size", self.tensor_parallel_size)
         _positive("teacher.retries", self.retries, allow_zero=True)
@@ -113,6 +117,16 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """The rollout stage's section, derived from the file's `sampling` and `prompt` (see
+    `FactoryConfig.rollout`); `key` names the rollouts these settings and the teacher make."""
+
+    sampling: SamplingConfig
+    prompt: PromptConfig
+    key: str
+
+
+@dataclass(frozen=True)
 class GradeConfig:
     timeout_s: float = 5.0
     workers: int = 2  # 0 grades in this process (only safe on the main thread)
@@ -140,8 +154,15 @@ class DifficultyConfig:
     def __post_init__(self):
         bounds = [b for _, b in self.buckets]
         if not bounds or bounds != sorted(bounds, reverse=True) or bounds[-1] != 0.0:
-            raise ConfigError("difficulty.buckets", self.buckets,
-                              "[name, lower bound] pairs, bounds descending, the last 0.0")
+            raise ConfigError(
+                "difficulty.buckets", self.buckets, "[name, lower bound] pairs, bounds descending, the last 0.0"
+            )
+
+
+@dataclass(frozen=True)
+class CurriculumConfig:
+    # easy_first: pass rate high -> low (the usual curriculum); hard_first: the reverse
+    order: Literal["easy_first", "hard_first"] = "easy_first"
 
 
 @dataclass(frozen=True)
@@ -201,6 +222,7 @@ class FactoryConfig:
     select: SelectConfig = field(default_factory=SelectConfig)
     step_score: StepScoreConfig = field(default_factory=StepScoreConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     run: RunConfig = field(default_factory=RunConfig)
     name: str = "tracefactory-run"
 
@@ -217,12 +239,17 @@ class FactoryConfig:
         keep["teacher"] = {"kind": self.teacher.kind, "model": self.teacher.model}
         return digest(keep)
 
+    @property
+    def rollout(self) -> RolloutConfig:
+        return RolloutConfig(self.sampling, self.prompt, self.rollout_hash())
+
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ---- building dataclasses from plain data, with errors that name the field -------------------------
+
 
 def _coerce(path: str, tp: Any, value: Any) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -264,8 +291,11 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}", data[unknown[0]],
-                          "one of the known keys: " + ", ".join(names))
+        raise ConfigError(
+            f"{prefix + '.' if prefix else ''}{unknown[0]}",
+            data[unknown[0]],
+            "one of the known keys: " + ", ".join(names),
+        )
     kwargs = {k: _coerce(f"{prefix + '.' if prefix else ''}{k}", hints[k], v) for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -13,7 +13,8 @@ import logging
 from typing import Sequence
 
 from tracefactory import io, pipeline
-from tracefactory.backends.base import Completion, OnResult, Prompt, RequestFailed, make_teacher
+from tracefactory.backends.base import OnResult, Prompt, RequestResult, Teacher
+from tracefactory.backends.factory import make_teacher
 from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 from tracefactory.report import StageReport
@@ -25,8 +26,9 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise BackendError(f"run.task_runner 'ray' needs Ray and prefect-ray ({exc}): pip install "
-                           "'tracefactory[ray]'") from exc
+        raise BackendError(
+            f"run.task_runner 'ray' needs Ray and prefect-ray ({exc}): pip install 'tracefactory[ray]'"
+        ) from exc
     return ray
 
 
@@ -45,32 +47,37 @@ class TeacherActor:
 
     def __init__(self, cfg: TeacherConfig):
         self.teacher = make_teacher(cfg)
-        getattr(self.teacher, "start", lambda: None)()
+        self.teacher.start()
 
     def name(self) -> str:
         return self.teacher.name
 
-    def generate(self, prompts, n, params, seeds):
-        # RequestFailed is a list subclass: keep its error across the pickle boundary
-        return [(list(r), getattr(r, "error", None)) for r in self.teacher.generate(prompts, n, params, seeds)]
+    def generate(self, prompts, n, params, seeds) -> list[RequestResult]:
+        return self.teacher.generate(prompts, n, params, seeds)
 
     def rollout_shard(self, root: str, shard: int, problems, cfg: FactoryConfig) -> StageReport:
         return pipeline.rollout_shard(io.RunDir(root), shard, problems, cfg, self.teacher)
 
     def close(self) -> None:
-        getattr(self.teacher, "close", lambda: None)()
+        self.teacher.close()
 
 
 class RayTeacherPool:
-    """A Teacher whose engines are `engines` Ray actors, started on first use; picklable, so Prefect
-    tasks on Ray workers can take it as an argument and reach the same long-lived actors."""
+    """Engines (`pipeline.Engines`) that are `engines` Ray actors, started on first use, and a Teacher
+    over them; picklable, so Prefect tasks on Ray workers can take it as an argument and reach the
+    same long-lived actors."""
 
     def __init__(self, cfg: TeacherConfig, engines: int = 1):
         from tracefactory.backends.vllm_teacher import teacher_name
 
-        self.cfg, self.engines = cfg, engines
+        self.cfg = cfg
+        self.engines = engines
         self.name = teacher_name(cfg) if cfg.kind == "vllm" else cfg.model
         self.actors: list = []
+
+    @property
+    def teacher(self) -> Teacher:
+        return self
 
     def start(self) -> None:
         """Start the engine actors (if not yet) and wait until every engine is loaded."""
@@ -79,26 +86,35 @@ class RayTeacherPool:
             gpus = ray.cluster_resources().get("GPU", 0)
             tp = self.cfg.tensor_parallel_size
             if gpus and gpus < self.engines * tp:
-                raise BackendError(f"run.ray_engines={self.engines} x teacher.tensor_parallel_size={tp} needs "
-                                   f"more GPUs than the Ray cluster's {gpus:g}")
+                raise BackendError(
+                    f"run.ray_engines={self.engines} x teacher.tensor_parallel_size={tp} needs "
+                    f"more GPUs than the Ray cluster's {gpus:g}"
+                )
             opts = {"num_gpus": tp} if gpus else {"num_cpus": 1}
             actor = ray.remote(TeacherActor).options(**opts)
             self.actors = [actor.remote(self.cfg) for _ in range(self.engines)]
             log.info("%d teacher engine(s) in Ray actors (%s each)", self.engines, opts)
         ray.get([a.name.remote() for a in self.actors])
 
-    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[RequestResult]:
         ray = import_ray()
         self.start()
-        packed = ray.get(self.actors[0].generate.remote(list(prompts), n, params, seeds))
-        results = [RequestFailed(err) if err is not None else completions for completions, err in packed]
+        results = ray.get(self.actors[0].generate.remote(list(prompts), n, params, seeds))
         for i, r in enumerate(results):
             if on_result:
                 on_result(i, r)
         return results
 
     def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig) -> StageReport:
+        if pipeline.shard_done(run, cfg, problems):  # nothing to generate: read it here, no engine needed
+            return pipeline.rollout_shard(run, shard, problems, cfg, self)
         ray = import_ray()
         if not self.actors:
             raise BackendError("the engine actors must be started (start()) before shards are handed out")

@@ -13,7 +13,9 @@ class ConfigError(TraceFactoryError, ValueError):
     """A configuration value is missing, of the wrong type, or not one of the allowed options."""
 
     def __init__(self, field: str, got: object, expected: str, hint: str = ""):
-        self.field, self.got, self.expected = field, got, expected
+        self.field = field
+        self.got = got
+        self.expected = expected
         msg = f"config field '{field}': got {got!r}; expected {expected}"
         super().__init__(msg + (f". {hint}" if hint else ""))
 

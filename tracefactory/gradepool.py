@@ -15,18 +15,17 @@ import multiprocessing as mp
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tracefactory.failpoints import failpoint
+from tracefactory.outcomes import ERROR, TIMEOUT, Pair, Verdict
 
 log = logging.getLogger(__name__)
-Pair = tuple[str, str | None]
-Verdict = tuple[bool, str]
+# grade(gold, pred, timeout_s) -> verdict; a module-level function (spawned workers import it by name)
+GradeFn = Callable[[str, str | None, float | None], Verdict]
 
 
-def _worker(conn: Connection, inner_timeout_s: float | None) -> None:
-    from tracefactory import verify
-
+def _worker(conn: Connection, fn: GradeFn, inner_timeout_s: float | None) -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     conn.send("ready")
     while True:
@@ -34,16 +33,18 @@ def _worker(conn: Connection, inner_timeout_s: float | None) -> None:
         if msg is None:
             return
         idx, gold, pred = msg
-        conn.send((idx, verify.is_correct(gold, pred, inner_timeout_s)))
+        conn.send((idx, fn(gold, pred, inner_timeout_s)))
 
 
 class _Slot:
-    def __init__(self, ctx, inner_timeout_s: float | None):
+    def __init__(self, ctx, fn: GradeFn, inner_timeout_s: float | None):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, inner_timeout_s), daemon=True)
+        self.proc = ctx.Process(target=_worker, args=(child, fn, inner_timeout_s), daemon=True)
         self.proc.start()
         child.close()
-        self.ready, self.busy, self.since = False, None, 0.0
+        self.ready = False
+        self.busy: int | None = None  # index of the pair being graded
+        self.since = 0.0  # when it was taken
 
     def take(self, idx: int, pair: Pair) -> None:
         self.conn.send((idx, *pair))
@@ -64,15 +65,16 @@ class _Slot:
 
 
 class GradePool:
-    def __init__(self, workers: int, timeout_s: float):
-        from tracefactory.verify import ERROR, TIMEOUT
+    """`workers` spawned processes running `fn` on one pair at a time, `timeout_s` of wall clock each."""
 
-        self.timeout_s, self.ERROR, self.TIMEOUT = timeout_s, ERROR, TIMEOUT
+    def __init__(self, fn: GradeFn, workers: int, timeout_s: float):
+        self.fn = fn
+        self.timeout_s = timeout_s
         # Math-Verify's own alarms (whole seconds, parse and verify each) fit inside the hard budget
         inner = int(timeout_s // 2)
         self.inner = inner if inner >= 1 else None
         self.ctx = mp.get_context("spawn")
-        self.slots = [_Slot(self.ctx, self.inner) for _ in range(max(1, workers))]
+        self.slots = [_Slot(self.ctx, fn, self.inner) for _ in range(max(1, workers))]
         self.replaced = 0
 
     def __enter__(self) -> "GradePool":
@@ -88,7 +90,7 @@ class GradePool:
 
     def _replace(self, slot: _Slot, why: str) -> None:
         slot.stop(kill=True)
-        self.slots[self.slots.index(slot)] = _Slot(self.ctx, self.inner)
+        self.slots[self.slots.index(slot)] = _Slot(self.ctx, self.fn, self.inner)
         self.replaced += 1
         log.warning("grading worker replaced (%s)", why)
 
@@ -111,7 +113,7 @@ class GradePool:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker died (out of memory, a crash in C code)
                     if s.busy is not None:
-                        results[s.busy], left = (False, self.ERROR), left - 1
+                        results[s.busy], left = (False, ERROR), left - 1
                     self._replace(s, "died")
                     continue
                 if msg == "ready":
@@ -124,8 +126,11 @@ class GradePool:
             now = time.monotonic()
             for s in list(self.slots):
                 if s.busy is not None and now - s.since > self.timeout_s:
-                    log.warning("grading %r took over %.1f s", pairs[s.busy][1][:80] if pairs[s.busy][1] else None,
-                                self.timeout_s)
-                    results[s.busy], left = (False, self.TIMEOUT), left - 1
+                    log.warning(
+                        "grading %r took over %.1f s",
+                        pairs[s.busy][1][:80] if pairs[s.busy][1] else None,
+                        self.timeout_s,
+                    )
+                    results[s.busy], left = (False, TIMEOUT), left - 1
                     self._replace(s, "timeout")
         return results  # type: ignore[return-value]

@@ -7,25 +7,43 @@ Layout of a run directory:
     RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.parquet   raw teacher output, written
                                      as requests finish; the footer commits the chunk (problems, run)
     RUN/_work/markers/<name>.done                              JSON: what was finished, when
+    RUN/_work/graded/<key>.parquet      graded rollouts, keyed by the content of their inputs; the footer
+                                        holds the stage report (a re-run after a crash does not regrade)
+    RUN/_work/step_scores/<key>.parquet step scores, saved block by block
+    RUN/logs/run-<time>.log             engine, compiler and library output of `tracefactory run`
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracefactory.config import SourceConfig
-from tracefactory.errors import ConfigError
-from tracefactory.schema import COT_TOKENS, PROBLEM_ID, RAW, ROW_INDEX, SAMPLE_INDEX, validate_frame
+from tracefactory.backends.scorers import StepScores
+from tracefactory.failpoints import failpoint
+from tracefactory.report import StageReport
+from tracefactory.schema import (
+    COT_TOKENS,
+    FIRST_BAD_STEP,
+    GENERATION_SCHEMA,
+    PROBLEM_ID,
+    SAMPLE_INDEX,
+    STEP_COLUMNS,
+    STEP_SCORES,
+    STEPS,
+    validate_frame,
+)
 
 
 def _atomic(path: Path, write) -> None:
@@ -59,6 +77,10 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / name
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -77,8 +99,11 @@ class RunDir:
     def tables(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.parquet"))
-                      and not p.name.startswith("_"))
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and any(p.glob("*.parquet")) and not p.name.startswith("_")
+        )
 
     # raw generations: the resumable, expensive part
     def generations(self, rollout_key: str) -> "GenerationStore":
@@ -92,6 +117,15 @@ class RunDir:
 
     def mark_done(self, name: str, **info: Any) -> None:
         write_json({"done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, self.marker(name))
+
+    def stage_cache(self, stage: str) -> "StageCache":
+        return StageCache(self.root / "_work" / stage)
+
+    def step_scores(self, key: str) -> "StepScoreStore":
+        return StepScoreStore(self.root / "_work" / "step_scores" / f"{key}.parquet")
+
+    def log_path(self) -> Path:
+        return self.root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 _COMMITS: dict[tuple[str, int, int], dict] = {}  # commit records read, by (path, mtime, size)
@@ -129,19 +163,36 @@ class GenerationStore:
     def done_ids(self) -> set[str]:
         return {pid for c in self.commits() for pid in c["problems"]}
 
-    def commit(self, frame: pl.DataFrame, problem_ids: list[str], *, shard: int, run_id: str, seq: int,
-               failed: dict[str, str] | None = None) -> None:
-        record = {"run": run_id, "shard": shard, "problems": problem_ids, "completions": len(frame),
-                  "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0, "failed": failed or {},
-                  "at": time.time()}
+    def commit(
+        self,
+        frame: pl.DataFrame,
+        problem_ids: list[str],
+        *,
+        shard: int,
+        run_id: str,
+        seq: int,
+        failed: dict[str, str] | None = None,
+    ) -> None:
+        record = {
+            "run": run_id,
+            "shard": shard,
+            "problems": problem_ids,
+            "completions": len(frame),
+            "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0,
+            "failed": failed or {},
+            "at": time.time(),
+        }
         table = frame.to_arrow()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(record)})
         write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
     def read(self, problem_ids: set[str] | None = None) -> pl.DataFrame | None:
         """Committed completions (of `problem_ids` if given), each (problem, sample) once; None if none."""
-        paths = [self.root / f"{c['chunk']}.parquet" for c in self.commits() if c["completions"]
-                 and (problem_ids is None or not problem_ids.isdisjoint(c["problems"]))]
+        paths = [
+            self.root / f"{c['chunk']}.parquet"
+            for c in self.commits()
+            if c["completions"] and (problem_ids is None or not problem_ids.isdisjoint(c["problems"]))
+        ]
         if not paths:
             return None
         frame = pl.read_parquet(paths)
@@ -150,66 +201,112 @@ class GenerationStore:
         return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
 
 
-# ---- reading inputs: every row becomes (row_index, raw JSON text); the load stage validates ----------
-
-def _resolve_format(src: SourceConfig) -> str:
-    if src.format != "auto":
-        return src.format
-    p = Path(src.path)
-    if p.suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))):
-        return "parquet"
-    return "hf"
+RUN_ID = uuid.uuid4().hex[:12]  # this process: chunk names and the per-run generation ledger
+_CHUNK_SEQ = itertools.count()  # chunk numbers, unique within the process (shards, task retries)
 
 
-def _jsonl_lines(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip():
-                yield line.rstrip("\n")
+class ChunkWriter:
+    """Sink for the rollout stage: buffers finished problems and commits them to the generation store
+    every `flush_every` problems or `flush_seconds`, so a crash loses at most that much finished work."""
+
+    def __init__(self, store: GenerationStore, shard: int, flush_every: int, flush_seconds: float):
+        self.store = store
+        self.shard = shard
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self.frames: list[pl.DataFrame] = []
+        self.ids: list[str] = []
+        self.failed: dict[str, str] = {}  # this writer's requests that failed for good (recorded, not done)
+        self.new_failures: dict[str, str] = {}  # ... not yet in a commit record
+        self.last = time.monotonic()
+
+    def __call__(self, problem_id: str, rows: pl.DataFrame, error: str | None) -> None:
+        if error is not None:
+            self.failed[problem_id] = error
+            self.new_failures[problem_id] = error
+        else:
+            self.frames.append(rows)
+            self.ids.append(problem_id)
+        if len(self.ids) >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids and not self.new_failures:
+            return
+        frame = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=GENERATION_SCHEMA)
+        self.store.commit(
+            frame, self.ids, shard=self.shard, run_id=RUN_ID, seq=next(_CHUNK_SEQ), failed=self.new_failures
+        )
+        failpoint("rollout.chunk_committed")
+        self.frames = []
+        self.ids = []
+        self.new_failures = {}
+        self.last = time.monotonic()
 
 
-def _records_to_raw(records: Iterator[dict]) -> Iterator[str]:
-    for rec in records:
-        yield json.dumps(rec, default=str, ensure_ascii=False)
+def content_key(*parts: Any) -> str:
+    """A stable hash of frames (every row, in order) and plain values: the key of derived work."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, pl.DataFrame):
+            h.update(json.dumps(part.columns).encode())
+            for row in part.iter_rows():
+                h.update(json.dumps(row, default=str).encode())
+                h.update(b"\n")
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
 
 
-def read_source(src: SourceConfig) -> pl.DataFrame:
-    """All input rows as (row_index, raw) — raw is the JSON text of the row, even when it is malformed."""
-    fmt = _resolve_format(src)
-    if fmt in ("jsonl", "parquet") and not Path(src.path).exists():
-        raise ConfigError("source.path", src.path, f"an existing {fmt} file or folder")
-    if fmt == "jsonl":
-        lines: Iterator[str] = _jsonl_lines(Path(src.path))
-    elif fmt == "parquet":
-        lines = _records_to_raw(iter(pl.read_parquet(src.path).to_dicts()))
-    else:
-        lines = _records_to_raw(iter(_load_hf(src)))
-    raw = []
-    for i, line in enumerate(lines):
-        if src.limit is not None and i >= src.limit:
-            break
-        raw.append(line)
-    return pl.DataFrame({ROW_INDEX: list(range(len(raw))), RAW: raw}, schema={ROW_INDEX: pl.Int64, RAW: pl.String})
+class StageCache:
+    """A stage's output frame and report, by a key of its inputs (see `content_key`): one Parquet file
+    per key, the report in its footer, written atomically."""
+
+    KEY = b"tracefactory.report"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.parquet"
+
+    def get(self, key: str) -> tuple[pl.DataFrame, StageReport] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        table = pq.read_table(path)
+        report = StageReport(**json.loads((table.schema.metadata or {})[self.KEY]))
+        return pl.from_arrow(table), report
+
+    def put(self, key: str, frame: pl.DataFrame, report: StageReport) -> None:
+        table = frame.to_arrow()
+        meta = {**(table.schema.metadata or {}), self.KEY: json.dumps(dataclasses.asdict(report))}
+        write_parquet(table.replace_schema_metadata(meta), self.path(key))
 
 
-def _load_hf(src: SourceConfig):
-    import datasets
+class StepScoreStore:
+    """Step scores by (problem, steps), saved as one Parquet file (rewritten whole after each block)."""
 
-    split = src.split if src.limit is None else f"{src.split}[:{src.limit}]"
-    try:
-        return datasets.load_dataset(src.path, src.subset, split=split)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError("source.path", src.path, "a datasets name or local dataset folder", str(exc)) from exc
+    def __init__(self, path: Path):
+        self.path = path
 
+    def load(self) -> dict[tuple[str, tuple[str, ...]], StepScores]:
+        if not self.path.is_file():
+            return {}
+        rows = pl.read_parquet(self.path).iter_rows()
+        return {(pid, tuple(steps)): StepScores(list(scores), bad) for pid, steps, scores, bad in rows}
 
-def source_identity(src: SourceConfig) -> dict[str, Any]:
-    p = Path(src.path)
-    info: dict[str, Any] = {"path": src.path, "format": _resolve_format(src)}
-    if p.is_file():
-        info["sha256"] = file_sha256(p)
-        info["bytes"] = p.stat().st_size
-    elif info["format"] == "hf":
-        info.update(split=src.split, subset=src.subset)
-    return info
+    def save(self, cache: dict[tuple[str, tuple[str, ...]], StepScores]) -> None:
+        done = {k: v for k, v in cache.items() if v.scores}  # unscored traces are tried again next run
+        schema = {PROBLEM_ID: pl.String, **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)}}
+        frame = pl.DataFrame(
+            {
+                PROBLEM_ID: [k[0] for k in done],
+                STEPS: [list(k[1]) for k in done],
+                STEP_SCORES: [v.scores for v in done.values()],
+                FIRST_BAD_STEP: [v.first_bad_step for v in done.values()],
+            },
+            schema=schema,
+        )
+        write_parquet(frame.to_arrow(), self.path)

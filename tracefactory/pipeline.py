@@ -1,37 +1,48 @@
-"""The steps a flow calls, each touching the run directory only through `io` — no Prefect here.
-
-`flows/build_dataset.py` wraps these in Prefect tasks; tests call them directly.
+"""The runner: every stage as the flow calls it — the pure stage function, plus the run-directory I/O
+around it; timing and logging live here, once (`run_stage`). No Prefect here: `flows/build_dataset.py`
+wraps each step in a task; tests call these directly.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import importlib.metadata as md
 import logging
 import time
-import uuid
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
-from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import polars as pl
 
 from tracefactory import io
 from tracefactory.backends.base import Teacher
-from tracefactory.backends.scorers import CachedScorer, MonteCarloScorer, StepScorer, StepScores
-from tracefactory.config import FactoryConfig, SamplingConfig, digest
+from tracefactory.backends.factory import make_scorer
+from tracefactory.backends.scorers import CachedScorer
+from tracefactory.config import FactoryConfig, digest
 from tracefactory.failpoints import failpoint
-from tracefactory.report import StageReport, funnel_frame
-from tracefactory.schema import FIRST_BAD_STEP, PROBLEM_ID, SAMPLE_INDEX, STEP_COLUMNS, STEP_SCORES, STEPS, columns
-from tracefactory.stages.curriculum import curriculum
-from tracefactory.stages.difficulty import difficulty
+from tracefactory.report import StageReport, funnel_frame, merge_reports
+from tracefactory.schema import ANSWER, GENERATION_SCHEMA, PROBLEM_ID, SAMPLE_INDEX, columns
+from tracefactory.sources import read_source
 from tracefactory.stages.grade import grade
-from tracefactory.stages.load import load
-from tracefactory.stages.rollout import GENERATION_SCHEMA, rollout, rollout_report
-from tracefactory.stages.select import select
-from tracefactory.stages.step_score import reuse_pool, step_score, unscored
-from tracefactory.verify import judge_texts
+from tracefactory.stages.load import load, partition
+from tracefactory.stages.rollout import rollout, rollout_report
+from tracefactory.stages.step_score import step_score, unscored
 
 log = logging.getLogger(__name__)
+StageOutput = tuple[pl.DataFrame, StageReport]
+
+
+def run_stage(stage: Callable[..., StageOutput], frame: pl.DataFrame, cfg, *inputs) -> StageOutput:
+    """Run `stage(frame, cfg, *inputs)`, time it and log its funnel line."""
+    started = time.perf_counter()
+    out, report = stage(frame, cfg, *inputs)
+    report = dataclasses.replace(report, seconds=time.perf_counter() - started)
+    log.info(report.line())
+    return out, report
+
+
+# ---- load ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -41,18 +52,13 @@ class Loaded:
     report: StageReport
 
 
-@dataclass
-class Finished:
-    reports: list[StageReport] = field(default_factory=list)
-    dataset_rows: int = 0
-
-
-def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
-    raw = io.read_source(cfg.source)
-    problems, rejected, report = load(raw, cfg.source)
-    run.write_table(rejected, "rejected")
-    log.info("loaded %d problems, rejected %d rows", len(problems), len(rejected))
+def load_problems(cfg: FactoryConfig) -> Loaded:
+    parsed, report = run_stage(load, read_source(cfg.source), cfg.source)
+    problems, rejected = partition(parsed)
     return Loaded(problems, rejected, report)
+
+
+# ---- rollout ---------------------------------------------------------------------------------------
 
 
 def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
@@ -67,79 +73,99 @@ def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> bo
     return run.is_done(_shard_marker(cfg, problems))
 
 
-class ChunkWriter:
-    """Sink for `rollout`: buffers finished problems and commits them to the generation store every
-    `flush_every` problems or `flush_seconds`, so a crash loses at most that much finished work."""
-
-    def __init__(self, store: io.GenerationStore, shard: int, run_id: str, flush_every: int, flush_seconds: float):
-        self.store, self.shard, self.run_id = store, shard, run_id
-        self.flush_every, self.flush_seconds = flush_every, flush_seconds
-        self.frames: list[pl.DataFrame] = []
-        self.ids: list[str] = []
-        self.failed: dict[str, str] = {}  # this writer's requests that failed for good (recorded, not done)
-        self.new_failures: dict[str, str] = {}  # ... not yet in a commit record
-        self.last = time.monotonic()
-
-    def __call__(self, problem_id: str, rows: pl.DataFrame, error: str | None) -> None:
-        if error is not None:
-            self.failed[problem_id] = self.new_failures[problem_id] = error
-        else:
-            self.frames.append(rows)
-            self.ids.append(problem_id)
-        if len(self.ids) >= self.flush_every or time.monotonic() - self.last >= self.flush_seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.ids and not self.new_failures:
-            return
-        frame = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=GENERATION_SCHEMA)
-        self.store.commit(frame, self.ids, shard=self.shard, run_id=self.run_id, seq=next(_CHUNK_SEQ),
-                          failed=self.new_failures)
-        failpoint("rollout.chunk_committed")
-        self.frames, self.ids, self.new_failures, self.last = [], [], {}, time.monotonic()
+def rollouts_pending(run: io.RunDir, cfg: FactoryConfig, shards: list[pl.DataFrame]) -> bool:
+    """Whether any shard still needs the teacher (a fully resumed run never loads an engine)."""
+    return any(len(s) and not shard_done(run, cfg, s) for s in shards)
 
 
-RUN_ID = uuid.uuid4().hex[:12]  # this process: chunk names and the per-run generation ledger
-_CHUNK_SEQ = itertools.count()  # chunk numbers, unique within the process (shards, task retries)
-
-
-def rollout_shard(run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig,
-                  teacher: Teacher) -> StageReport:
+def rollout_shard(
+    run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher
+) -> StageReport:
     """Generate the shard's problems that no earlier run committed; commit results as they finish.
 
     The shard is marked done when every problem has its completions; problems whose request failed
     for good are counted `teacher_error` and retried by the next run."""
-    t0, store, n = time.time(), run.generations(cfg.rollout_hash()), cfg.sampling.n
+    started = time.perf_counter()
+    store = run.generations(cfg.rollout_hash())
     ids = set(problems[PROBLEM_ID].to_list())
     failed: dict[str, str] = {}
     if not shard_done(run, cfg, problems):
         todo = problems.filter(~pl.col(PROBLEM_ID).is_in(list(store.done_ids() & ids)))
         if len(todo) < len(problems):
-            log.info("shard %d: %d of %d problems already generated, %d to go", shard, len(problems) - len(todo),
-                     len(problems), len(todo))
+            log.info(
+                "shard %d: %d of %d problems already generated, %d to go",
+                shard,
+                len(problems) - len(todo),
+                len(problems),
+                len(todo),
+            )
         if len(todo):
-            writer = ChunkWriter(store, shard, RUN_ID, cfg.run.flush_every, cfg.run.flush_seconds)
-            rollout(todo, cfg, teacher, sink=writer)
+            writer = io.ChunkWriter(store, shard, cfg.run.flush_every, cfg.run.flush_seconds)
+            rollout(todo, cfg.rollout, teacher, sink=writer)
             writer.flush()
             failed = writer.failed
         if failed:
-            log.warning("shard %d: %d request(s) failed after retries (first: %s); re-run to retry them",
-                        shard, len(failed), next(iter(failed.values())))
+            log.warning(
+                "shard %d: %d request(s) failed after retries (first: %s); re-run to retry them",
+                shard,
+                len(failed),
+                next(iter(failed.values())),
+            )
         else:
             run.mark_done(_shard_marker(cfg, problems), shard=shard, problems=len(problems))
     frame = store.read(ids)
     frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
-    return rollout_report(len(problems), n, frame, time.time() - t0, len(failed))
+    report = rollout_report(len(problems), cfg.sampling.n, frame, len(failed))
+    report = dataclasses.replace(report, seconds=time.perf_counter() - started)
+    log.info(
+        "rollout shard %d: %d of %d completions, %d tokens, %.1f s",
+        shard,
+        report.kept,
+        report.rows_in,
+        report.tokens,
+        report.seconds,
+    )
+    return report
 
 
-def merge_reports(reports: list[StageReport]) -> StageReport:
-    first = reports[0]
-    by: dict[str, int] = {}
-    for r in reports:
-        for k, v in r.dropped_by_reason.items():
-            by[k] = by.get(k, 0) + v
-    return StageReport(first.stage, first.unit, sum(r.rows_in for r in reports), sum(r.kept for r in reports), by,
-                       seconds=sum(r.seconds for r in reports), tokens=sum(r.tokens for r in reports))
+def rollout_total(reports: list[StageReport]) -> StageReport:
+    total = merge_reports(reports)
+    log.info(total.line())
+    return total
+
+
+class Engines(Protocol):
+    """Where rollout shards are generated: this process's teacher (`LocalEngines`), or teacher engines
+    in Ray actors (`distributed.RayTeacherPool`). `teacher` takes the other calls (step scoring)."""
+
+    @property
+    def teacher(self) -> Teacher: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def rollout_shard(self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig) -> StageReport: ...
+
+
+class LocalEngines:
+    """The one teacher of this process generates every shard, in turn."""
+
+    def __init__(self, teacher: Teacher):
+        self._teacher = teacher
+
+    @property
+    def teacher(self) -> Teacher:
+        return self._teacher
+
+    def start(self) -> None:
+        self._teacher.start()
+
+    def close(self) -> None:
+        self._teacher.close()
+
+    def rollout_shard(self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig) -> StageReport:
+        return rollout_shard(run, shard, problems, cfg, self._teacher)
 
 
 def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> pl.DataFrame:
@@ -152,23 +178,65 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame)
     return frame.join(order, on=PROBLEM_ID, how="left").sort("_order", SAMPLE_INDEX).drop("_order")
 
 
-def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | None = None) -> StepScorer:
-    """The configured scorer; `graded` rollouts (if any) are reused as Monte-Carlo continuations."""
+# ---- grade (persisted) -----------------------------------------------------------------------------
+
+_GRADER_FILES = ("verify.py", "outcomes.py", "gradepool.py", "stages/grade.py")
+
+
+def grader_identity() -> dict[str, str]:
+    """What a verdict depends on besides its inputs: the grading code and Math-Verify's version."""
+    root = Path(__file__).parent
+    ident = {name: io.file_sha256(root / name)[:16] for name in _GRADER_FILES}
+    ident["math-verify"] = md.version("math-verify")
+    return ident
+
+
+def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> StageOutput:
+    """The grade stage over the committed completions, kept in the run dir by the content of its inputs
+    (completions, golds, grade settings, grading code): a re-run with the same inputs reads the graded
+    rows back instead of grading again."""
+    generations = read_generations(run, cfg, problems)
+    cache = run.stage_cache("graded")
+    key = io.content_key(
+        grader_identity(), dataclasses.asdict(cfg.grade), problems.select(PROBLEM_ID, ANSWER), generations
+    )
+    hit = cache.get(key)
+    if hit is not None:
+        log.info("grade: %d completions graded by an earlier run, read back (inputs unchanged)", len(hit[0]))
+        return hit
+    graded, report = run_stage(grade, generations, cfg.grade, problems)
+    cache.put(key, graded, report)
+    failpoint("grade.persisted")
+    return graded, report
+
+
+# ---- step_score (persisted block by block) --------------------------------------------------------
+
+
+def _step_key(cfg: FactoryConfig) -> str:
     sc = cfg.step_score
-    if sc.scorer == "prm":
-        from tracefactory.backends.prm import VLLMPRMScorer
-
-        return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len)
-    s = cfg.sampling
-    params = SamplingConfig(n=cfg.step_score.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                            seed=s.seed)
-    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
-    reuse = reuse_pool(graded, cfg.step_score) if graded is not None else None
-    return MonteCarloScorer(teacher, judge, cfg.prompt, params, cfg.step_score.search, reuse, cfg.step_score.label)
+    return digest(
+        [cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps]
+    )
 
 
-def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None,
-                   limit: int | None = None) -> dict:
+def score_steps(
+    run: io.RunDir, cfg: FactoryConfig, graded: pl.DataFrame, problems: pl.DataFrame, teacher: Teacher
+) -> tuple[pl.DataFrame, StageReport | None]:
+    """The step_score stage with its scores kept in the run dir (a re-run samples nothing again);
+    with step scoring off, the step columns are added, all null, and there is no report."""
+    if not cfg.step_score.enabled:
+        return unscored(graded), None
+    store = run.step_scores(_step_key(cfg))
+    cache = store.load()
+    scorer = CachedScorer(make_scorer(cfg, teacher, graded), cache, on_block=lambda: store.save(cache))
+    try:
+        return run_stage(step_score, graded, cfg.step_score, problems, scorer)
+    finally:
+        scorer.close()  # a PRM's own engine; the teacher's belongs to the flow
+
+
+def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None, limit: int | None = None) -> dict:
     """The configured step scorer's agreement with human step labels (see `step_eval`)."""
     from tracefactory.step_eval import evaluate, load_labelled
 
@@ -177,65 +245,27 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
     try:
         result = evaluate(scorer, load_labelled(path, limit if limit is not None else cfg.step_score.eval_limit))
     finally:
-        getattr(scorer, "close", lambda: None)()
+        scorer.close()
     return {"eval_set": str(path), **result}
 
 
-def _step_cache_path(run: io.RunDir, cfg: FactoryConfig) -> Path:
-    sc = cfg.step_score
-    key = digest([cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps])
-    return run.root / "_work" / "step_scores" / f"{key}.parquet"
+# ---- write -----------------------------------------------------------------------------------------
 
 
-def load_step_cache(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    return {(pid, tuple(steps)): StepScores(list(scores), bad)
-            for pid, steps, scores, bad in pl.read_parquet(path).iter_rows()}
-
-
-def save_step_cache(path: Path, cache: dict) -> None:
-    frame = pl.DataFrame({PROBLEM_ID: [k[0] for k in cache], STEPS: [list(k[1]) for k in cache],
-                          STEP_SCORES: [v.scores for v in cache.values()],
-                          FIRST_BAD_STEP: [v.first_bad_step for v in cache.values()]},
-                         schema={PROBLEM_ID: pl.String, **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)}})
-    io.write_parquet(frame.to_arrow(), path)
-
-
-def score_steps(run: io.RunDir, cfg: FactoryConfig, graded: pl.DataFrame, problems: pl.DataFrame,
-                teacher: Teacher) -> tuple[pl.DataFrame, StageReport]:
-    """The step_score stage with its results kept in the run dir: a re-run samples nothing again."""
-    path = _step_cache_path(run, cfg)
-    inner = make_scorer(cfg, teacher, graded)
-    cache = load_step_cache(path)
-    scorer = CachedScorer(inner, cache, on_block=lambda: save_step_cache(path, {k: v for k, v in cache.items()
-                                                                               if v.scores}))
-    try:
-        return step_score(graded, problems, cfg.step_score, scorer)
-    finally:
-        getattr(inner, "close", lambda: None)()  # a PRM engine; the teacher's is closed by the flow
-
-
-def finish(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, generations: pl.DataFrame,
-           teacher: Teacher | None = None) -> Finished:
-    """grade -> step_score -> select -> difficulty -> curriculum; writes problems, rollouts, dataset."""
-    graded, r_grade = grade(generations, problems, cfg.grade)
-    reports = [r_grade]
-    if cfg.step_score.enabled and teacher is not None:
-        graded, r_step = score_steps(run, cfg, graded, problems, teacher)
-        reports.append(r_step)
-    else:
-        graded = unscored(graded)
-    chosen, r_select = select(graded, cfg.select)
-    tagged, r_diff = difficulty(problems, chosen, cfg.difficulty)
-    dataset, r_curr = curriculum(tagged, chosen)
-    run.write_table(tagged.select(columns("problems")), "problems")
+def write_outputs(
+    run: io.RunDir,
+    loaded: Loaded,
+    problems: pl.DataFrame,
+    rollouts: pl.DataFrame,
+    dataset: pl.DataFrame,
+    reports: list[StageReport],
+    manifest: dict,
+) -> None:
+    """Every table, then the manifest last: a manifest on disk describes tables that are all there."""
+    run.write_table(loaded.rejected, "rejected")
+    run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
-    run.write_table(chosen.select(columns("rollouts")), "rollouts")
+    run.write_table(rollouts.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
-    return Finished([*reports, r_select, r_diff, r_curr], len(dataset))
-
-
-def write_funnel(run: io.RunDir, reports: list[StageReport]) -> None:
     run.write_table(funnel_frame(reports), "funnel")
-
+    io.write_json(manifest, run.root / "manifest.json")

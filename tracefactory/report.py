@@ -21,8 +21,10 @@ class StageReport:
     def __post_init__(self):
         self.dropped_by_reason = {k: int(v) for k, v in sorted(self.dropped_by_reason.items()) if v}
         if self.rows_in != self.kept + self.dropped:
-            raise ValueError(f"stage '{self.stage}' does not add up: {self.rows_in} in != {self.kept} kept + "
-                             f"{self.dropped} dropped {self.dropped_by_reason}")
+            raise ValueError(
+                f"stage '{self.stage}' does not add up: {self.rows_in} in != {self.kept} kept + "
+                f"{self.dropped} dropped {self.dropped_by_reason}"
+            )
 
     @property
     def dropped(self) -> int:
@@ -40,20 +42,49 @@ class StageReport:
 
     def line(self) -> str:
         why = ", ".join(f"{k}={v}" for k, v in self.dropped_by_reason.items()) or "-"
-        return f"{self.stage:<11} {self.unit:<12} in={self.rows_in:<7} kept={self.kept:<7} dropped={self.dropped:<6} ({why})"
+        counts = f"in={self.rows_in:<7} kept={self.kept:<7} dropped={self.dropped:<6}"
+        return f"{self.stage:<11} {self.unit:<12} {counts} ({why}) {self.seconds:.1f} s"
+
+
+def merge_reports(reports: list[StageReport]) -> StageReport:
+    """One report for a stage that ran in parts (the rollout shards)."""
+    by: dict[str, int] = {}
+    for r in reports:
+        for k, v in r.dropped_by_reason.items():
+            by[k] = by.get(k, 0) + v
+    first = reports[0]
+    return StageReport(
+        first.stage,
+        first.unit,
+        sum(r.rows_in for r in reports),
+        sum(r.kept for r in reports),
+        by,
+        seconds=sum(r.seconds for r in reports),
+        tokens=sum(r.tokens for r in reports),
+    )
 
 
 def funnel_frame(reports: list[StageReport]) -> pl.DataFrame:
     rows = [{**r.as_dict(), "dropped_by_reason": json.dumps(r.dropped_by_reason)} for r in reports]
     cols = ["stage", "unit", "rows_in", "kept", "dropped", "dropped_by_reason", "seconds", "tokens"]
-    schema = {"stage": pl.String, "unit": pl.String, "rows_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64,
-              "dropped_by_reason": pl.String, "seconds": pl.Float64, "tokens": pl.Int64}
+    schema = {
+        "stage": pl.String,
+        "unit": pl.String,
+        "rows_in": pl.Int64,
+        "kept": pl.Int64,
+        "dropped": pl.Int64,
+        "dropped_by_reason": pl.String,
+        "seconds": pl.Float64,
+        "tokens": pl.Int64,
+    }
     return pl.DataFrame(rows, schema=schema).select(cols)
 
 
 def funnel_markdown(reports: list[StageReport]) -> str:
     head = "| stage | unit | in | kept | dropped | by reason | seconds | tokens |\n|---|---|---|---|---|---|---|---|"
-    body = [f"| {r.stage} | {r.unit} | {r.rows_in} | {r.kept} | {r.dropped} | "
-            f"{', '.join(f'{k}: {v}' for k, v in r.dropped_by_reason.items()) or '-'} | {r.seconds:.1f} | {r.tokens} |"
-            for r in reports]
+    body = [
+        f"| {r.stage} | {r.unit} | {r.rows_in} | {r.kept} | {r.dropped} | "
+        f"{', '.join(f'{k}: {v}' for k, v in r.dropped_by_reason.items()) or '-'} | {r.seconds:.1f} | {r.tokens} |"
+        for r in reports
+    ]
     return "\n".join([head, *body])

@@ -48,20 +48,46 @@ PRM_MIN = "prm_min"
 PRM_MEAN = "prm_mean"
 PRM_LAST = "prm_last"
 FIRST_BAD_STEP = "first_bad_step"
-STEP_COLUMNS = {STEPS: pl.List(pl.String), STEP_SCORES: pl.List(pl.Float64), PRM_MIN: pl.Float64,
-                PRM_MEAN: pl.Float64, PRM_LAST: pl.Float64, FIRST_BAD_STEP: pl.Int64}
+STEP_COLUMNS = {
+    STEPS: pl.List(pl.String),
+    STEP_SCORES: pl.List(pl.Float64),
+    PRM_MIN: pl.Float64,
+    PRM_MEAN: pl.Float64,
+    PRM_LAST: pl.Float64,
+    FIRST_BAD_STEP: pl.Int64,
+}
 
 UNSOLVED = "unsolved"
 
-_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
-          "list<string>": pa.list_(pa.string()), "list<float64>": pa.list_(pa.float64())}
+# the teacher's raw output, as the rollout stage makes it and the generation store keeps it
+GENERATION_SCHEMA = {
+    PROBLEM_ID: pl.String,
+    SAMPLE_INDEX: pl.Int64,
+    ROLLOUT_KEY: pl.String,
+    SEED: pl.Int64,
+    TEXT: pl.String,
+    COT_TOKENS: pl.Int64,
+    FINISH_REASON: pl.String,
+    TEACHER: pl.String,
+}
+
+_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "list<string>": pa.list_(pa.string()),
+    "list<float64>": pa.list_(pa.float64()),
+}
 
 
 @lru_cache(maxsize=None)
 def arrow_schema(table: str) -> pa.Schema:
     doc = json.loads((SCHEMA_DIR / f"{table}.json").read_text())
-    return pa.schema([pa.field(c["name"], _TYPES[c["type"]], nullable=c["nullable"]) for c in doc["columns"]],
-                     metadata={"table": table, "version": str(doc["version"])})
+    return pa.schema(
+        [pa.field(c["name"], _TYPES[c["type"]], nullable=c["nullable"]) for c in doc["columns"]],
+        metadata={"table": table, "version": str(doc["version"])},
+    )
 
 
 def columns(table: str) -> list[str]:
@@ -88,7 +114,7 @@ def validate_frame(frame: pl.DataFrame, table: str) -> pa.Table:
         try:
             arrays.append(col.cast(f.type, safe=True))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise SchemaError(f"table '{table}': column '{f.name}' is {col.type}, expected {f.type}: {exc}")
+            raise SchemaError(f"table '{table}': column '{f.name}' is {col.type}, expected {f.type}: {exc}") from None
         fields.append(f)
     for name in extra:
         arrays.append(arrow.column(name))

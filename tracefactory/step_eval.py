@@ -86,6 +86,12 @@ def evaluate(scorer: StepScorer, traces: Sequence[LabelledTrace]) -> dict:
         for lbl, s in pairs:
             (pos if lbl == 1 else neg if lbl == -1 else []).append(s)
     scored = [(t, r) for t, r in zip(traces, results) if r.scores]
-    return {"scorer": scorer.name, "traces": len(traces), "unscored": skipped, "positive_steps": len(pos),
-            "negative_steps": len(neg), "step_auroc": auroc(pos, neg),
-            **first_error_f1([t for t, _ in scored], [r for _, r in scored])}
+    return {
+        "scorer": scorer.name,
+        "traces": len(traces),
+        "unscored": skipped,
+        "positive_steps": len(pos),
+        "negative_steps": len(neg),
+        "step_auroc": auroc(pos, neg),
+        **first_error_f1([t for t, _ in scored], [r for _, r in scored]),
+    }

@@ -102,8 +102,12 @@ def write_jsonl(problems: list[Problem], path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for p in problems:
-            f.write(json.dumps({"id": p.id, "level": p.level, "question": p.question, "answer": p.answer,
-                                "solution": p.solution}) + "\n")
+            f.write(
+                json.dumps(
+                    {"id": p.id, "level": p.level, "question": p.question, "answer": p.answer, "solution": p.solution}
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":  # python -m tracefactory.synth OUT.jsonl N_PER_LEVEL SEED

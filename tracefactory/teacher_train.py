@@ -42,8 +42,13 @@ def build_tokenizer(out: Path):
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        model_max_length=512, chat_template=CHAT_TEMPLATE,
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=512,
+        chat_template=CHAT_TEMPLATE,
     )
     tok.save_pretrained(out)
     return tok
@@ -53,17 +58,26 @@ def build_model(vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return LlamaForCausalLM(cfg)
 
 
 def _example(tok, question: str, target: str) -> tuple[list[int], list[int]]:
     """Prompt tokens are masked out of the loss; the model learns the target + EOS."""
-    prompt = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     ids_p = tok(prompt, add_special_tokens=False)["input_ids"]
     ids_t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return ids_p + ids_t, [-100] * len(ids_p) + ids_t
@@ -135,13 +149,21 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % 100 == 0 or step == steps - 1:
-            log.info("step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]),
-                     time.time() - t0)
+            log.info(
+                "step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]), time.time() - t0
+            )
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    info = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "drill_share": drill_share,
-            "level_weights": LEVEL_WEIGHTS, "final_loss": losses[-1],
-            "train_seconds": round(time.time() - t0, 1),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    info = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "drill_share": drill_share,
+        "level_weights": LEVEL_WEIGHTS,
+        "final_loss": losses[-1],
+        "train_seconds": round(time.time() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 

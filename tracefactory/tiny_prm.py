@@ -29,17 +29,29 @@ def build(out: Path, hidden: int = 128, layers: int = 2, heads: int = 2, seed: i
     tok.add_special_tokens({"additional_special_tokens": [SEPARATOR]})
     tok.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=1024,
-                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     backbone = Qwen2Model(cfg)
     weights = {f"model.{k}": v for k, v in backbone.state_dict().items()}
     weights["score.0.weight"] = torch.randn(hidden, hidden) * 0.05
     weights["score.2.weight"] = torch.randn(2, hidden) * 0.05
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, str(out / "model.safetensors"))
-    config = cfg.to_dict() | {"architectures": ["Qwen2ForProcessRewardModel"], "num_labels": 2,
-                              "torch_dtype": "bfloat16"}
+    config = cfg.to_dict() | {
+        "architectures": ["Qwen2ForProcessRewardModel"],
+        "num_labels": 2,
+        "torch_dtype": "bfloat16",
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 

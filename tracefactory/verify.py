@@ -20,14 +20,14 @@ import time
 from functools import lru_cache
 from typing import Iterable
 
+from tracefactory.gradepool import GradePool
+from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
+
 log = logging.getLogger(__name__)
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"(?:answer is|answer:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
-
-# grading outcomes (the reason column of a wrong completion)
-CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR = "correct", "wrong_answer", "no_answer", "grade_timeout", "grade_error"
 
 
 def last_boxed(text: str) -> str | None:
@@ -39,7 +39,7 @@ def last_boxed(text: str) -> str | None:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            found = text[m.end(): i - 1]
+            found = text[m.end() : i - 1]
     return found
 
 
@@ -92,7 +92,7 @@ def _parse_cached(text: str, timeout: int | None):
     return parse(_as_math(text), parsing_timeout=timeout)
 
 
-def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tuple[bool, str]:
+def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> Verdict:
     """(correct, reason). Uses Math-Verify's timeouts only where signals work (the main thread)."""
     if pred is None:
         return False, NO_ANSWER
@@ -118,9 +118,7 @@ def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> tu
     return bool(ok), CORRECT if ok else WRONG
 
 
-
-def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2,
-                timeout_s: float = 5.0) -> dict[tuple[str, str | None], tuple[bool, str]]:
+def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0) -> dict[Pair, Verdict]:
     """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}.
 
     With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `gradepool`)."""
@@ -130,9 +128,7 @@ def grade_pairs(pairs: Iterable[tuple[str, str | None]], workers: int = 2,
     if workers == 0 or not todo:
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out
-    from tracefactory.gradepool import GradePool
-
-    with GradePool(min(workers, len(todo)), timeout_s) as pool:
+    with GradePool(is_correct, min(workers, len(todo)), timeout_s) as pool:
         out.update(zip(todo, pool.grade(todo)))
     return out
 

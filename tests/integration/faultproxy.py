@@ -79,8 +79,11 @@ class FaultProxy:
             length = len(data)
             if fault == "cut":
                 data = data[: len(data) // 2]
-            writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + data)
+            writer.write(
+                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + data
+            )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass

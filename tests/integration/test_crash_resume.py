@@ -18,16 +18,23 @@ CLI = [sys.executable, "-m", "tracefactory.cli", "run"]
 
 
 def _args(out: Path, source: Path) -> list[str]:
-    sets = {"source.path": source, "sampling.n": 4, "run.shard_size": 20, "run.flush_every": 3,
-            "step_score.enabled": "false", "run.progress": "false"}
+    sets = {
+        "source.path": source,
+        "sampling.n": 4,
+        "run.shard_size": 20,
+        "run.flush_every": 3,
+        "step_score.enabled": "false",
+        "run.progress": "false",
+    }
     return [*CLI, "--out", str(out), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
 
 
 def _start(out: Path, source: Path, failpoint: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "TRACEFACTORY_FAILPOINT": failpoint or ""}
     log = open(out.parent / f"{out.name}-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(_args(out, source), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own group: the engine and Prefect server die with it
+    return subprocess.Popen(
+        _args(out, source), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own group: the engine and Prefect server die with it
 
 
 def _reap(proc: subprocess.Popen, timeout: float = 600) -> int:

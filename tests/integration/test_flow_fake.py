@@ -12,8 +12,20 @@ from tracefactory.query import query
 from tracefactory.schema import columns
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-CONTRACT = ["question", "cot", "answer", "problem_id", "source", "difficulty", "pass_rate", "n_correct",
-            "n_rollouts", "cot_tokens", "curriculum_rank", "teacher"]
+CONTRACT = [
+    "question",
+    "cot",
+    "answer",
+    "problem_id",
+    "source",
+    "difficulty",
+    "pass_rate",
+    "n_correct",
+    "n_rollouts",
+    "cot_tokens",
+    "curriculum_rank",
+    "teacher",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +81,9 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     assert pl.read_parquet(run / "dataset").equals(data)
 
     # without its marker a shard is checked problem by problem: nothing to generate
-    [marker] = [m for m in (run / "_work" / "markers").glob("generations-*.done")
-                if json.loads(m.read_text())["shard"] == 1]
+    [marker] = [
+        m for m in (run / "_work" / "markers").glob("generations-*.done") if json.loads(m.read_text())["shard"] == 1
+    ]
     marker.unlink()
     _run(run, input_file, second := FakeTeacher(slip_rate=0.08))
     assert second.calls == [] and marker.is_file()
@@ -91,8 +104,11 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
 
 def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
     _run(tmp_path / "r", input_file, FakeTeacher(slip_rate=0.1))
-    cols, rows = query(tmp_path / "r", "SELECT difficulty, count(*) AS n, min(curriculum_rank) AS first "
-                                       "FROM dataset GROUP BY difficulty ORDER BY first")
+    cols, rows = query(
+        tmp_path / "r",
+        "SELECT difficulty, count(*) AS n, min(curriculum_rank) AS first "
+        "FROM dataset GROUP BY difficulty ORDER BY first",
+    )
     assert cols == ["difficulty", "n", "first"]
     assert [r[0] for r in rows][0] == "easy" and len(rows) >= 2
 
@@ -119,3 +135,73 @@ def test_tasks_retry_unexpected_errors_but_not_clear_ones():
     assert _transient(None, None, Failed(data=ConnectionResetError("hub hiccup")))
     assert not _transient(None, None, Failed(data=ConfigError("source.path", "x.jsonl", "an existing file")))
     assert not _transient(None, None, Failed(data=BackendError("model cannot load")))
+
+
+def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, input_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0}
+    state = build_dataset(
+        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
+    )
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    states = {r.name: r.state_type.value for r in runs}
+    shards = [f"rollout-shard-{i}" for i in range(4)]  # 62 problems, shards of 16
+    stages = ["load", "start-teacher", *shards, "grade", "step_score", "select", "difficulty", "curriculum", "write"]
+    assert sorted(states) == sorted(stages) and len(runs) == len(stages)
+    assert set(states.values()) == {"COMPLETED"}
+
+
+CRASH_AFTER_GRADING = """
+import sys
+from flows.build_dataset import build_dataset
+from tracefactory.backends.fake import FakeTeacher
+overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0}
+build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.08))
+"""
+
+
+def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_path, input_file, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    clean = tmp_path / "clean"
+    _run(clean, input_file, FakeTeacher(slip_rate=0.08))
+    crashed = tmp_path / "crashed"
+    env = {**os.environ, "TRACEFACTORY_FAILPOINT": "grade.persisted"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_AFTER_GRADING, str(crashed), str(input_file)],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its temporary Prefect server
+        except ProcessLookupError:
+            pass
+    assert list((crashed / "_work" / "graded").glob("*.parquet")) and not (crashed / "dataset").exists()
+
+    def no_grading(*args, **kwargs):
+        raise AssertionError("graded again")
+
+    monkeypatch.setattr("tracefactory.stages.grade.grade_pairs", no_grading)
+    _run(crashed, input_file, FakeTeacher(slip_rate=0.08))  # graded rows read back; step scoring runs now
+    for table in ("problems", "rollouts", "dataset"):
+        assert pl.read_parquet(crashed / table).equals(pl.read_parquet(clean / table)), table
+    funnel = [pl.read_parquet(d / "funnel").drop("seconds") for d in (clean, crashed)]
+    assert funnel[0].equals(funnel[1])
+    # an input that changes (here: the grading settings) is graded again
+    with pytest.raises(AssertionError, match="graded again"):
+        _run(crashed, input_file, FakeTeacher(slip_rate=0.08), **{"grade.drop_truncated": False})

@@ -21,8 +21,9 @@ def server(tmp_path_factory):
 
 
 def _teacher(url, **kw):
-    return OpenAITeacher(TeacherConfig(kind="openai", base_url=url, model=SERVED, max_concurrency=8, **kw),
-                         progress=False)
+    return OpenAITeacher(
+        TeacherConfig(kind="openai", base_url=url, model=SERVED, max_concurrency=8, **kw), progress=False
+    )
 
 
 def test_server_completions_match_the_in_process_engine(server, embedded_teacher):
@@ -30,8 +31,9 @@ def test_server_completions_match_the_in_process_engine(server, embedded_teacher
     params, seeds = SamplingConfig(n=4, temperature=0.7, max_tokens=200), [7, 8, 9, 10, 11]
     remote = _teacher(server).generate(qs, 4, params, seeds)
     local = embedded_teacher.generate(qs, 4, params, seeds)
-    assert [[(c.text, c.tokens, c.finish_reason) for c in cs] for cs in remote] == \
-           [[(c.text, c.tokens, c.finish_reason) for c in cs] for cs in local]
+    assert [[(c.text, c.tokens, c.finish_reason) for c in cs] for cs in remote] == [
+        [(c.text, c.tokens, c.finish_reason) for c in cs] for cs in local
+    ]
 
 
 def test_token_counts_without_token_ids(server):
@@ -43,8 +45,13 @@ def test_token_counts_without_token_ids(server):
 
 def test_flow_through_the_server(prefect_harness, server, demo_subset, tmp_path):
     out = tmp_path / "run"
-    overrides = {"source.path": str(demo_subset), "teacher.kind": "openai", "teacher.base_url": server,
-                 "teacher.model": SERVED, "sampling.n": 4}
+    overrides = {
+        "source.path": str(demo_subset),
+        "teacher.kind": "openai",
+        "teacher.base_url": server,
+        "teacher.model": SERVED,
+        "sampling.n": 4,
+    }
     result = build_dataset(config=None, out=str(out), overrides=overrides)
     data = pl.read_parquet(out / "dataset")
     assert len(data) == result["dataset_rows"] > 0 and (data["teacher"] == SERVED).all()
@@ -63,9 +70,18 @@ def test_flow_through_a_faulty_network_loses_nothing(prefect_harness, server, de
     teacher and a real server: retried, and the dataset equals the one over a clean connection."""
     from faultproxy import FaultProxy  # tests/integration/faultproxy.py
 
-    over = {"source.path": str(demo_subset), "source.limit": 30, "teacher.kind": "openai", "teacher.model": SERVED,
-            "sampling.n": 4, "step_score.enabled": False, "teacher.retries": 4, "teacher.retry_backoff_s": 0.05,
-            "teacher.request_timeout_s": 4.0, "teacher.max_concurrency": 8}
+    over = {
+        "source.path": str(demo_subset),
+        "source.limit": 30,
+        "teacher.kind": "openai",
+        "teacher.model": SERVED,
+        "sampling.n": 4,
+        "step_score.enabled": False,
+        "teacher.retries": 4,
+        "teacher.retry_backoff_s": 0.05,
+        "teacher.request_timeout_s": 4.0,
+        "teacher.max_concurrency": 8,
+    }
     build_dataset(out=str(tmp_path / "clean"), overrides={**over, "teacher.base_url": server})
     proxy = FaultProxy(server.removesuffix("/v1"), stall_s=8.0)
     with proxy as proxied:

@@ -20,9 +20,11 @@ def prm(tmp_path_factory):
 
 
 def test_one_score_per_step_for_a_batch_of_different_lengths(prm):
-    items = [StepItem("a", "What is 1+2?", "3", ("1 + 2 = 3", "The answer is \\boxed{3}.")),
-             StepItem("b", "Ann has 5 pens.", "9", ("5 + 2 = 7", "7 + 2 = 9", "9 - 0 = 9", "The answer is 9.")),
-             StepItem("c", "q", "1", ("The answer is 1.",))]
+    items = [
+        StepItem("a", "What is 1+2?", "3", ("1 + 2 = 3", "The answer is \\boxed{3}.")),
+        StepItem("b", "Ann has 5 pens.", "9", ("5 + 2 = 7", "7 + 2 = 9", "9 - 0 = 9", "The answer is 9.")),
+        StepItem("c", "q", "1", ("The answer is 1.",)),
+    ]
     results = prm.score(items)
     assert [len(r.scores) for r in results] == [2, 4, 1]
     assert all(0.0 <= s <= 1.0 for r in results for s in r.scores)
@@ -46,4 +48,3 @@ def test_a_model_without_the_separator_fails_before_scoring():
     with pytest.raises(ConfigError, match="prm_separator"):
         scorer.score([StepItem("a", "q", "1", ("s",))])
     assert scorer._llm is None  # the engine never started
-

@@ -12,8 +12,13 @@ pytest.importorskip("prefect_ray")
 
 
 def test_two_shards_on_ray_give_the_local_runners_dataset(prefect_harness, embedded_teacher, demo_subset, tmp_path):
-    over = {"source.path": str(demo_subset), "source.limit": 24, "run.shard_size": 12, "sampling.n": 4,
-            "step_score.enabled": False}
+    over = {
+        "source.path": str(demo_subset),
+        "source.limit": 24,
+        "run.shard_size": 12,
+        "sampling.n": 4,
+        "step_score.enabled": False,
+    }
     run_build(out=str(tmp_path / "local"), overrides=over, teacher=embedded_teacher)
     try:
         result = run_build(out=str(tmp_path / "ray"), overrides={**over, "run.task_runner": "ray"})

@@ -42,8 +42,12 @@ def test_teacher_solves_the_easiest_level(embedded_teacher):
 
 def test_flow_on_the_embedded_teacher(prefect_harness, embedded_teacher, demo_subset, tmp_path):
     out = tmp_path / "run"
-    result = build_dataset(config=None, out=str(out), teacher=embedded_teacher,
-                           overrides={"source.path": str(demo_subset), "run.shard_size": 32})
+    result = build_dataset(
+        config=None,
+        out=str(out),
+        teacher=embedded_teacher,
+        overrides={"source.path": str(demo_subset), "run.shard_size": 32},
+    )
     data = pl.read_parquet(out / "dataset")
     assert data.columns == columns("dataset") and len(data) == result["dataset_rows"] > 0
     for gold, cot in zip(data["answer"], data["cot"]):
@@ -69,15 +73,25 @@ def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
 
     problems = generate(6, seed=21, levels=(2,))
     outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
-    p, trace = next((p, c.text) for p, cs in zip(problems, outs) for c in cs
-                    if is_correct(p.answer, extract_answer(c.text))[0])
+    p, trace = next(
+        (p, c.text) for p, cs in zip(problems, outs) for c in cs if is_correct(p.answer, extract_answer(c.text))[0]
+    )
     lines = trace.splitlines()
     lhs, value = lines[1].rsplit("= ", 1)
     lines[1] = f"{lhs}= {int(value) + 9}"  # a level-2 trace: two equations, then the answer line
-    scorer = MonteCarloScorer(embedded_teacher, lambda pairs: judge_texts(pairs), PromptConfig(),
-                              SamplingConfig(n=8, temperature=0.7, max_tokens=200), search="all")
-    planted, clean = scorer.score([StepItem(p.id, p.question, p.answer, tuple(lines), seed=5),
-                                   StepItem(p.id, p.question, p.answer, tuple(trace.splitlines()), seed=5)])
+    scorer = MonteCarloScorer(
+        embedded_teacher,
+        lambda pairs: judge_texts(pairs),
+        PromptConfig(),
+        SamplingConfig(n=8, temperature=0.7, max_tokens=200),
+        search="all",
+    )
+    planted, clean = scorer.score(
+        [
+            StepItem(p.id, p.question, p.answer, tuple(lines), seed=5),
+            StepItem(p.id, p.question, p.answer, tuple(trace.splitlines()), seed=5),
+        ]
+    )
     assert planted.scores[0] >= 0.5
     assert planted.first_bad_step == 1 and planted.scores[1:] == [0.0] * (len(lines) - 1)
     assert clean.first_bad_step is None and min(clean.scores) >= 0.5

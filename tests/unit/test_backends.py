@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from tracefactory.backends.base import RequestFailed
+from tracefactory.backends.base import RequestResult
 from tracefactory.backends.openai_teacher import OpenAITeacher
 from tracefactory.backends.vllm_teacher import EMBEDDED_NAME, VLLMTeacher
 from tracefactory.config import SamplingConfig, TeacherConfig
@@ -26,8 +26,15 @@ def test_engine_kwargs_on_cpu_and_gpu(monkeypatch):
 
 
 def _chat_response(n, with_ids=True):
-    choices = [{"index": i, "message": {"content": "ab" * (i + 1)}, "finish_reason": "stop",
-                **({"token_ids": [1] * (2 * i + 3)} if with_ids else {})} for i in reversed(range(n))]
+    choices = [
+        {
+            "index": i,
+            "message": {"content": "ab" * (i + 1)},
+            "finish_reason": "stop",
+            **({"token_ids": [1] * (2 * i + 3)} if with_ids else {}),
+        }
+        for i in reversed(range(n))
+    ]
     return {"choices": choices, "usage": {"completion_tokens": sum(2 * i + 3 for i in range(n))}}
 
 
@@ -56,7 +63,7 @@ def test_requests_carry_n_seed_and_retry_transient_faults(monkeypatch):
         return httpx.Response(200, json=_chat_response(body["n"]))
 
     out = _teacher(handler).generate([[{"role": "user", "content": "q"}], "raw"], 2, SamplingConfig(n=2), [5, 6])
-    assert [len(x) for x in out] == [2, 2]
+    assert [len(x.completions) for x in out] == [2, 2]
     assert ("/v1/chat/completions", 2, 5, True) in seen and ("/v1/completions", 2, 6, False) in seen
     assert len(seen) == 4  # two 503s retried
 
@@ -74,17 +81,18 @@ def test_client_errors_raise_but_exhausted_retries_soft_fail(monkeypatch):
         return httpx.Response(200, json=_chat_response(1))
 
     seen = {}
-    out = _teacher(flaky).generate(["a", "b"], 1, SamplingConfig(n=1), [1, 2],
-                                   on_result=lambda i, r: seen.setdefault(i, r))
-    assert isinstance(out[0], RequestFailed) and out[0] == [] and "failed 5 times" in out[0].error
-    assert len(out[1]) == 1 and not isinstance(out[1], RequestFailed)
+    out = _teacher(flaky).generate(
+        ["a", "b"], 1, SamplingConfig(n=1), [1, 2], on_result=lambda i, r: seen.setdefault(i, r)
+    )
+    assert not out[0].ok and out[0].completions == () and "failed 5 times" in out[0].error
+    assert len(out[1].completions) == 1 and out[1].ok
     assert attempts.count(1) == 5 and attempts.count(2) == 1  # retries: 4 (the default)
     assert seen == {0: out[0], 1: out[1]}  # every result reported as it finished
 
 
 def test_prompt_longer_than_the_servers_context_gets_no_completions():
     too_long = httpx.Response(400, json={"message": "This model's maximum context length is 512 tokens."})
-    assert _teacher(lambda r: too_long).generate(["q"], 2, SamplingConfig(n=2)) == [[]]
+    assert _teacher(lambda r: too_long).generate(["q"], 2, SamplingConfig(n=2)) == [RequestResult()]
 
 
 async def _no_sleep(_):

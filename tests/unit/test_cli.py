@@ -37,11 +37,20 @@ def test_query_json_and_errors(tmp_path):
 
     (tmp_path / "dataset").mkdir()
     pl.DataFrame({"difficulty": ["easy", "easy", "hard"]}).write_parquet(tmp_path / "dataset" / "part-0.parquet")
-    result = runner.invoke(app, ["query", str(tmp_path), "SELECT difficulty, count(*) AS n FROM dataset "
-                                 "GROUP BY difficulty ORDER BY n DESC", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "query",
+            str(tmp_path),
+            "SELECT difficulty, count(*) AS n FROM dataset GROUP BY difficulty ORDER BY n DESC",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0
-    assert [json.loads(x) for x in result.output.splitlines()] == [{"difficulty": "easy", "n": 2},
-                                                                    {"difficulty": "hard", "n": 1}]
+    assert [json.loads(x) for x in result.output.splitlines()] == [
+        {"difficulty": "easy", "n": 2},
+        {"difficulty": "hard", "n": 1},
+    ]
     bad = runner.invoke(app, ["query", str(tmp_path), "SELECT * FROM nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
     missing = runner.invoke(app, ["query", str(tmp_path / "empty"), "SELECT 1"])

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from tracefactory.config import DEMO_CONFIG, FactoryConfig, SourceConfig, build, load_config
@@ -64,6 +66,6 @@ def test_rollout_hash_ignores_selection_and_thresholds():
 def test_configs_are_frozen_and_hashable():
     cfg = build(FactoryConfig, {"source": {"path": "x.jsonl"}})
     assert isinstance(cfg.source, SourceConfig)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.name = "other"
     assert hash(cfg) == hash(build(FactoryConfig, {"source": {"path": "x.jsonl"}}))

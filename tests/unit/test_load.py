@@ -6,22 +6,39 @@ import pytest
 
 from tracefactory.config import SourceConfig
 from tracefactory.errors import ConfigError
-from tracefactory.io import read_source
-from tracefactory.stages.load import load
+from tracefactory.sources import read_source
+from tracefactory.stages.load import load, partition
+
+
+def _load(src):
+    """(problems, rejected, report): the load stage and its partition."""
+    parsed, report = load(read_source(src), src)
+    return (*partition(parsed), report)
+
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 DATA = Path(__file__).parents[2] / "data"
 
 EXPECTED_REJECTS = {  # row_index -> reason
-    1: "malformed_json", 2: "not_an_object", 3: "missing_question", 4: "question_not_string",
-    5: "empty_question", 6: "missing_answer", 7: "answer_not_string", 8: "empty_answer",
-    9: "unparseable_gold", 10: "duplicate_id", 11: "missing_id", 12: "bad_id", 14: "missing_question",
+    1: "malformed_json",
+    2: "not_an_object",
+    3: "missing_question",
+    4: "question_not_string",
+    5: "empty_question",
+    6: "missing_answer",
+    7: "answer_not_string",
+    8: "empty_answer",
+    9: "unparseable_gold",
+    10: "duplicate_id",
+    11: "missing_id",
+    12: "bad_id",
+    14: "missing_question",
 }
 
 
 def test_bad_rows_are_rejected_with_reasons_and_the_funnel_adds_up():
     src = SourceConfig(path=str(FIXTURES / "bad_input.jsonl"), id_field="id")
-    problems, rejected, report = load(read_source(src), src)
+    problems, rejected, report = _load(src)
     assert dict(rejected.select("row_index", "reason").iter_rows()) == EXPECTED_REJECTS
     assert problems["problem_id"].to_list() == ["ok-1", "17"]
     assert problems.filter(pl.col("problem_id") == "17")["answer"].item() == "5"  # JSON number accepted
@@ -32,25 +49,36 @@ def test_bad_rows_are_rejected_with_reasons_and_the_funnel_adds_up():
 
 
 def test_gsm8k_gold_extraction(tmp_path):
-    rows = [{"question": "q1?", "answer": "2+3=<<2+3=5>>5\n#### 1,250"},
-            {"question": "q2?", "answer": "no final line"}]
+    rows = [{"question": "q1?", "answer": "2+3=<<2+3=5>>5\n#### 1,250"}, {"question": "q2?", "answer": "no final line"}]
     path = tmp_path / "gsm.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     src = SourceConfig(path=str(path), gold_format="gsm8k")
-    problems, rejected, _ = load(read_source(src), src)
+    problems, rejected, _ = _load(src)
     assert problems["answer"].to_list() == ["1250"]
     assert rejected["reason"].to_list() == ["unparseable_gold"]
     assert len(problems["problem_id"].item()) == 16  # no id field: a hash of the question
 
 
 def test_math_boxed_gold_from_parquet(tmp_path):
-    rows = [{"problem": "Convert (0,3) to polar.", "solution": "so $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.",
-             "unique_id": "test/precalculus/807.json", "level": 2}]
+    rows = [
+        {
+            "problem": "Convert (0,3) to polar.",
+            "solution": "so $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$.",
+            "unique_id": "test/precalculus/807.json",
+            "level": 2,
+        }
+    ]
     path = tmp_path / "math.parquet"
     pl.DataFrame(rows).write_parquet(path)
-    src = SourceConfig(path=str(path), question_field="problem", answer_field="solution", id_field="unique_id",
-                       gold_format="boxed", level_field="level")
-    problems, _, _ = load(read_source(src), src)
+    src = SourceConfig(
+        path=str(path),
+        question_field="problem",
+        answer_field="solution",
+        id_field="unique_id",
+        gold_format="boxed",
+        level_field="level",
+    )
+    problems, _, _ = _load(src)
     row = problems.row(0, named=True)
     assert row["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
     assert row["problem_id"] == "test/precalculus/807.json" and row["level"] == "2" and row["source"] == "math"
@@ -63,7 +91,7 @@ def test_datasets_loader_on_a_local_dataset_folder(tmp_path):
     lines = (DATA / "demo" / "problems.jsonl").read_text().splitlines()[:7]
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     src = SourceConfig(path=str(folder), format="hf", split="train", id_field="id", limit=5)
-    problems, rejected, report = load(read_source(src), src)
+    problems, rejected, report = _load(src)
     assert len(problems) == 5 and len(rejected) == 0 and report.rows_in == 5
     assert problems["source"].unique().to_list() == ["arith"]
 
@@ -73,3 +101,57 @@ def test_limit_and_missing_file():
     assert len(read_source(src)) == 10
     with pytest.raises(ConfigError, match="source.path"):
         read_source(SourceConfig(path="/nope/missing.jsonl"))
+
+
+def _demo_rows(k=6):
+    return [json.loads(x) for x in (DATA / "demo" / "problems.jsonl").read_text().splitlines()[:k]]
+
+
+def test_byte_order_mark_and_crlf_line_ends_load_with_zero_rejects(tmp_path):
+    """What editors and spreadsheet exports write: a UTF-8 BOM first, CRLF line ends."""
+    rows = _demo_rows()
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r) for r in rows).encode() + b"\r\n")
+    want, _, _ = _load(SourceConfig(path=str(plain), id_field="id", name="s"))
+    problems, rejected, report = _load(SourceConfig(path=str(bom), id_field="id", name="s"))
+    assert len(rejected) == 0 and report.kept == len(rows) and problems.equals(want)
+    as_array = tmp_path / "rows.json"  # a JSON array, BOM and CRLF too
+    as_array.write_bytes(b"\xef\xbb\xbf[\r\n" + ",\r\n".join(json.dumps(r) for r in rows).encode() + b"\r\n]\r\n")
+    problems, rejected, _ = _load(SourceConfig(path=str(as_array), id_field="id", name="s"))
+    assert len(rejected) == 0 and problems.equals(want)
+
+
+def test_csv_with_bom_and_crlf(tmp_path):
+    import csv
+    import io
+
+    rows = _demo_rows()
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=["id", "question", "answer", "level"], lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in ("id", "question", "answer", "level")} for r in rows)
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + buf.getvalue().encode())
+    problems, rejected, _ = _load(SourceConfig(path=str(path), id_field="id", level_field="level"))
+    assert len(rejected) == 0 and problems["problem_id"].to_list() == [r["id"] for r in rows]
+    assert problems["answer"].to_list() == [str(r["answer"]) for r in rows]
+    assert problems["question"].to_list() == [r["question"] for r in rows]  # no stray \r
+
+
+def test_a_folder_written_by_save_to_disk_loads(tmp_path):
+    import datasets
+
+    rows = _demo_rows(7)
+    ds = datasets.Dataset.from_list(rows)
+    ds.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}).save_to_disk(str(tmp_path / "dict"))
+    problems, rejected, _ = _load(SourceConfig(path=str(tmp_path / "one"), id_field="id"))
+    assert len(problems) == 7 and len(rejected) == 0
+    problems, _, _ = _load(SourceConfig(path=str(tmp_path / "dict"), format="hf", split="test", id_field="id"))
+    assert problems["problem_id"].to_list() == [r["id"] for r in rows[:2]]
+    problems, _, _ = _load(SourceConfig(path=str(tmp_path / "dict"), split="train", id_field="id", limit=3))
+    assert len(problems) == 3
+    with pytest.raises(ConfigError, match="source.split"):
+        _load(SourceConfig(path=str(tmp_path / "dict"), split="validation", id_field="id"))

@@ -7,8 +7,12 @@ from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import load_config
 from tracefactory.synth import generate
 
-PROBLEMS = pl.DataFrame([{"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t",
-                          "level": str(p.level)} for p in generate(5, seed=3)])  # 25 problems
+PROBLEMS = pl.DataFrame(
+    [
+        {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
+        for p in generate(5, seed=3)
+    ]
+)  # 25 problems
 
 
 def _cfg(**over):

@@ -2,20 +2,22 @@ from pathlib import Path
 
 import pytest
 
-from tracefactory.backends.scorers import StepScores
+from tracefactory.backends.scorers import StepItem, StepScores
 from tracefactory.step_eval import LabelledTrace, auroc, evaluate, first_error_f1, load_labelled
-from tracefactory.backends.scorers import StepItem
 
 PRM800K = Path(__file__).parents[2] / "data" / "prm800k" / "phase1_test_labeled_2000.jsonl"
 
 
-@pytest.mark.parametrize("pos,neg,expected", [
-    ([0.9, 0.8], [0.1, 0.2], 1.0),
-    ([0.1], [0.9], 0.0),
-    ([0.5, 0.5], [0.5], 0.5),  # ties count half
-    ([0.9, 0.3], [0.5], 0.5),
-    ([], [0.5], None),
-])
+@pytest.mark.parametrize(
+    "pos,neg,expected",
+    [
+        ([0.9, 0.8], [0.1, 0.2], 1.0),
+        ([0.1], [0.9], 0.0),
+        ([0.5, 0.5], [0.5], 0.5),  # ties count half
+        ([0.9, 0.3], [0.5], 0.5),
+        ([], [0.5], None),
+    ],
+)
 def test_auroc(pos, neg, expected):
     assert auroc(pos, neg) == expected
 
@@ -36,10 +38,14 @@ def test_first_error_f1():
 
 class _Oracle:
     """Scores each step by its human label (what a perfect PRM would say)."""
+
     name = "oracle"
 
     def __init__(self, labels):
         self.labels = labels
+
+    def close(self):
+        pass
 
     def score(self, items):
         out = []
@@ -72,8 +78,9 @@ def test_eval_steps_command_reports_agreement_and_writes_the_manifest(tmp_path, 
     monkeypatch.setattr(pipeline, "make_scorer", lambda cfg, teacher, graded=None: _Oracle(labels))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text("{}")
-    result = CliRunner().invoke(app, ["eval-steps", "--data", str(PRM800K), "--limit", "150",
-                                      "--run", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app, ["eval-steps", "--data", str(PRM800K), "--limit", "150", "--run", str(tmp_path / "run")]
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads((tmp_path / "run" / "manifest.json").read_text())["step_eval"]
     assert figures["traces"] == 150 and figures["scorer"] == "oracle"

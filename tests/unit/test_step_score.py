@@ -4,30 +4,40 @@ import polars as pl
 import pytest
 
 from tracefactory.backends.fake import FakeTeacher
-from tracefactory.backends.scorers import MonteCarloScorer, StepItem
+from tracefactory.backends.scorers import MonteCarloScorer, StepItem, reuse_pool
 from tracefactory.config import GradeConfig, PromptConfig, SamplingConfig, StepScoreConfig, load_config
 from tracefactory.stages.grade import grade
 from tracefactory.stages.rollout import rollout
-from tracefactory.stages.step_score import LOW_STEP_SCORE, reuse_pool, step_score
-from tracefactory.steps import join_steps, split_steps
+from tracefactory.stages.step_score import LOW_STEP_SCORE, step_score
+from tracefactory.steps import split_steps
 from tracefactory.synth import generate, make_problem
 from tracefactory.verify import judge_texts
 
 
-@pytest.mark.parametrize("text,mode,expected", [
-    ("a = 1\nb = 2\n\nThe answer is 3.", "line", ["a = 1", "b = 2", "The answer is 3."]),
-    ("a = 1\nb = 2\n\nThe answer is 3.", "blank_line", ["a = 1\nb = 2", "The answer is 3."]),
-    ("\n\n  \n", "line", []),
-    ("", "blank_line", []),
-    ("one. Step 2: two. Step 3: three", "regex", ["one.", "two.", "three"]),
-])
+@pytest.mark.parametrize(
+    "text,mode,expected",
+    [
+        ("a = 1\nb = 2\n\nThe answer is 3.", "line", ["a = 1", "b = 2", "The answer is 3."]),
+        ("a = 1\nb = 2\n\nThe answer is 3.", "blank_line", ["a = 1\nb = 2", "The answer is 3."]),
+        ("\n\n  \n", "line", []),
+        ("", "blank_line", []),
+        ("one. Step 2: two. Step 3: three", "regex", ["one.", "two.", "three"]),
+    ],
+)
 def test_split_steps(text, mode, expected):
     assert split_steps(text, mode, r"Step \d+:") == expected
 
 
 def _scorer(teacher, search="binary", reuse=None, n=4, label="soft"):
-    return MonteCarloScorer(teacher, lambda pairs: judge_texts(pairs, workers=0), PromptConfig(),
-                            SamplingConfig(n=n, max_tokens=200), search=search, reuse=reuse, label=label)
+    return MonteCarloScorer(
+        teacher,
+        lambda pairs: judge_texts(pairs, workers=0),
+        PromptConfig(),
+        SamplingConfig(n=n, max_tokens=200),
+        search=search,
+        reuse=reuse,
+        label=label,
+    )
 
 
 OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
@@ -66,8 +76,11 @@ def test_binary_search_finds_the_same_first_bad_step_with_fewer_tokens():
     items = [it for _, it in cases]
     binary = _scorer(FakeTeacher(slip_rate=0.0)).score(items)
     every = _scorer(FakeTeacher(slip_rate=0.0), search="all").score(items)
-    assert [b.first_bad_step for b in binary] == [e.first_bad_step for e in every] == [a for _ in range(4)
-                                                                                        for a in range(5)]
+    assert (
+        [b.first_bad_step for b in binary]
+        == [e.first_bad_step for e in every]
+        == [a for _ in range(4) for a in range(5)]
+    )
     assert sum(b.tokens for b in binary) * 1.3 < sum(e.tokens for e in every)
     assert sum(b.probes for b in binary) < sum(e.probes for e in every)
 
@@ -116,17 +129,22 @@ def test_rollout_completions_sharing_a_prefix_are_reused():
 
 def test_single_step_and_stage_filter_annotate_before_dropping():
     cfg = load_config(None, {"sampling.n": 4})
-    problems = pl.DataFrame([{"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t",
-                              "level": str(p.level)} for p in generate(3, seed=5, levels=(3, 4))])
-    gens, _ = rollout(problems, cfg, FakeTeacher(slip_rate=0.0))
-    graded, _ = grade(gens, problems, GradeConfig(workers=0))
+    problems = pl.DataFrame(
+        [
+            {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
+            for p in generate(3, seed=5, levels=(3, 4))
+        ]
+    )
+    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.0))
+    graded, _ = grade(gens, GradeConfig(workers=0), problems)
     # plant a slip in the middle of one correct trace: it still "looks" finished but its step 1 is wrong
     text = plant(graded["text"][0].splitlines(), 1)
-    graded = graded.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("\n".join(text)))
-                                 .otherwise(pl.col("text")).alias("text"))
+    graded = graded.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("\n".join(text))).otherwise(pl.col("text")).alias("text")
+    )
     scfg = StepScoreConfig(enabled=True, n=3)
-    scorer = _scorer(FakeTeacher(slip_rate=0.0), reuse=reuse_pool(graded, scfg), n=3)
-    out, report = step_score(graded, problems, scfg, scorer)
+    scorer = _scorer(FakeTeacher(slip_rate=0.0), reuse=reuse_pool(graded, scfg.split, scfg.pattern), n=3)
+    out, report = step_score(graded, scfg, problems, scorer)
     row = out.row(0, named=True)
     assert row["drop_reason"] == LOW_STEP_SCORE and row["first_bad_step"] == 1 and row["prm_min"] == 0.0
     assert row["steps"] == text and len(row["step_scores"]) == len(text)
@@ -138,8 +156,12 @@ def test_single_step_and_stage_filter_annotate_before_dropping():
 
 def test_prefixes_longer_than_the_teachers_context_are_skipped_not_crashed():
     p, item = _planted(level=5, seed=1, at=3)
-    short = StepItem("s", "Ann has 3 pens. She gets 2 more. How many pens does Ann have now?", "5",
-                     ("3 + 2 = 5", "The answer is \\boxed{5}."))
+    short = StepItem(
+        "s",
+        "Ann has 3 pens. She gets 2 more. How many pens does Ann have now?",
+        "5",
+        ("3 + 2 = 5", "The answer is \\boxed{5}."),
+    )
     teacher = FakeTeacher(slip_rate=0.0, context_chars=len(p.question) + 20)
     long_res, short_res = _scorer(teacher, search="all").score([item, short])
     assert long_res.note == "too_long" and long_res.scores == []
@@ -150,16 +172,20 @@ def test_prefixes_longer_than_the_teachers_context_are_skipped_not_crashed():
 @pytest.mark.parametrize("max_steps,why", [(64, "too_long"), (5, "too_many_steps")])
 def test_unscorable_traces_are_kept_or_dropped_with_their_reason(policy, max_steps, why):
     cfg = load_config(None, {"sampling.n": 2})
-    problems = pl.DataFrame([{"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t",
-                              "level": str(p.level)} for p in generate(2, seed=9, levels=(1, 5))])
-    gens, _ = rollout(problems, cfg, FakeTeacher(slip_rate=0.0))
-    graded, _ = grade(gens, problems, GradeConfig(workers=0))
+    problems = pl.DataFrame(
+        [
+            {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
+            for p in generate(2, seed=9, levels=(1, 5))
+        ]
+    )
+    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.0))
+    graded, _ = grade(gens, GradeConfig(workers=0), problems)
     level = dict(problems.select("problem_id", "level").iter_rows())
     room = max(len(q) for q, lvl in problems.select("question", "level").iter_rows() if lvl == "1") + 40
     assert all(len(q) > room for q, lvl in problems.select("question", "level").iter_rows() if lvl == "5")
     teacher = FakeTeacher(slip_rate=0.0, context_chars=room)  # level-1 prefixes fit, level-5 questions do not
     scfg = StepScoreConfig(enabled=True, n=2, max_steps=max_steps, unscored=policy)
-    out, report = step_score(graded, problems, scfg, _scorer(teacher, n=2))
+    out, report = step_score(graded, scfg, problems, _scorer(teacher, n=2))
     assert report.rows_in == int(graded["correct"].sum()) == report.kept + report.dropped
     correct = out.filter(pl.col("correct"))
     by_level = {lvl: correct.filter(pl.col("problem_id").replace_strict(level) == lvl) for lvl in ("1", "5")}
@@ -180,7 +206,11 @@ def test_step_scores_are_persisted_block_by_block():
     saved = []
 
     class DiesOnThirdBlock:
-        name, calls = "mc", 0
+        name = "mc"
+        calls = 0
+
+        def close(self):
+            pass
 
         def score(self, chunk):
             self.calls += 1

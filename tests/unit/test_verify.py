@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tracefactory.verify import (ERROR, NO_ANSWER, TIMEOUT, WRONG, extract_answer, grade_pairs, gsm8k_gold, is_correct,
-                                 last_boxed)
+from tracefactory.outcomes import ERROR, NO_ANSWER, TIMEOUT, WRONG
+from tracefactory.verify import extract_answer, grade_pairs, gsm8k_gold, is_correct, last_boxed
 
 EXTRACT = [
     # (model output, extracted answer)
@@ -98,7 +98,7 @@ def test_pathological_answer_ends_within_the_timeout_and_the_rest_is_graded(time
     from tracefactory.gradepool import GradePool
 
     ok = [(g, p) for g, p, _ in GRADE[:4]]
-    with GradePool(workers=1, timeout_s=timeout_s) as pool:
+    with GradePool(is_correct, workers=1, timeout_s=timeout_s) as pool:
         pool.grade(ok[:1])  # the worker is up (spawn + imports are not the item's time)
         t0 = time.monotonic()
         verdicts = pool.grade([ok[1], ("5", HUGE), *ok[2:]])
@@ -112,7 +112,7 @@ def test_pathological_answer_ends_within_the_timeout_and_the_rest_is_graded(time
 def test_a_worker_that_dies_marks_its_item_and_is_replaced(monkeypatch):
     from tracefactory.gradepool import GradePool
 
-    with GradePool(workers=1, timeout_s=30) as pool:
+    with GradePool(is_correct, workers=1, timeout_s=30) as pool:
         pool.grade([("1", "1")])
         pool.slots[0].proc.kill()  # as the OOM killer would
         verdicts = pool.grade([("2", "2"), ("3", "3")])

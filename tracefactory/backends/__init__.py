@@ -1,5 +1,2 @@
-"""Model backends behind small Protocols. Backends never import stages."""
-
-from tracefactory.backends.base import Completion, Teacher, make_teacher
-
-__all__ = ["Completion", "Teacher", "make_teacher"]
+"""Model backends behind small Protocols (`base`, `scorers`); `factory` builds them from config.
+Backends never import stages."""

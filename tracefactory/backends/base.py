@@ -1,11 +1,11 @@
-"""The Teacher Protocol, its result type, and the factory that picks an implementation from config."""
+"""The Teacher Protocol and the typed result of one request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from tracefactory.config import SamplingConfig, TeacherConfig
+from tracefactory.config import SamplingConfig
 
 Prompt = str | list[dict]  # raw text, or chat messages rendered with the model's chat template
 
@@ -18,40 +18,56 @@ class Completion:
     index: int  # sample index within the request, 0..n-1
 
 
-class RequestFailed(list):
-    """The result of a request that still failed after the teacher's retries: no completions (an empty
-    list, so callers that only count completions need no special case) plus the error, so that a
-    caller can record it and retry the request on a later run instead of losing the batch."""
+@dataclass(frozen=True)
+class RequestResult:
+    """One prompt's outcome: its completions, or the error of a request that still failed after the
+    teacher's retries (recorded, so that a later run retries that request instead of losing the batch).
+    A prompt the teacher cannot take (longer than its context) has neither: no completions, no error."""
 
-    def __init__(self, error: str):
-        super().__init__()
-        self.error = error
+    completions: tuple[Completion, ...] = ()
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: str) -> "RequestResult":
+        return cls((), error)
+
+    @classmethod
+    def of(cls, completions: Sequence[Completion]) -> "RequestResult":
+        return cls(tuple(completions))
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
-# on_result(i, completions): called once per prompt as soon as its request finishes (any order)
-OnResult = Callable[[int, list[Completion]], None]
+# on_result(i, result): called once per prompt as soon as its request finishes (any order)
+OnResult = Callable[[int, RequestResult], None]
 
 
 @runtime_checkable
 class Teacher(Protocol):
     name: str
 
-    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
-        """n completions per prompt, one request per prompt; `seeds[i]` seeds prompt i's request.
-
-        A prompt the teacher cannot take (longer than its context) gets an empty list; a request that
-        failed for good gets a `RequestFailed`. `on_result` sees each prompt's result as it finishes,
-        so callers can persist work before the whole batch is done.
-        """
+    def start(self) -> None:
+        """Load the model / open connections now (a no-op where there is nothing to load), so that
+        stage timings exclude it; `generate` starts the teacher itself when it has not been."""
         ...
 
+    def close(self) -> None:
+        """Release engines and processes; the teacher may be started again afterwards."""
+        ...
 
-def make_teacher(cfg: TeacherConfig) -> Teacher:
-    if cfg.kind == "openai":
-        from tracefactory.backends.openai_teacher import OpenAITeacher
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[RequestResult]:
+        """n completions per prompt, one request per prompt; `seeds[i]` seeds prompt i's request.
 
-        return OpenAITeacher(cfg)
-    from tracefactory.backends.vllm_teacher import VLLMTeacher
-
-    return VLLMTeacher(cfg)
+        `on_result` sees each prompt's result as it finishes, so callers can persist work before the
+        whole batch is done.
+        """
+        ...

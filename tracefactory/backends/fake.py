@@ -10,7 +10,7 @@ import random
 import re
 from typing import Sequence
 
-from tracefactory.backends.base import Completion, OnResult, Prompt, RequestFailed
+from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
 from tracefactory.config import SamplingConfig
 
 _START = re.compile(r"has (\d+) ")
@@ -49,13 +49,26 @@ def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "")
 class FakeTeacher:
     name = "fake/arith-solver"
 
-    def __init__(self, slip_rate: float = 0.1, context_chars: int | None = None,
-                 fail_questions: Sequence[str] = ()):
-        self.slip_rate, self.context_chars, self.fail_questions = slip_rate, context_chars, set(fail_questions)
+    def __init__(self, slip_rate: float = 0.1, context_chars: int | None = None, fail_questions: Sequence[str] = ()):
+        self.slip_rate = slip_rate
+        self.context_chars = context_chars
+        self.fail_questions = set(fail_questions)
         self.calls: list[int] = []  # prompts per generate() call, for tests
 
-    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[RequestResult]:
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
         self.calls.append(len(prompts))
         out = []
@@ -65,12 +78,12 @@ class FakeTeacher:
                 on_result(k, out[-1])
         return out
 
-    def _one(self, prompt: Prompt, seed: int, n: int, params: SamplingConfig) -> list[Completion]:
+    def _one(self, prompt: Prompt, seed: int, n: int, params: SamplingConfig) -> RequestResult:
         text, prefix = _question_and_prefix(prompt)
         if text in self.fail_questions:  # a request that failed for good (after a server's retries)
-            return RequestFailed(f"injected failure for {text[:40]!r}")
+            return RequestResult.failed(f"injected failure for {text[:40]!r}")
         if self.context_chars is not None and len(text) + len(prefix) > self.context_chars:
-            return []  # like vLLM: a prompt longer than the context gets nothing
+            return RequestResult()  # like vLLM: a prompt longer than the context gets nothing
         samples = []
         for i in range(n):
             cot = solve(text, random.Random(seed + i), self.slip_rate, prefix)
@@ -78,7 +91,7 @@ class FakeTeacher:
             if len(cot) > params.max_tokens:
                 cot, finish = cot[: params.max_tokens], "length"
             samples.append(Completion(cot, len(cot), finish, i))
-        return samples
+        return RequestResult.of(samples)
 
 
 def _question_and_prefix(prompt: Prompt) -> tuple[str, str]:

@@ -4,7 +4,7 @@ One request per prompt with `n=K` (the server samples K continuations of one pre
 `max_concurrency` requests in flight so the server's batch stays full. Chat prompts go to
 /chat/completions (the server applies the model's chat template), text prompts to /completions.
 Transient faults (5xx, timeouts, refused or dropped connections) are retried with exponential
-backoff, `teacher.retries` times; a request that still fails comes back as a `RequestFailed` (no
+backoff, `teacher.retries` times; a request that still fails comes back as a failed `RequestResult` (no
 completions, with the error) instead of failing the batch, so the caller can record it and retry it
 on the next run. A prompt the server refuses as longer than the model's context gets no completions,
 as with the in-process engine; any other 4xx (wrong model name, bad request) is a configuration
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import httpx
 
-from tracefactory.backends.base import Completion, OnResult, Prompt, RequestFailed
+from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
@@ -30,13 +30,27 @@ _TOO_LONG = ("maximum context length", "context length", "too long", "max_model_
 
 class OpenAITeacher:
     def __init__(self, cfg: TeacherConfig, progress: bool = True, transport: httpx.AsyncBaseTransport | None = None):
-        self.cfg, self.progress, self.transport = cfg, progress, transport
+        self.cfg = cfg
+        self.progress = progress
+        self.transport = transport
         self.name = cfg.model
         self.base_url = (cfg.base_url or "").rstrip("/")
 
+    def start(self) -> None:
+        """Nothing to load: each `generate` opens its own connection pool."""
+
+    def close(self) -> None:
+        pass
+
     def _body(self, prompt: Prompt, n: int, params: SamplingConfig, seed: int) -> tuple[str, dict]:
-        body = {"model": self.cfg.model, "n": n, "temperature": params.temperature, "top_p": params.top_p,
-                "max_tokens": params.max_tokens, "seed": seed}
+        body = {
+            "model": self.cfg.model,
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "seed": seed,
+        }
         if self.cfg.return_token_ids:
             body["return_token_ids"] = True  # vLLM extension: exact per-choice token counts
         if isinstance(prompt, str):
@@ -59,8 +73,15 @@ class OpenAITeacher:
             out.append(Completion(text or "", tokens, c.get("finish_reason") or "stop", c["index"]))
         return out
 
-    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, prompt: Prompt, n: int,
-                   params: SamplingConfig, seed: int) -> list[Completion]:
+    async def _one(
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        prompt: Prompt,
+        n: int,
+        params: SamplingConfig,
+        seed: int,
+    ) -> RequestResult:
         path, body = self._body(prompt, n, params, seed)
         retries = self.cfg.retries
         async with sem:
@@ -71,9 +92,9 @@ class OpenAITeacher:
                         if resp.status_code >= 400:
                             if resp.status_code == 400 and any(m in resp.text.lower() for m in _TOO_LONG):
                                 log.warning("prompt longer than the teacher's context skipped: %s", resp.text[:200])
-                                return []
+                                return RequestResult()
                             raise BackendError(f"{self.base_url}{path} answered {resp.status_code}: {resp.text[:500]}")
-                        return self._parse(resp.json())
+                        return RequestResult.of(self._parse(resp.json()))
                     err = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     err = repr(exc)
@@ -81,29 +102,46 @@ class OpenAITeacher:
                     err = f"unreadable response: {exc!r}"
                 if attempt < retries:
                     log.warning("teacher request failed (%s); retry %d/%d", err, attempt + 1, retries)
-                    await asyncio.sleep(min(30.0, self.cfg.retry_backoff_s * 2 ** attempt))
+                    await asyncio.sleep(min(30.0, self.cfg.retry_backoff_s * 2**attempt))
             log.error("teacher request failed %d times, giving up on it for this run: %s", retries + 1, err)
-            return RequestFailed(f"{self.base_url}{path} failed {retries + 1} times, last: {err}")
+            return RequestResult.failed(f"{self.base_url}{path} failed {retries + 1} times, last: {err}")
 
-    async def _all(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig, seeds: Sequence[int],
-                   on_result: OnResult | None) -> list[list[Completion]]:
+    async def _all(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int],
+        on_result: OnResult | None,
+    ) -> list[RequestResult]:
         key = os.environ.get(self.cfg.api_key_env, "EMPTY")
         limits = httpx.Limits(max_connections=self.cfg.max_concurrency)
         sem = asyncio.Semaphore(self.cfg.max_concurrency)
 
-        async def one(i: int, prompt: Prompt, seed: int) -> list[Completion]:
+        async def one(i: int, prompt: Prompt, seed: int) -> RequestResult:
             result = await self._one(client, sem, prompt, n, params, seed)
             if on_result:
                 on_result(i, result)
             return result
 
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.cfg.request_timeout_s, limits=limits,
-                                     headers={"Authorization": f"Bearer {key}"}, transport=self.transport) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=self.cfg.request_timeout_s,
+            limits=limits,
+            headers={"Authorization": f"Bearer {key}"},
+            transport=self.transport,
+        ) as client:
             tasks = [one(i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds))]
             return await _gather_with_progress(tasks, self.progress)
 
-    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[RequestResult]:
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
         return asyncio.run(self._all(prompts, n, params, seeds, on_result)) if prompts else []
 
@@ -111,13 +149,16 @@ class OpenAITeacher:
 async def _gather_with_progress(coros: list, progress: bool) -> list:
     if not progress:
         return await asyncio.gather(*coros)
+    from rich.console import Console
     from rich.progress import Progress
+
+    from tracefactory import console
 
     async def tick(coro, bar, job):
         result = await coro
         bar.advance(job)
         return result
 
-    with Progress(transient=True) as bar:
+    with Progress(transient=True, console=Console(file=console.err())) as bar:
         job = bar.add_task("teacher requests", total=len(coros))
         return await asyncio.gather(*(tick(c, bar, job) for c in coros))

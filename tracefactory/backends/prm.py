@@ -13,6 +13,7 @@ import logging
 import math
 from typing import Sequence
 
+from tracefactory.backends.hub import ensure_model_available
 from tracefactory.backends.scorers import StepItem, StepScores
 from tracefactory.backends.vllm_teacher import import_vllm, shutdown_engine
 from tracefactory.errors import BackendError, ConfigError
@@ -22,24 +23,41 @@ QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within 
 
 
 class VLLMPRMScorer:
-    def __init__(self, model: str, separator: str = "<extra_0>", system: str | None = QWEN_PRM_SYSTEM,
-                 max_model_len: int | None = None, bad_below: float = 0.5, kv_cache_gib: float | None = None,
-                 dtype: str = "auto"):
-        self.model, self.separator, self.system = model, separator, system
-        self.max_model_len, self.bad_below, self.kv_cache_gib = max_model_len, bad_below, kv_cache_gib
-        self.name, self.dtype = f"prm:{model}", dtype
-        self._llm = self._tok = None
+    def __init__(
+        self,
+        model: str,
+        separator: str = "<extra_0>",
+        system: str | None = QWEN_PRM_SYSTEM,
+        max_model_len: int | None = None,
+        bad_below: float = 0.5,
+        kv_cache_gib: float | None = None,
+        dtype: str = "auto",
+    ):
+        self.model = model
+        self.separator = separator
+        self.system = system
+        self.max_model_len = max_model_len
+        self.bad_below = bad_below  # a step scored below this is the first bad one
+        self.kv_cache_gib = kv_cache_gib
+        self.name = f"prm:{model}"
+        self.dtype = dtype
+        self._llm = None
+        self._tok = None
 
     def _separator_id(self, tok) -> int:
         sid = tok.convert_tokens_to_ids(self.separator)
         if sid is None or sid == tok.unk_token_id or tok.convert_ids_to_tokens(sid) != self.separator:
-            raise ConfigError("step_score.prm_separator", self.separator,
-                              f"a single token of the PRM's tokenizer ({self.model} has no such token)")
+            raise ConfigError(
+                "step_score.prm_separator",
+                self.separator,
+                f"a single token of the PRM's tokenizer ({self.model} has no such token)",
+            )
         return sid
 
     def start(self) -> None:
         if self._llm is not None:
             return
+        ensure_model_available(self.model, "step_score.prm_model")
         from transformers import AutoTokenizer
 
         vllm = import_vllm()
@@ -48,7 +66,9 @@ class VLLMPRMScorer:
 
         self._tok = AutoTokenizer.from_pretrained(self.model)
         sid = self._separator_id(self._tok)  # before the engine loads: fail fast
-        kw: dict = dict(model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid), dtype=self.dtype)
+        kw: dict = dict(
+            model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid), dtype=self.dtype
+        )
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
         if current_platform.is_cpu():
@@ -56,8 +76,11 @@ class VLLMPRMScorer:
             # here, depending on the process; float32 + eager gave sane ones every time
             if self.dtype == "auto":
                 kw["dtype"] = "float32"
-            kw.update(enable_chunked_prefill=False, kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)),
-                      enforce_eager=True)
+            kw.update(
+                enable_chunked_prefill=False,
+                kv_cache_memory_bytes=int((self.kv_cache_gib or 1) * (1 << 30)),
+                enforce_eager=True,
+            )
         try:
             self._llm = vllm.LLM(**kw)
         except Exception as exc:
@@ -66,7 +89,9 @@ class VLLMPRMScorer:
     def format(self, item: StepItem) -> str:
         body = "".join(step + self.separator for step in item.steps)
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": item.question}, {"role": "assistant", "content": body}]
+            {"role": "user", "content": item.question},
+            {"role": "assistant", "content": body},
+        ]
         return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
@@ -74,8 +99,11 @@ class VLLMPRMScorer:
         limit = self._llm.llm_engine.model_config.max_model_len
         texts = [self.format(it) for it in items]
         fits = [len(self._tok(t, add_special_tokens=False)["input_ids"]) <= limit for t in texts]
-        outs = iter(self._llm.encode([t for t, ok in zip(texts, fits) if ok], pooling_task="token_classify",
-                                     use_tqdm=False) if any(fits) else [])
+        outs = iter(
+            self._llm.encode([t for t, ok in zip(texts, fits) if ok], pooling_task="token_classify", use_tqdm=False)
+            if any(fits)
+            else []
+        )
         results = []
         for item, ok in zip(items, fits):
             if not ok:

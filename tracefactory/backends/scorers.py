@@ -16,10 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence
 
+import polars as pl
+
 from tracefactory.backends.base import Teacher
 from tracefactory.config import PromptConfig, SamplingConfig
 from tracefactory.prompts import build_prompt
-from tracefactory.steps import join_steps
+from tracefactory.schema import CORRECT, PROBLEM_ID, TEXT
+from tracefactory.steps import join_steps, split_steps
+
+# by problem: every graded completion as (its steps, correct) — free continuations of shared prefixes
+ReusePool = dict[str, list[tuple[tuple[str, ...], bool]]]
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,18 @@ class StepScorer(Protocol):
     name: str
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]: ...
+
+    def close(self) -> None:
+        """Release the scorer's own engine, if it has one (never the teacher it was given)."""
+        ...
+
+
+def reuse_pool(rollouts: pl.DataFrame, split: str, pattern: str | None) -> ReusePool:
+    """Every graded completion of `rollouts` as (steps, correct), by problem."""
+    pool: ReusePool = {}
+    for pid, text, ok in rollouts.select(PROBLEM_ID, TEXT, CORRECT).iter_rows():
+        pool.setdefault(pid, []).append((tuple(split_steps(text, split, pattern)), bool(ok)))
+    return pool
 
 
 # (gold, completion text) -> correct? ; injected so this module needs no grading machinery
@@ -124,12 +142,26 @@ class MonteCarloScorer:
 
     name = "monte-carlo"
 
-    def __init__(self, teacher: Teacher, judge: Judge, prompt: PromptConfig, sampling: SamplingConfig,
-                 search: Literal["binary", "scan", "all"] = "binary",
-                 reuse: dict[str, list[tuple[tuple[str, ...], bool]]] | None = None,
-                 label: Literal["soft", "hard"] = "soft"):
-        self.teacher, self.judge, self.prompt, self.sampling = teacher, judge, prompt, sampling
-        self.search, self.reuse, self.hard = search, reuse or {}, label == "hard"
+    def __init__(
+        self,
+        teacher: Teacher,
+        judge: Judge,
+        prompt: PromptConfig,
+        sampling: SamplingConfig,
+        search: Literal["binary", "scan", "all"] = "binary",
+        reuse: ReusePool | None = None,
+        label: Literal["soft", "hard"] = "soft",
+    ):
+        self.teacher = teacher
+        self.judge = judge
+        self.prompt = prompt
+        self.sampling = sampling
+        self.search = search
+        self.reuse = reuse or {}
+        self.hard = label == "hard"
+
+    def close(self) -> None:
+        """Nothing of its own to release: the teacher belongs to the caller."""
 
     def _prefix_prompt(self, item: StepItem, i: int):
         prefix = join_steps(list(item.steps[: i + 1]))
@@ -141,8 +173,9 @@ class MonteCarloScorer:
     def _reused(self, item: StepItem, i: int) -> tuple[int, int]:
         """(samples, successes) among rollout completions that continue this prefix."""
         head = item.steps[: i + 1]
-        hits = [ok for steps, ok in self.reuse.get(item.problem_id, []) if steps[: i + 1] == head
-                and steps != item.steps]
+        hits = [
+            ok for steps, ok in self.reuse.get(item.problem_id, []) if steps[: i + 1] == head and steps != item.steps
+        ]
         return len(hits), sum(hits)
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
@@ -178,8 +211,9 @@ class MonteCarloScorer:
             group = [(j, p) for j, (p, mm) in enumerate(todo) if mm == m]
             prompts = [self._prefix_prompt(p.search.item, p.step) for _, p in group]
             seeds = [p.search.item.seed + 7919 * (p.step + 1) + p.drawn for _, p in group]
-            for (j, p), completions in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds)):
-                if not completions:  # the teacher could not take the prefix prompt
+            for (j, p), result in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds)):
+                completions = result.completions
+                if not completions:  # the teacher could not take the prefix prompt (or failed for good)
                     p.too_long = True
                     continue
                 prefix = join_steps(list(p.search.item.steps[: p.step + 1]))
@@ -198,20 +232,34 @@ class CachedScorer:
     traces at a time, calling `on_block()` after each (to persist the cache: a crash mid-stage loses
     at most one block of scoring)."""
 
-    def __init__(self, inner: StepScorer, cache: dict[tuple[str, tuple[str, ...]], StepScores],
-                 block: int = 512, on_block: Callable[[], None] | None = None):
-        self.inner, self.cache, self.name = inner, cache, inner.name
-        self.block, self.on_block = block, on_block
+    def __init__(
+        self,
+        inner: StepScorer,
+        cache: dict[tuple[str, tuple[str, ...]], StepScores],
+        block: int = 512,
+        on_block: Callable[[], None] | None = None,
+    ):
+        self.inner = inner
+        self.cache = cache
+        self.name = inner.name
+        self.block = block
+        self.on_block = on_block
+
+    def close(self) -> None:
+        self.inner.close()
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
-        missing = list({(it.problem_id, it.steps): it for it in items
-                        if (it.problem_id, it.steps) not in self.cache}.values())
+        missing = list(
+            {(it.problem_id, it.steps): it for it in items if (it.problem_id, it.steps) not in self.cache}.values()
+        )
         for start in range(0, len(missing), self.block):
-            chunk = missing[start: start + self.block]
+            chunk = missing[start : start + self.block]
             for it, res in zip(chunk, self.inner.score(chunk)):
                 self.cache[(it.problem_id, it.steps)] = res
             if self.on_block:
                 self.on_block()
         fresh = {(it.problem_id, it.steps) for it in missing}
-        return [self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
-                for k in ((it.problem_id, it.steps) for it in items)]
+        return [
+            self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
+            for k in ((it.problem_id, it.steps) for it in items)
+        ]

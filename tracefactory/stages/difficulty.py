@@ -8,14 +8,22 @@ Every problem stays in `problems`, unsolved ones included.
 from __future__ import annotations
 
 import math
-import time
 
 import polars as pl
 
 from tracefactory.config import DifficultyConfig
 from tracefactory.report import StageReport
-from tracefactory.schema import (CORRECT, DIFFICULTY, N_CORRECT, N_ROLLOUTS, PASS_RATE, PASS_RATE_HIGH, PASS_RATE_LOW,
-                                 PROBLEM_ID, UNSOLVED)
+from tracefactory.schema import (
+    CORRECT,
+    DIFFICULTY,
+    N_CORRECT,
+    N_ROLLOUTS,
+    PASS_RATE,
+    PASS_RATE_HIGH,
+    PASS_RATE_LOW,
+    PROBLEM_ID,
+    UNSOLVED,
+)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -33,19 +41,26 @@ def bucket(pass_rate: float, n_correct: int, cfg: DifficultyConfig) -> str:
     return next(name for name, low in cfg.buckets if pass_rate >= low)
 
 
-def difficulty(problems: pl.DataFrame, rollouts: pl.DataFrame, cfg: DifficultyConfig
-               ) -> tuple[pl.DataFrame, StageReport]:
-    t0 = time.time()
+def difficulty(
+    problems: pl.DataFrame, cfg: DifficultyConfig, rollouts: pl.DataFrame
+) -> tuple[pl.DataFrame, StageReport]:
+    """Adds `n_rollouts`, `n_correct`, `pass_rate` (k/K), its Wilson interval and `difficulty` to every
+    problem, counted over its graded `rollouts`. Drops nothing: a problem the teacher never solved is
+    tagged `unsolved` (and reported so) but stays in `problems`."""
     counts = rollouts.group_by(PROBLEM_ID).agg(pl.len().alias(N_ROLLOUTS), pl.col(CORRECT).sum().alias(N_CORRECT))
-    out = (problems.drop([c for c in (N_ROLLOUTS, N_CORRECT) if c in problems.columns])
-           .join(counts, on=PROBLEM_ID, how="left")
-           .with_columns(pl.col(N_ROLLOUTS).fill_null(0).cast(pl.Int64), pl.col(N_CORRECT).fill_null(0).cast(pl.Int64)))
+    out = (
+        problems.drop([c for c in (N_ROLLOUTS, N_CORRECT) if c in problems.columns])
+        .join(counts, on=PROBLEM_ID, how="left")
+        .with_columns(pl.col(N_ROLLOUTS).fill_null(0).cast(pl.Int64), pl.col(N_CORRECT).fill_null(0).cast(pl.Int64))
+    )
     ks, ns = out[N_CORRECT].to_list(), out[N_ROLLOUTS].to_list()
     rates = [k / n if n else 0.0 for k, n in zip(ks, ns)]
     bounds = [wilson(k, n, cfg.z) for k, n in zip(ks, ns)]
-    out = out.with_columns(pl.Series(PASS_RATE, rates, dtype=pl.Float64),
-                           pl.Series(PASS_RATE_LOW, [b[0] for b in bounds], dtype=pl.Float64),
-                           pl.Series(PASS_RATE_HIGH, [b[1] for b in bounds], dtype=pl.Float64),
-                           pl.Series(DIFFICULTY, [bucket(r, k, cfg) for r, k in zip(rates, ks)], dtype=pl.String))
+    out = out.with_columns(
+        pl.Series(PASS_RATE, rates, dtype=pl.Float64),
+        pl.Series(PASS_RATE_LOW, [b[0] for b in bounds], dtype=pl.Float64),
+        pl.Series(PASS_RATE_HIGH, [b[1] for b in bounds], dtype=pl.Float64),
+        pl.Series(DIFFICULTY, [bucket(r, k, cfg) for r, k in zip(rates, ks)], dtype=pl.String),
+    )
     reasons = pl.Series([UNSOLVED if k == 0 else None for k in ks], dtype=pl.String)
-    return out, StageReport.from_reasons("difficulty", "problems", reasons, seconds=time.time() - t0)
+    return out, StageReport.from_reasons("difficulty", "problems", reasons)

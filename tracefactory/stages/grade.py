@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import time
-
 import polars as pl
 
 from tracefactory.config import GradeConfig
+from tracefactory.outcomes import CORRECT as OK
 from tracefactory.report import StageReport
 from tracefactory.schema import ANSWER, CORRECT, DROP_REASON, FINISH_REASON, PRED_ANSWER, PROBLEM_ID, TEXT
-from tracefactory.verify import CORRECT as OK
 from tracefactory.verify import extract_answer, grade_pairs
 
 TRUNCATED = "truncated"
 
 
-def grade(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: GradeConfig) -> tuple[pl.DataFrame, StageReport]:
-    t0 = time.time()
+def grade(rollouts: pl.DataFrame, cfg: GradeConfig, problems: pl.DataFrame) -> tuple[pl.DataFrame, StageReport]:
+    """Adds `pred_answer`, `correct` and `drop_reason` to every completion: `wrong_answer`,
+    `no_answer` (no final-answer marker), `grade_timeout` / `grade_error` (the grader gave up on the
+    pair), or `truncated` (cut at max_tokens — not a trace, even if it holds an answer, when
+    `drop_truncated`). Golds come from `problems`; each distinct (gold, answer) pair is graded once."""
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
     preds = [extract_answer(t) for t in rollouts[TEXT].to_list()]
     pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds)]
@@ -27,7 +28,9 @@ def grade(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: GradeConfig) -> t
         ok, why = (False, TRUNCATED) if cut else verdicts[pair]
         correct.append(ok)
         reasons.append(None if why == OK else why)
-    out = rollouts.with_columns(pl.Series(PRED_ANSWER, preds, dtype=pl.String),
-                                pl.Series(CORRECT, correct, dtype=pl.Boolean),
-                                pl.Series(DROP_REASON, reasons, dtype=pl.String))
-    return out, StageReport.from_reasons("grade", "completions", out[DROP_REASON], seconds=time.time() - t0)
+    out = rollouts.with_columns(
+        pl.Series(PRED_ANSWER, preds, dtype=pl.String),
+        pl.Series(CORRECT, correct, dtype=pl.Boolean),
+        pl.Series(DROP_REASON, reasons, dtype=pl.String),
+    )
+    return out, StageReport.from_reasons("grade", "completions", out[DROP_REASON])

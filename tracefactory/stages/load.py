@@ -1,15 +1,16 @@
-"""load: raw input rows -> `problems` (+ `rejected`, one reason per bad row).
+"""load: raw input rows -> one parsed row each, annotated with a `reason` where it cannot be used.
 
-Rejection reasons: malformed_json, not_an_object, missing_question, question_not_string,
-empty_question, missing_answer, answer_not_string, empty_answer, unparseable_gold, missing_id,
-bad_id, duplicate_id. Answers that are JSON numbers are accepted as their decimal text.
+`partition` then splits that frame into `problems` (the good rows) and `rejected` (the rest, with the
+raw text cut to RAW_LIMIT characters). Rejection reasons: malformed_json, not_an_object,
+missing_question, question_not_string, empty_question, missing_answer, answer_not_string,
+empty_answer, unparseable_gold, missing_id, bad_id, duplicate_id.
+Answers that are JSON numbers are accepted as their decimal text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,7 @@ import polars as pl
 from tracefactory.config import SourceConfig
 from tracefactory.report import StageReport
 from tracefactory.schema import ANSWER, LEVEL, PROBLEM_ID, QUESTION, RAW, REASON, ROW_INDEX, SOURCE
-from tracefactory.verify import gsm8k_gold, gold_parses, last_boxed
+from tracefactory.verify import gold_parses, gsm8k_gold, last_boxed
 
 RAW_LIMIT = 2000
 
@@ -74,29 +75,41 @@ def parse_row(raw: str, src: SourceConfig) -> dict:
     question = _text(rec, src.question_field, "question")
     answer = gold_of(_text(rec, src.answer_field, "answer", numbers_ok=True), src.gold_format)
     level = rec.get(src.level_field) if src.level_field else None
-    return {PROBLEM_ID: _problem_id(rec, src, question), QUESTION: question, ANSWER: answer,
-            LEVEL: None if level is None else str(level)}
+    return {
+        PROBLEM_ID: _problem_id(rec, src, question),
+        QUESTION: question,
+        ANSWER: answer,
+        LEVEL: None if level is None else str(level),
+    }
 
 
-def load(raw: pl.DataFrame, src: SourceConfig) -> tuple[pl.DataFrame, pl.DataFrame, StageReport]:
-    """(problems, rejected, report) from the (row_index, raw) frame that `io.read_source` makes."""
-    t0, name = time.time(), source_name(src)
-    kept, rejected, reasons, seen = [], [], [], set()
+PROBLEM_SCHEMA = {PROBLEM_ID: pl.String, QUESTION: pl.String, ANSWER: pl.String, LEVEL: pl.String, SOURCE: pl.String}
+PARSED_SCHEMA = {ROW_INDEX: pl.Int64, RAW: pl.String, **PROBLEM_SCHEMA, REASON: pl.String}
+
+
+def load(raw: pl.DataFrame, cfg: SourceConfig) -> tuple[pl.DataFrame, StageReport]:
+    """Parse every (row_index, raw) row that `sources.read_source` made; a row that cannot be used keeps
+    null problem fields and its rejection `reason` (a second row with an id already seen is a
+    `duplicate_id`: the first one wins). Nothing is dropped here — `partition` splits the result."""
+    name = source_name(cfg)
+    out, seen = [], set()
     for idx, line in raw.select(ROW_INDEX, RAW).iter_rows():
         try:
-            row = parse_row(line, src)
+            row = parse_row(line, cfg)
             if row[PROBLEM_ID] in seen:
                 raise Reject("duplicate_id")
         except Reject as why:
-            rejected.append({ROW_INDEX: idx, SOURCE: name, RAW: line[:RAW_LIMIT], REASON: str(why)})
-            reasons.append(str(why))
+            out.append({ROW_INDEX: idx, RAW: line, SOURCE: name, REASON: str(why)})
             continue
         seen.add(row[PROBLEM_ID])
-        kept.append({**row, SOURCE: name})
-        reasons.append(None)
-    problems = pl.DataFrame(kept, schema={PROBLEM_ID: pl.String, QUESTION: pl.String, ANSWER: pl.String,
-                                          LEVEL: pl.String, SOURCE: pl.String})
-    rej = pl.DataFrame(rejected, schema={ROW_INDEX: pl.Int64, SOURCE: pl.String, RAW: pl.String, REASON: pl.String})
-    report = StageReport.from_reasons("load", "rows", pl.Series(reasons, dtype=pl.String),
-                                      seconds=time.time() - t0)
-    return problems, rej, report
+        out.append({ROW_INDEX: idx, RAW: line, **row, SOURCE: name, REASON: None})
+    parsed = pl.DataFrame(out, schema=PARSED_SCHEMA)
+    return parsed, StageReport.from_reasons("load", "rows", parsed[REASON])
+
+
+def partition(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(problems, rejected) of `load`'s output."""
+    good = pl.col(REASON).is_null()
+    problems = parsed.filter(good).select(list(PROBLEM_SCHEMA))
+    rejected = parsed.filter(~good).select(ROW_INDEX, SOURCE, pl.col(RAW).str.slice(0, RAW_LIMIT), REASON)
+    return problems, rejected

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import polars as pl
 
 from tracefactory.config import SelectConfig
@@ -14,19 +12,20 @@ NOT_SHORTEST = "not_shortest"
 
 
 def select(rollouts: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, StageReport]:
-    """Annotates `not_shortest` on correct completions beyond the kept ones.
-
-    Reports on the completions still in the running: correct ones no earlier filter dropped.
-    """
-    t0 = time.time()
-    rank = (pl.struct(COT_TOKENS, SAMPLE_INDEX).rank("ordinal").over(PROBLEM_ID, CORRECT))
+    """Annotates `not_shortest` on the correct completions beyond each problem's `keep` shortest
+    (by `cot_tokens`, ties to the lower sample index); every row stays. Reports on the completions
+    still in the running: correct ones that no earlier filter dropped."""
+    rank = pl.struct(COT_TOKENS, SAMPLE_INDEX).rank("ordinal").over(PROBLEM_ID, CORRECT)
     out = rollouts.with_columns(
         pl.when(pl.col(DROP_REASON).is_null() & pl.col(CORRECT) & (rank > cfg.keep))
-        .then(pl.lit(NOT_SHORTEST)).otherwise(pl.col(DROP_REASON)).alias(DROP_REASON))
-    considered = out.filter(pl.col(CORRECT) & pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == NOT_SHORTEST))
-    considered = considered[DROP_REASON]
-    return out, StageReport.from_reasons("select", "completions", considered, seconds=time.time() - t0)
+        .then(pl.lit(NOT_SHORTEST))
+        .otherwise(pl.col(DROP_REASON))
+        .alias(DROP_REASON)
+    )
+    in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == NOT_SHORTEST)
+    return out, StageReport.from_reasons("select", "completions", out.filter(in_running)[DROP_REASON])
 
 
 def selected(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """The traces that survived every filter."""
     return rollouts.filter(pl.col(CORRECT) & pl.col(DROP_REASON).is_null())

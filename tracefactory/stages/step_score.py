@@ -11,7 +11,6 @@ context, a scorer failure) get null scores; they are kept, or with `unscored: dr
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 
 import polars as pl
@@ -19,20 +18,26 @@ import polars as pl
 from tracefactory.backends.scorers import StepItem, StepScorer
 from tracefactory.config import StepScoreConfig
 from tracefactory.report import StageReport
-from tracefactory.schema import (ANSWER, CORRECT, DROP_REASON, FIRST_BAD_STEP, PRM_LAST, PRM_MEAN, PRM_MIN, PROBLEM_ID,
-                                 QUESTION, SEED, STEP_COLUMNS, STEP_SCORES, STEPS, TEXT)
+from tracefactory.schema import (
+    ANSWER,
+    CORRECT,
+    DROP_REASON,
+    FIRST_BAD_STEP,
+    PRM_LAST,
+    PRM_MEAN,
+    PRM_MIN,
+    PROBLEM_ID,
+    QUESTION,
+    SEED,
+    STEP_COLUMNS,
+    STEP_SCORES,
+    STEPS,
+    TEXT,
+)
 from tracefactory.steps import split_steps
 
 LOW_STEP_SCORE = "low_step_score"
 log = logging.getLogger(__name__)
-
-
-def reuse_pool(rollouts: pl.DataFrame, cfg: StepScoreConfig) -> dict[str, list[tuple[tuple[str, ...], bool]]]:
-    """Every graded completion as (steps, correct), by problem: free continuations of shared prefixes."""
-    pool: dict[str, list[tuple[tuple[str, ...], bool]]] = {}
-    for pid, text, ok in rollouts.select(PROBLEM_ID, TEXT, CORRECT).iter_rows():
-        pool.setdefault(pid, []).append((tuple(split_steps(text, cfg.split, cfg.pattern)), bool(ok)))
-    return pool
 
 
 def _aggregate(scores: list[float] | None, how: str) -> float | None:
@@ -41,18 +46,31 @@ def _aggregate(scores: list[float] | None, how: str) -> float | None:
     return {"min": min(scores), "mean": sum(scores) / len(scores), "last": scores[-1]}[how]
 
 
-def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreConfig,
-               scorer: StepScorer) -> tuple[pl.DataFrame, StageReport]:
-    t0 = time.time()
+def step_score(
+    rollouts: pl.DataFrame, cfg: StepScoreConfig, problems: pl.DataFrame, scorer: StepScorer
+) -> tuple[pl.DataFrame, StageReport]:
+    """Adds the step columns to every completion (null where not scored) and annotates the correct,
+    not yet dropped ones whose aggregate step score is not above `threshold` as `low_step_score`
+    (or, with `unscored: drop`, the unscorable ones as `unscored_<why>`). Reports on the traces it
+    considered: the correct ones no earlier filter dropped."""
     questions = dict(problems.select(PROBLEM_ID, QUESTION).iter_rows())
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
     steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts[TEXT].to_list()]
     eligible = [i for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON])) if ok and why is None]
-    unscorable = {i: "no_steps" if not steps[i] else "too_many_steps" for i in eligible
-                  if not 0 < len(steps[i]) <= cfg.max_steps}
+    unscorable = {
+        i: "no_steps" if not steps[i] else "too_many_steps" for i in eligible if not 0 < len(steps[i]) <= cfg.max_steps
+    }
     todo = [i for i in eligible if i not in unscorable]
-    items = [StepItem(rollouts[PROBLEM_ID][i], questions[rollouts[PROBLEM_ID][i]], golds[rollouts[PROBLEM_ID][i]],
-                      tuple(steps[i]), int(rollouts[SEED][i] or 0)) for i in todo]
+    items = [
+        StepItem(
+            rollouts[PROBLEM_ID][i],
+            questions[rollouts[PROBLEM_ID][i]],
+            golds[rollouts[PROBLEM_ID][i]],
+            tuple(steps[i]),
+            int(rollouts[SEED][i] or 0),
+        )
+        for i in todo
+    ]
     results, scored = {}, scorer.score(items)
     for i, r in zip(todo, scored):
         if r.scores:
@@ -60,8 +78,12 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
         else:
             unscorable[i] = r.note or "no_scores"
     if unscorable:
-        log.warning("step_score: %d correct trace(s) not scored (%s) — %s", len(unscorable),
-                    dict(Counter(unscorable.values())), "dropped" if cfg.unscored == "drop" else "kept, null scores")
+        log.warning(
+            "step_score: %d correct trace(s) not scored (%s) — %s",
+            len(unscorable),
+            dict(Counter(unscorable.values())),
+            "dropped" if cfg.unscored == "drop" else "kept, null scores",
+        )
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
     low = [a is not None and a <= cfg.threshold for a in agg]
@@ -71,13 +93,19 @@ def step_score(rollouts: pl.DataFrame, problems: pl.DataFrame, cfg: StepScoreCon
         pl.Series(PRM_MIN, [_aggregate(s, "min") for s in scores], dtype=pl.Float64),
         pl.Series(PRM_MEAN, [_aggregate(s, "mean") for s in scores], dtype=pl.Float64),
         pl.Series(PRM_LAST, [_aggregate(s, "last") for s in scores], dtype=pl.Float64),
-        pl.Series(FIRST_BAD_STEP, [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
-                  dtype=pl.Int64),
-        pl.Series(DROP_REASON, [_reason(i, why, low[i], unscorable, cfg) for i, why in enumerate(rollouts[DROP_REASON])],
-                  dtype=pl.String))
+        pl.Series(
+            FIRST_BAD_STEP,
+            [results[i].first_bad_step if i in results else None for i in range(len(rollouts))],
+            dtype=pl.Int64,
+        ),
+        pl.Series(
+            DROP_REASON,
+            [_reason(i, why, low[i], unscorable, cfg) for i, why in enumerate(rollouts[DROP_REASON])],
+            dtype=pl.String,
+        ),
+    )
     tokens = sum(r.tokens for r in scored)
-    return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible),
-                                         seconds=time.time() - t0, tokens=tokens)
+    return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
 
 
 def _reason(i: int, why: str | None, low: bool, unscorable: dict[int, str], cfg: StepScoreConfig) -> str | None:

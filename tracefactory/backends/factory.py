@@ -1,0 +1,36 @@
+"""Backends built from config: the teacher of `teacher:`, the step scorer of `step_score:`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import polars as pl
+
+from tracefactory.backends.base import Teacher
+from tracefactory.backends.scorers import MonteCarloScorer, StepScorer, reuse_pool
+from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
+from tracefactory.verify import judge_texts
+
+
+def make_teacher(cfg: TeacherConfig) -> Teacher:
+    if cfg.kind == "openai":
+        from tracefactory.backends.openai_teacher import OpenAITeacher
+
+        return OpenAITeacher(cfg)
+    from tracefactory.backends.vllm_teacher import VLLMTeacher
+
+    return VLLMTeacher(cfg)
+
+
+def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | None = None) -> StepScorer:
+    """The configured step scorer; `graded` rollouts (if any) are reused as Monte-Carlo continuations."""
+    sc = cfg.step_score
+    if sc.scorer == "prm":
+        from tracefactory.backends.prm import VLLMPRMScorer
+
+        return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len)
+    s = cfg.sampling
+    params = SamplingConfig(n=sc.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
+    reuse = reuse_pool(graded, sc.split, sc.pattern) if graded is not None else None
+    return MonteCarloScorer(teacher, judge, cfg.prompt, params, sc.search, reuse, sc.label)
