@@ -88,7 +88,7 @@ def bench_in_process(cfg, problems: pl.DataFrame, pairs: int) -> dict:
         return sum(len(o.token_ids) for out in llm.generate(texts, sps, use_tqdm=False) for o in out.outputs)
 
     def stage():
-        return rollout(problems, cfg, teacher)[1].tokens
+        return rollout(problems, cfg.rollout, teacher)[1].tokens
 
     raw()  # warm-up: first compile / caches
     try:
@@ -138,7 +138,7 @@ def bench_server(cfg, problems: pl.DataFrame, pairs: int) -> dict:
                 return sum(await asyncio.gather(*(one(b) for b in bodies)))
 
         def stage():
-            return rollout(problems, scfg, teacher)[1].tokens
+            return rollout(problems, scfg.rollout, teacher)[1].tokens
 
         asyncio.run(raw_async())  # warm-up
         return alternate(lambda: asyncio.run(raw_async()), stage, pairs)

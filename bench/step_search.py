@@ -45,7 +45,10 @@ def traces(teacher, cfg, args) -> tuple[list[StepItem], dict]:
     params = SamplingConfig(
         n=args.rollouts or cfg.sampling.n, temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens
     )
-    outs = teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], params.n, params, seeds)
+    outs = [
+        r.completions
+        for r in teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], params.n, params, seeds)
+    ]
     verdicts = judge_texts([(r["answer"], c.text) for r, cs in zip(rows, outs) for c in cs], workers=2)
     graded, k = [], 0
     for cs in outs:

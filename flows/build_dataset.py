@@ -52,7 +52,7 @@ def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, engin
     return engines.rollout_shard(run, shard, problems, cfg)
 
 
-@stage_task("grade")
+@stage_task("grade", **RETRY)  # e.g. a grading worker pool that could not start
 def grade_task(run: io.RunDir, cfg: FactoryConfig, problems):
     return pipeline.grade_rollouts(run, cfg, problems)
 

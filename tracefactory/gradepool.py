@@ -48,7 +48,8 @@ class _Slot:
 
     def take(self, idx: int, pair: Pair) -> None:
         self.conn.send((idx, *pair))
-        self.busy, self.since = idx, time.monotonic()
+        self.busy = idx
+        self.since = time.monotonic()
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -96,7 +97,9 @@ class GradePool:
 
     def grade(self, pairs: Sequence[Pair]) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(pairs)
-        pending, left, halfway = deque(range(len(pairs))), len(pairs), len(pairs) // 2
+        pending = deque(range(len(pairs)))  # indices not yet handed to a worker
+        left = len(pairs)  # verdicts still to come
+        halfway = len(pairs) // 2
         while left:
             for s in list(self.slots):
                 if s.ready and s.busy is None and pending:
@@ -113,14 +116,17 @@ class GradePool:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker died (out of memory, a crash in C code)
                     if s.busy is not None:
-                        results[s.busy], left = (False, ERROR), left - 1
+                        results[s.busy] = (False, ERROR)
+                        left -= 1
                     self._replace(s, "died")
                     continue
                 if msg == "ready":
                     s.ready = True
                 else:
                     idx, verdict = msg
-                    results[idx], s.busy, left = verdict, None, left - 1
+                    results[idx] = verdict
+                    s.busy = None
+                    left -= 1
                     if left == halfway:
                         failpoint("grade.batch")
             now = time.monotonic()
@@ -131,6 +137,7 @@ class GradePool:
                         pairs[s.busy][1][:80] if pairs[s.busy][1] else None,
                         self.timeout_s,
                     )
-                    results[s.busy], left = (False, TIMEOUT), left - 1
+                    results[s.busy] = (False, TIMEOUT)
+                    left -= 1
                     self._replace(s, "timeout")
         return results  # type: ignore[return-value]

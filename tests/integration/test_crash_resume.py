@@ -17,7 +17,7 @@ pytestmark = pytest.mark.vllm
 CLI = [sys.executable, "-m", "tracefactory.cli", "run"]
 
 
-def _args(out: Path, source: Path) -> list[str]:
+def _args(out: Path, source: Path, verbose: bool = False) -> list[str]:
     sets = {
         "source.path": source,
         "sampling.n": 4,
@@ -26,15 +26,23 @@ def _args(out: Path, source: Path) -> list[str]:
         "step_score.enabled": "false",
         "run.progress": "false",
     }
-    return [*CLI, "--out", str(out), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
+    sets = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    return [*CLI, "--out", str(out), *sets, *(["--verbose"] if verbose else [])]
 
 
-def _start(out: Path, source: Path, failpoint: str | None = None) -> subprocess.Popen:
+def _start(out: Path, source: Path, failpoint: str | None = None, verbose: bool = False) -> subprocess.Popen:
+    """`tracefactory run` in its own process group (the engine and Prefect server die with it); what it
+    prints goes to `proc.console` (a file)."""
     env = {**os.environ, "TRACEFACTORY_FAILPOINT": failpoint or ""}
-    log = open(out.parent / f"{out.name}-{time.monotonic_ns()}.log", "w")
-    return subprocess.Popen(
-        _args(out, source), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )  # its own group: the engine and Prefect server die with it
+    path = out.parent / f"{out.name}-{time.monotonic_ns()}.console"
+    proc = subprocess.Popen(
+        _args(out, source, verbose), env=env, stdout=open(path, "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    proc.console = path
+    return proc
+
+
+THIRD_PARTY = ("EngineCore", "Worker pid", "vllm.", "Triton", "NUMA", "prefect.", "WARNING", "Traceback", "[W")
 
 
 def _reap(proc: subprocess.Popen, timeout: float = 600) -> int:
@@ -60,7 +68,14 @@ def source(tmp_path_factory):
 
 def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path, source):
     whole = tmp_path / "whole"
-    assert _reap(_start(whole, source)) == 0
+    proc = _start(whole, source)
+    assert _reap(proc) == 0
+    # the console shows our lines only; engine and library output is in RUN/logs/
+    printed = proc.console.read_text()
+    assert "rollout " in printed and "funnel" in printed and "engine and library output" in printed
+    assert not [line for line in printed.splitlines() if any(m in line for m in THIRD_PARTY)], printed
+    [log] = (whole / "logs").glob("run-*.log")
+    assert "EngineCore" in log.read_text()
 
     crashed = tmp_path / "crashed"
     # 1. SIGKILL from outside, during rollout: as soon as this run has committed its first chunk
@@ -73,9 +88,14 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path,
     assert 0 < sum(c["completions"] for c in _commits(crashed)) < 200  # it died mid-rollout
     # 2. SIGKILL mid-rollout again (the third chunk this run commits), 3. during grading, 4. between tables
     for point in ("rollout.chunk_committed:3", "grade.batch", "write.table"):
-        assert _reap(_start(crashed, source, point)) == -signal.SIGKILL, point
+        proc = _start(crashed, source, point, verbose=point == "grade.batch")
+        assert _reap(proc) == -signal.SIGKILL, point
+        if point == "grade.batch":  # --verbose: the engine's own output live, no log file of ours
+            assert "EngineCore" in proc.console.read_text()
     assert not (crashed / "manifest.json").exists()
-    assert _reap(_start(crashed, source)) == 0
+    proc = _start(crashed, source)
+    assert _reap(proc) == 0
+    assert "graded by an earlier run, read back" in proc.console.read_text()  # killed after grading: not regraded
 
     for table in ("problems", "rollouts", "dataset", "funnel"):
         a, b = pl.read_parquet(whole / table), pl.read_parquet(crashed / table)

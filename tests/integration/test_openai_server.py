@@ -31,8 +31,8 @@ def test_server_completions_match_the_in_process_engine(server, embedded_teacher
     params, seeds = SamplingConfig(n=4, temperature=0.7, max_tokens=200), [7, 8, 9, 10, 11]
     remote = _teacher(server).generate(qs, 4, params, seeds)
     local = embedded_teacher.generate(qs, 4, params, seeds)
-    assert [[(c.text, c.tokens, c.finish_reason) for c in cs] for cs in remote] == [
-        [(c.text, c.tokens, c.finish_reason) for c in cs] for cs in local
+    assert [[(c.text, c.tokens, c.finish_reason) for c in r.completions] for r in remote] == [
+        [(c.text, c.tokens, c.finish_reason) for c in r.completions] for r in local
     ]
 
 
@@ -40,7 +40,8 @@ def test_token_counts_without_token_ids(server):
     qs = [[{"role": "user", "content": generate(1, seed=6)[0].question}]]
     exact = _teacher(server).generate(qs, 1, SamplingConfig(n=1, max_tokens=200), [3])
     approx = _teacher(server, return_token_ids=False).generate(qs, 1, SamplingConfig(n=1, max_tokens=200), [3])
-    assert exact[0][0].text == approx[0][0].text and exact[0][0].tokens == approx[0][0].tokens
+    one, two = exact[0].completions[0], approx[0].completions[0]
+    assert one.text == two.text and one.tokens == two.tokens
 
 
 def test_flow_through_the_server(prefect_harness, server, demo_subset, tmp_path):

@@ -21,8 +21,10 @@ def _chat(q):
 def test_seeded_requests_do_not_depend_on_the_batch(embedded_teacher):
     qs = [p.question for p in generate(1, seed=3)]  # one problem per level
     seeds = [11, 22, 33, 44, 55]
-    full = embedded_teacher.generate([_chat(q) for q in qs], 4, PARAMS, seeds)
-    part = embedded_teacher.generate([_chat(qs[4]), _chat(qs[0])], 4, PARAMS, [seeds[4], seeds[0]])
+    full = [r.completions for r in embedded_teacher.generate([_chat(q) for q in qs], 4, PARAMS, seeds)]
+    part = [
+        r.completions for r in embedded_teacher.generate([_chat(qs[4]), _chat(qs[0])], 4, PARAMS, [seeds[4], seeds[0]])
+    ]
     assert [c.text for c in part[0]] == [c.text for c in full[4]]
     assert [c.text for c in part[1]] == [c.text for c in full[0]]
     for completions in full:
@@ -36,7 +38,7 @@ def test_seeded_requests_do_not_depend_on_the_batch(embedded_teacher):
 def test_teacher_solves_the_easiest_level(embedded_teacher):
     problems = [p for p in generate(10, seed=99, levels=(1,))]
     outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(10)))
-    right = sum(is_correct(p.answer, extract_answer(c.text))[0] for p, cs in zip(problems, outs) for c in cs)
+    right = sum(is_correct(p.answer, extract_answer(c.text))[0] for p, r in zip(problems, outs) for c in r.completions)
     assert right / 40 >= 0.8
 
 
@@ -74,7 +76,10 @@ def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
     problems = generate(6, seed=21, levels=(2,))
     outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
     p, trace = next(
-        (p, c.text) for p, cs in zip(problems, outs) for c in cs if is_correct(p.answer, extract_answer(c.text))[0]
+        (p, c.text)
+        for p, r in zip(problems, outs)
+        for c in r.completions
+        if is_correct(p.answer, extract_answer(c.text))[0]
     )
     lines = trace.splitlines()
     lhs, value = lines[1].rsplit("= ", 1)

@@ -55,3 +55,52 @@ def test_query_json_and_errors(tmp_path):
     assert bad.exit_code == 2 and "nope" in bad.output
     missing = runner.invoke(app, ["query", str(tmp_path / "empty"), "SELECT 1"])
     assert missing.exit_code == 2 and "RUN_DIR" in missing.output
+
+
+def test_a_teacher_that_cannot_be_loaded_is_one_clear_line(tmp_path, monkeypatch):
+    """The GPU recipe here: its model is not on disk and the hub (a closed port) cannot be reached."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    result = runner.invoke(app, ["run", "configs/gsm8k-r1-distill.yaml", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert text.startswith("error: teacher.model 'deepseek-ai/DeepSeek-R1-Distill-Qwen-7B' is not on disk")
+    assert "cannot be reached" in text and "hf download deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" in text
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+    missing = runner.invoke(app, ["run", "--set", "teacher.model=./no/such/folder", "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and "not a model folder" in missing.output
+
+
+def test_serve_help_names_the_cpu_settings():
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0 and "chunked" in result.output and "--kv-cache-gib" in result.output
+
+
+QUIET = """
+import subprocess, sys, logging
+from pathlib import Path
+from tracefactory import console
+console.setup_logging(verbose=False)
+with console.quiet(Path(sys.argv[1])):
+    chatter = "import sys; print('engine chatter'); print('WARNING torch', file=sys.stderr)"
+    subprocess.run([sys.executable, "-c", chatter])
+    print("library print")
+    logging.getLogger("vllm.x").warning("third-party warning")
+    logging.getLogger("tracefactory.stage").info("our stage line")
+    console.out().write("our table\\n")
+print("after")
+"""
+
+
+def test_quiet_console_keeps_our_lines_and_sends_the_rest_to_the_log(tmp_path):
+    import subprocess
+    import sys
+
+    log = tmp_path / "logs" / "run.log"
+    done = subprocess.run([sys.executable, "-c", QUIET, str(log)], capture_output=True, text=True, check=True)
+    assert done.stdout == "our table\nafter\n"
+    assert done.stderr.strip().endswith("our stage line") and len(done.stderr.strip().splitlines()) == 1
+    logged = log.read_text()
+    for line in ("engine chatter", "WARNING torch", "library print", "third-party warning", "our stage line"):
+        assert line in logged, line

@@ -23,7 +23,7 @@ def _cached(repo_id: str) -> bool:
 def _endpoint() -> str:
     from huggingface_hub import constants
 
-    return constants.ENDPOINT.rstrip("/")
+    return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
 
 
 def ensure_model_available(model: str, field: str) -> None:

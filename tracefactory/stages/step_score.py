@@ -71,7 +71,8 @@ def step_score(
         )
         for i in todo
     ]
-    results, scored = {}, scorer.score(items)
+    scored = scorer.score(items)
+    results = {}  # row -> its StepScores, for the rows that got scores
     for i, r in zip(todo, scored):
         if r.scores:
             results[i] = r
