@@ -3,12 +3,15 @@ curriculum -> write, each stage its own Prefect task (name, state, duration and 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler
 
 from tracefactory import io, pipeline
 from tracefactory.backends.base import Teacher
@@ -21,6 +24,27 @@ from tracefactory.report import StageReport, funnel_markdown
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.select import select
+
+
+class _InRun(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def _library_logs_to_prefect() -> None:
+    """The library's log lines (stage lines, shard progress, warnings) in the Prefect UI, under the task
+    run that wrote them — in every process that runs the flow (CLI, worker, test), whatever its
+    PREFECT_LOGGING_EXTRA_LOGGERS; lines written outside a run stay local."""
+    lib = logging.getLogger("tracefactory")
+    if not any(isinstance(h, APILogHandler) for h in lib.handlers):
+        handler = APILogHandler()
+        handler.addFilter(_InRun())
+        lib.addHandler(handler)
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.INFO)
+
+
+_library_logs_to_prefect()
 
 
 def _transient(task, task_run, state) -> bool:

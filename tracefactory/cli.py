@@ -73,7 +73,6 @@ def run(
     run_dir = out or default_run_dir(cfg.name)
     # the temporary server's telemetry heartbeat contends for its SQLite file and logs spurious errors
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tracefactory")  # our stage lines in the Prefect UI
     term.setup_logging(verbose)
     log_path = RunDir(run_dir).log_path()
     failure: Exception | None = None

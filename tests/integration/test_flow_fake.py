@@ -1,6 +1,7 @@
 """The whole Prefect flow with the deterministic FakeTeacher: contract, funnel, bad input, resume."""
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
@@ -146,11 +147,16 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
         config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
     )
     assert state.is_completed()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    states = {r.name: r.state_type.value for r in runs}
+    deadline = time.monotonic() + 30  # task states reach the API asynchronously: wait for the last ones
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+        states = {r.name: r.state_type.value for r in runs}
+        if set(states.values()) == {"COMPLETED"} or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     shards = [f"rollout-shard-{i}" for i in range(4)]  # 62 problems, shards of 16
     stages = ["load", "start-teacher", *shards, "grade", "step_score", "select", "difficulty", "curriculum", "write"]
     assert sorted(states) == sorted(stages) and len(runs) == len(stages)
@@ -193,8 +199,10 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
             pass
     assert list((crashed / "_work" / "graded").glob("*.parquet")) and not (crashed / "dataset").exists()
 
+    from tracefactory.errors import BackendError
+
     def no_grading(*args, **kwargs):
-        raise AssertionError("graded again")
+        raise BackendError("graded again")  # one of ours: the task fails at once, no retries
 
     monkeypatch.setattr("tracefactory.stages.grade.grade_pairs", no_grading)
     _run(crashed, input_file, FakeTeacher(slip_rate=0.08))  # graded rows read back; step scoring runs now
@@ -203,5 +211,31 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
     funnel = [pl.read_parquet(d / "funnel").drop("seconds") for d in (clean, crashed)]
     assert funnel[0].equals(funnel[1])
     # an input that changes (here: the grading settings) is graded again
-    with pytest.raises(AssertionError, match="graded again"):
+    with pytest.raises(BackendError, match="graded again"):
         _run(crashed, input_file, FakeTeacher(slip_rate=0.08), **{"grade.drop_truncated": False})
+
+
+def test_stage_log_lines_are_attached_to_their_task_runs(prefect_harness, tmp_path, input_file):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0}
+    state = build_dataset(
+        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
+    )
+    APILogHandler().flush()  # logs reach the API in batches: send what is queued
+    run_id = state.state_details.flow_run_id
+    want = {(stage, stage) for stage in ("load", "grade", "step_score", "select", "difficulty", "curriculum")}
+    want.add(("rollout-shard-0", "rollout"))  # "rollout shard 0: ..."
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        by_task = {t.id: t.name for t in tasks}
+        lines = {(by_task.get(log.task_run_id), log.message.split()[0]) for log in logs if log.task_run_id}
+        if want <= lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert want <= lines, sorted(want - lines)

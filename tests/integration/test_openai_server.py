@@ -16,7 +16,9 @@ SERVED = "arith-tiny"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("srv") / "server.log"
-    with local_server(str(EMBEDDED_TEACHER), SERVED, log) as url:
+    with local_server(
+        str(EMBEDDED_TEACHER), SERVED, log, via_cli=True
+    ) as url:  # `tracefactory serve`, as the README says
         yield url
 
 

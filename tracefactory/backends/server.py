@@ -57,11 +57,18 @@ def server_command(
 
 
 @contextlib.contextmanager
-def local_server(model: str, served_name: str, log_path: Path, timeout_s: float = 300) -> Iterator[str]:
-    """Yields the server's /v1 base URL once /health answers; stops the server on exit."""
+def local_server(
+    model: str, served_name: str, log_path: Path, timeout_s: float = 300, via_cli: bool = False
+) -> Iterator[str]:
+    """Yields the server's /v1 base URL once /health answers; stops the server on exit. `via_cli`
+    starts it the way the README tells a person to: `tracefactory serve`."""
     port = free_port()
+    cmd = server_command(model, port, served_name)
+    if via_cli:
+        cmd = [sys.executable, "-m", "tracefactory.cli", "serve", "--model", model, "--port", str(port)]
+        cmd += ["--served-name", served_name, "--kv-cache-gib", "1"]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(server_command(model, port, served_name), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_healthy(proc, f"http://127.0.0.1:{port}", timeout_s, log_path)
             yield f"http://127.0.0.1:{port}/v1"
