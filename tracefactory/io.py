@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import tempfile
 import time
@@ -44,6 +45,8 @@ from tracefactory.schema import (
     STEPS,
     validate_frame,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _atomic(path: Path, write) -> None:
@@ -275,8 +278,12 @@ class StageCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        table = pq.read_table(path)
-        report = StageReport(**json.loads((table.schema.metadata or {})[self.KEY]))
+        try:
+            table = pq.read_table(path)
+            report = StageReport(**json.loads((table.schema.metadata or {})[self.KEY]))
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:  # damaged: redo the stage
+            log.warning("%s is unreadable (%s); the stage runs again", path, exc)
+            return None
         return pl.from_arrow(table), report
 
     def put(self, key: str, frame: pl.DataFrame, report: StageReport) -> None:

@@ -83,3 +83,16 @@ def test_failed_requests_are_recorded_and_retried_on_the_next_run(tmp_path):
     report = pipeline.rollout_shard(run, 0, PROBLEMS, cfg, teacher)
     assert teacher.calls == [1] and report.kept == report.rows_in == 75
     assert pipeline.shard_done(run, cfg, PROBLEMS)
+
+
+def test_a_damaged_stage_cache_is_redone_not_a_crash(tmp_path):
+    from tracefactory.report import StageReport
+
+    cache = io.RunDir(tmp_path).stage_cache("graded")
+    frame = pl.DataFrame({"a": [1, 2]})
+    cache.put("k", frame, StageReport("grade", "completions", 2, 2))
+    got, report = cache.get("k")
+    assert got.equals(frame) and report.kept == 2
+    data = cache.path("k").read_bytes()
+    cache.path("k").write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    assert cache.get("k") is None and cache.get("absent") is None
