@@ -39,7 +39,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 test: venv lint
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=10
 
 test-unit: venv
 	$(BIN)/python -m pytest -ra -m "not vllm and not server"
