@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -98,14 +99,17 @@ class VLLMTeacher:
 
             on_cpu = current_platform.is_cpu()
             kw = self.engine_kwargs(on_cpu)
-            log.info("loading teacher %s into vLLM (%s)", self.name, "CPU" if on_cpu else current_platform.device_name)
+            device = "CPU" if on_cpu else current_platform.device_name
+            log.info("loading teacher %s into vLLM (%s; the engine compiles on its first start)", self.name, device)
             if on_cpu:
                 _explain_cpu_settings(kw)
             log.debug("vLLM engine arguments: %s", kw)
+            started = time.monotonic()
             try:
                 self._llm = vllm.LLM(**kw)
             except Exception as exc:
                 raise BackendError(f"vLLM could not load teacher '{self.cfg.model_path}': {exc}") from exc
+            log.info("teacher ready in %.0f s", time.monotonic() - started)
         return self._llm
 
     def start(self) -> None:
