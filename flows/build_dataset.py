@@ -157,6 +157,11 @@ def build_dataset(
     started = time.time()
     cfg = load_config(config, overrides)
     run = io.RunDir(out or io.default_run_dir(cfg.name))
+    with run.lock():  # one writer per run directory
+        return _build(run, cfg, started, teacher)
+
+
+def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher | None) -> dict[str, Any]:
     engines = pipeline.LocalEngines(teacher) if teacher is not None else make_engines(cfg)
     try:
         loaded = load_task(cfg)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tracefactory import console as term
-from tracefactory.errors import TraceFactoryError
+from tracefactory.errors import RunLockedError, TraceFactoryError
 
 app = typer.Typer(
     help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
@@ -75,27 +75,35 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     term.setup_logging(verbose)
     log_path = RunDir(run_dir).log_path()
-    failure: Exception | None = None
+    try:  # the lock before Prefect and the engine start: a second run on this directory fails at once
+        with RunDir(run_dir).lock():
+            result = _run_flow(cfg, config, run_dir, overrides, verbose, log_path)
+    except RunLockedError as exc:
+        _fail(exc)
+    if not verbose:  # Prefect stops its temporary server at exit, after the log file is let go
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+    if isinstance(result, Exception):
+        where = "" if verbose else f" (full output: {log_path})"
+        if isinstance(result, TraceFactoryError):
+            _fail(TraceFactoryError(f"{result}{where}"))
+        _fail(TraceFactoryError(f"{type(result).__name__}: {result}{where}"), code=1)
+    _print_funnel(Path(result["run_dir"]))
+    _console().print(f"dataset rows: {result['dataset_rows']}  ->  {result['run_dir']}")
+    if not verbose:
+        _console().print(f"engine and library output: {log_path}")
+
+
+def _run_flow(cfg, config, run_dir: Path, overrides: dict, verbose: bool, log_path: Path) -> dict | Exception:
+    """The flow's result, or the exception it ended with (its traceback printed to the log, or, verbose, here)."""
     with contextlib.nullcontext() if verbose else term.quiet(log_path):
         log.info("run %s -> %s%s", cfg.name, run_dir, "" if verbose else f" (engine and library output: {log_path})")
         from flows.build_dataset import run_build
 
         try:
-            result = run_build(config=str(config) if config else None, out=str(run_dir), overrides=overrides)
-        except Exception as exc:  # reported below in one line; the traceback goes to the log (or, verbose, here)
+            return run_build(config=str(config) if config else None, out=str(run_dir), overrides=overrides)
+        except Exception as exc:  # reported by the caller in one line
             traceback.print_exc()
-            failure = exc
-    if not verbose:  # Prefect stops its temporary server at exit, after the log file is let go
-        logging.getLogger("prefect").setLevel(logging.WARNING)
-    if failure is not None:
-        where = "" if verbose else f" (full output: {log_path})"
-        if isinstance(failure, TraceFactoryError):
-            _fail(TraceFactoryError(f"{failure}{where}"))
-        _fail(TraceFactoryError(f"{type(failure).__name__}: {failure}{where}"), code=1)
-    _print_funnel(Path(result["run_dir"]))
-    _console().print(f"dataset rows: {result['dataset_rows']}  ->  {result['run_dir']}")
-    if not verbose:
-        _console().print(f"engine and library output: {log_path}")
+            return exc
 
 
 def _check_models(cfg) -> None:

@@ -26,3 +26,7 @@ class SchemaError(TraceFactoryError):
 
 class BackendError(TraceFactoryError, RuntimeError):
     """A model backend could not be created or failed as a whole (not a single bad request)."""
+
+
+class RunLockedError(TraceFactoryError):
+    """Another process is writing the same run directory."""

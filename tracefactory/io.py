@@ -15,23 +15,27 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import itertools
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracefactory.backends.scorers import StepScores
+from tracefactory.errors import RunLockedError
 from tracefactory.failpoints import failpoint
 from tracefactory.report import StageReport
 from tracefactory.schema import (
@@ -80,6 +84,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_LOCKED: set[str] = set()  # run directories this process holds the lock of
+
+
 def default_run_dir(name: str) -> Path:
     return Path("runs") / name
 
@@ -126,6 +133,40 @@ class RunDir:
 
     def step_scores(self, key: str) -> "StepScoreStore":
         return StepScoreStore(self.root / "_work" / "step_scores" / f"{key}.parquet")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One writer per run directory: an exclusive `flock` on RUN/.lock for as long as the run holds it.
+        The kernel drops the lock when the holder dies, however it dies, so a stale lock never blocks.
+        Re-entrant within a process (the CLI takes it before Prefect starts, the flow again)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        key = str(self.root.resolve())
+        if key in _LOCKED:
+            yield
+            return
+        f = open(self.root / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunLockedError(
+                f"run directory {self.root} is in use by {holder}; wait for that run to end, "
+                "or give this one another --out"
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+            f.flush()
+            _LOCKED.add(key)
+            yield
+        finally:
+            _LOCKED.discard(key)
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
     def log_path(self) -> Path:
         return self.root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"

@@ -30,17 +30,32 @@ _HASHES = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(r"(?:answer is|answer:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
 
 
+_BRACE = re.compile(r"[{}]")
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each '{' that closes -> position of its '}' (one pass: linear in the text)."""
+    closes, stack = {}, []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closes[stack.pop()] = m.start()
+    return closes
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} in `text`, with nested braces; None if none closes."""
-    found = None
-    for m in _BOX.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            found = text[m.end() : i - 1]
-    return found
+    """Content of the last \\boxed{...} in `text` whose braces close (nesting allowed); None if none.
+    Linear in the length of the text, whatever it holds (teacher output is not trusted)."""
+    boxes = list(_BOX.finditer(text))
+    if not boxes:
+        return None
+    closes = _closing_braces(text)
+    for m in reversed(boxes):
+        end = closes.get(m.end() - 1)
+        if end is not None:
+            return text[m.end() : end]
+    return None
 
 
 def _clean(ans: str) -> str:

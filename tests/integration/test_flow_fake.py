@@ -239,3 +239,23 @@ def test_stage_log_lines_are_attached_to_their_task_runs(prefect_harness, tmp_pa
             break
         time.sleep(0.5)
     assert want <= lines, sorted(want - lines)
+
+
+def test_the_flow_refuses_a_run_directory_another_process_writes(prefect_harness, tmp_path, input_file):
+    import subprocess
+    import sys
+
+    from tracefactory.errors import RunLockedError
+
+    hold = "import sys, time\nfrom tracefactory.io import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
+    hold += "    print('held', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        teacher = FakeTeacher()
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            _run(tmp_path / "r", input_file, teacher)
+        assert teacher.calls == [] and not (tmp_path / "r" / "dataset").exists()
+    finally:
+        holder.kill()
+        holder.wait()

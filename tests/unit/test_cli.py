@@ -104,3 +104,34 @@ def test_quiet_console_keeps_our_lines_and_sends_the_rest_to_the_log(tmp_path):
     logged = log.read_text()
     for line in ("engine chatter", "WARNING torch", "library print", "third-party warning", "our stage line"):
         assert line in logged, line
+
+
+HOLD_LOCK = """
+import sys, time
+from tracefactory.io import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_run_on_the_same_directory_fails_at_once_and_a_dead_holder_does_not_block(tmp_path):
+    import subprocess
+    import sys
+
+    from tracefactory.io import RunDir
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = runner.invoke(app, ["run", "--out", str(out)])
+        assert result.exit_code == 2
+        text = " ".join(result.output.split())
+        assert "is in use by pid" in text and str(holder.pid) in text and "another --out" in text
+    finally:
+        holder.kill()  # as SIGKILL would: no cleanup; the kernel drops its lock
+        holder.wait()
+    with RunDir(out).lock():  # free again
+        with RunDir(out).lock():  # and re-entrant within a process
+            pass
