@@ -62,8 +62,8 @@ def stage_task(name: str, **options):
 
 
 @stage_task("load", **RETRY)
-def load_task(cfg: FactoryConfig) -> Loaded:
-    return pipeline.load_problems(cfg)
+def load_task(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
+    return pipeline.load_problems(run, cfg)
 
 
 @stage_task("start-teacher")
@@ -164,7 +164,7 @@ def build_dataset(
 def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher | None) -> dict[str, Any]:
     engines = pipeline.LocalEngines(teacher) if teacher is not None else make_engines(cfg)
     try:
-        loaded = load_task(cfg)
+        loaded = load_task(run, cfg)
         r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
         graded, r_grade = grade_task(run, cfg, loaded.problems)
         scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)

@@ -20,6 +20,7 @@ from tracefactory.backends.base import Teacher
 from tracefactory.backends.factory import make_scorer
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
+from tracefactory.errors import ConfigError
 from tracefactory.failpoints import failpoint
 from tracefactory.report import StageReport, funnel_frame, merge_reports
 from tracefactory.schema import ANSWER, GENERATION_SCHEMA, PROBLEM_ID, SAMPLE_INDEX, columns
@@ -52,9 +53,22 @@ class Loaded:
     report: StageReport
 
 
-def load_problems(cfg: FactoryConfig) -> Loaded:
+def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
+    """The load stage. A source whose every row is rejected is a configuration fault (a wrong field
+    name, the wrong file): the rejected rows are written, then the run stops saying what it looked for."""
     parsed, report = run_stage(load, read_source(cfg.source), cfg.source)
     problems, rejected = partition(parsed)
+    if report.rows_in and not report.kept:
+        run.write_table(rejected, "rejected")
+        src = cfg.source
+        fields = f"question_field={src.question_field!r}, answer_field={src.answer_field!r}"
+        fields += f", id_field={src.id_field!r}" if src.id_field else ""
+        raise ConfigError(
+            "source",
+            f"{src.path}: all {report.rows_in} rows rejected {report.dropped_by_reason}",
+            f"rows with {fields} (gold_format={src.gold_format!r})",
+            f"see {run.root / 'rejected'} for each row's reason",
+        )
     return Loaded(problems, rejected, report)
 
 

@@ -114,17 +114,30 @@ def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
     assert [r[0] for r in rows][0] == "easy" and len(rows) >= 2
 
 
-def test_all_rows_bad_gives_an_empty_dataset_not_a_crash(prefect_harness, tmp_path):
+def test_bad_rows_an_empty_source_and_a_source_whose_every_row_is_bad(prefect_harness, tmp_path):
+    from tracefactory.errors import ConfigError
+
     teacher = FakeTeacher()
     result = _run(tmp_path / "r", FIXTURES / "bad_input.jsonl", teacher, **{"source.id_field": "id"})
     assert result["dataset_rows"] == 2  # the fixture's two good rows
-    bad_only = tmp_path / "bad.jsonl"
-    bad_only.write_text("{oops\n[]\n")
-    result = _run(tmp_path / "r2", bad_only, FakeTeacher())
+    # an empty source: empty frames through every stage, an empty dataset, not a crash
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = _run(tmp_path / "r2", empty, FakeTeacher())
     assert result["dataset_rows"] == 0
     _, funnel = query(tmp_path / "r2", "SELECT stage, rows_in, kept FROM funnel")
-    assert funnel[0] == ("load", 2, 0) and all(r[1] == 0 for r in funnel[1:])
+    assert funnel[0] == ("load", 0, 0) and all(r[1] == 0 for r in funnel[1:])
     assert len(pl.read_parquet(tmp_path / "r2" / "dataset")) == 0
+    # every row rejected (here: the wrong answer field): a clear error, the rejects written for a look
+    teacher = FakeTeacher()
+    with pytest.raises(ConfigError, match=r"all 60 rows rejected .*missing_answer.*answer_field='final'"):
+        _run(
+            tmp_path / "r3",
+            FIXTURES.parents[1] / "data" / "demo" / "problems.jsonl",
+            teacher,
+            **{"source.answer_field": "final", "source.limit": 60},
+        )
+    assert teacher.calls == [] and len(pl.read_parquet(tmp_path / "r3" / "rejected")) == 60
 
 
 def test_tasks_retry_unexpected_errors_but_not_clear_ones():
