@@ -67,7 +67,7 @@ def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
             "source",
             f"{src.path}: all {report.rows_in} rows rejected {report.dropped_by_reason}",
             f"rows with {fields} (gold_format={src.gold_format!r})",
-            f"see {run.root / 'rejected'} for each row's reason",
+            f"See {run.root / 'rejected'} for each row's reason",
         )
     return Loaded(problems, rejected, report)
 
