@@ -216,8 +216,9 @@ def serve(
     from tracefactory.config import TeacherConfig
 
     cfg = TeacherConfig(model=model)
-    cmd = server_command(cfg.model_path, port, served_name or teacher_name(cfg), max_model_len, kv_cache_gib, host=host)
-    _console().print(f"serving {cfg.model_path} at http://{host}:{port}/v1 as '{served_name or teacher_name(cfg)}'")
+    name = served_name or teacher_name(cfg)
+    cmd = server_command(cfg.model_path, port, name, max_model_len, kv_cache_gib, host=host)
+    _console().print(f"serving {cfg.model_path} at http://{host}:{port}/v1 as '{name}'")
     os.execv(cmd[0], cmd)
 
 

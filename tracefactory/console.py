@@ -27,10 +27,6 @@ def err() -> TextIO:
     return _terminal.get("err", sys.stderr)
 
 
-def is_quiet() -> bool:
-    return bool(_terminal)
-
-
 @contextlib.contextmanager
 def quiet(log_path: Path) -> Iterator[Path]:
     """Redirect fds 1 and 2 to `log_path` (appending) for the duration; `out()`/`err()` keep the

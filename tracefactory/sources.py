@@ -45,9 +45,9 @@ def _jsonl_lines(path: Path) -> Iterator[str]:
 
 def _json_rows(path: Path) -> Iterator[str]:
     """A JSON array: one raw row per element. Anything else is read as JSON lines."""
-    text = path.read_text(encoding=TEXT_ENCODING, errors="replace")
+    text = path.read_text(encoding=TEXT_ENCODING, errors="replace")  # universal newlines: only "\n" left
     if not text.lstrip().startswith("["):
-        yield from _jsonl_lines(path)
+        yield from (line for line in text.split("\n") if line.strip())
         return
     try:
         rows = json.loads(text)

@@ -168,6 +168,13 @@ def test_prefixes_longer_than_the_teachers_context_are_skipped_not_crashed():
     assert short_res.note is None and short_res.scores == [1.0, 1.0]
 
 
+def test_a_teacher_that_fails_for_good_leaves_the_trace_unscored_as_teacher_error():
+    p, item = _planted(level=3, seed=2, at=1)
+    teacher = FakeTeacher(slip_rate=0.0, fail_questions=[p.question])
+    [res] = _scorer(teacher, search="all").score([item])
+    assert res.note == "teacher_error" and res.scores == []
+
+
 @pytest.mark.parametrize("policy", ["keep", "drop"])
 @pytest.mark.parametrize("max_steps,why", [(64, "too_long"), (5, "too_many_steps")])
 def test_unscorable_traces_are_kept_or_dropped_with_their_reason(policy, max_steps, why):

@@ -3,6 +3,7 @@ reachable ends in one clear line instead of an engine traceback after the hub cl
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -26,9 +27,10 @@ def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
 
 
+@functools.cache  # a model found once is not probed again (the CLI checks before the engine does)
 def ensure_model_available(model: str, field: str) -> None:
     """Pass when `model` is a local folder, is in the Hugging Face cache, or exists on the hub;
-    otherwise raise a BackendError naming the model, why, and what to do."""
+    otherwise raise a BackendError naming the model, why, and what to do (failures are not cached)."""
     if Path(model).is_dir():
         return
     if Path(model).exists() or model.startswith((".", "/")) or model.count("/") != 1:

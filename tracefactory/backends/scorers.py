@@ -119,10 +119,10 @@ class _Probe:
     reused_ok: int
     drawn: int = 0
     wins: int = 0
-    too_long: bool = False
+    skipped: str | None = None  # why the teacher gave no samples: "too_long", or "teacher_error"
 
     def remaining(self, n: int, hard: bool) -> int:
-        if self.too_long or (hard and self.reused_ok + self.wins):  # a hard label is settled by one success
+        if self.skipped or (hard and self.reused_ok + self.wins):  # a hard label is settled by one success
             return 0
         return max(0, n - self.reused - self.drawn)
 
@@ -200,8 +200,8 @@ class MonteCarloScorer:
             self._sample(todo)
         for p in state:
             p.search.probes += 1
-            if p.too_long and not p.reused:
-                p.search.note = "too_long"
+            if p.skipped and not p.reused:
+                p.search.note = p.skipped
             else:
                 p.search.record(p.step, p.value(self.hard))
 
@@ -213,8 +213,8 @@ class MonteCarloScorer:
             seeds = [p.search.item.seed + 7919 * (p.step + 1) + p.drawn for _, p in group]
             for (j, p), result in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds)):
                 completions = result.completions
-                if not completions:  # the teacher could not take the prefix prompt (or failed for good)
-                    p.too_long = True
+                if not completions:  # the teacher could not take the prefix prompt, or failed for good
+                    p.skipped = "too_long" if result.ok else "teacher_error"
                     continue
                 prefix = join_steps(list(p.search.item.steps[: p.step + 1]))
                 texts[j] = [prefix + c.text for c in completions]
