@@ -77,8 +77,8 @@ def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, engin
 
 
 @stage_task("grade", **RETRY)  # e.g. a grading worker pool that could not start
-def grade_task(run: io.RunDir, cfg: FactoryConfig, problems):
-    return pipeline.grade_rollouts(run, cfg, problems)
+def grade_task(run: io.RunDir, cfg: FactoryConfig, problems, teacher: Teacher):
+    return pipeline.grade_rollouts(run, cfg, problems, teacher)
 
 
 @stage_task("step_score", **RETRY)  # a retry re-scores only what the step-score store lacks
@@ -138,7 +138,7 @@ def run_build(
 
 
 def _rollouts(run: io.RunDir, cfg: FactoryConfig, shards: list, engines: Engines) -> StageReport:
-    if pipeline.rollouts_pending(run, cfg, shards):
+    if pipeline.rollouts_pending(run, cfg, shards, engines.teacher):
         start_task(engines)
     if cfg.run.task_runner == "ray":  # shard tasks on Ray workers, all at once; each hands its shard to an actor
         futures = [rollout_task.submit(run, i, shard, cfg, engines) for i, shard in enumerate(shards)]
@@ -166,7 +166,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     try:
         loaded = load_task(run, cfg)
         r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
-        graded, r_grade = grade_task(run, cfg, loaded.problems)
+        graded, r_grade = grade_task(run, cfg, loaded.problems, engines.teacher)
         scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)
         chosen, r_select = select_task(cfg, scored)
         tagged, r_diff = difficulty_task(cfg, loaded.problems, chosen)

@@ -56,6 +56,9 @@ class SourceConfig:
 class TeacherConfig:
     kind: Literal["vllm", "openai"] = "vllm"
     model: str = "embedded"  # a local dir, a hub id, or "embedded" (the shipped tiny teacher)
+    # hub revision (branch, tag, commit) of `model`; for kind=openai, the served model's revision as you
+    # know it: part of the teacher's identity, so a new revision regenerates the rollouts
+    revision: str | None = None
     base_url: str | None = None  # for kind=openai, e.g. http://127.0.0.1:8000/v1
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 64
@@ -119,11 +122,10 @@ class PromptConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     """The rollout stage's section, derived from the file's `sampling` and `prompt` (see
-    `FactoryConfig.rollout`); `key` names the rollouts these settings and the teacher make."""
+    `FactoryConfig.rollout`); each request's key adds the teacher's identity (`stages.rollout`)."""
 
     sampling: SamplingConfig
     prompt: PromptConfig
-    key: str
 
 
 @dataclass(frozen=True)
@@ -233,15 +235,14 @@ class FactoryConfig:
         return digest(self.to_dict())
 
     def rollout_hash(self) -> str:
-        """What changes rollouts: teacher, sampling, prompt. Thresholds and selection do not."""
+        """The settings that change rollouts (sampling, prompt); thresholds and selection do not. The
+        teacher's identity (weights, engine settings) joins them in each request's key."""
         d = self.to_dict()
-        keep = {k: d[k] for k in ("sampling", "prompt")}
-        keep["teacher"] = {"kind": self.teacher.kind, "model": self.teacher.model}
-        return digest(keep)
+        return digest({k: d[k] for k in ("sampling", "prompt")})
 
     @property
     def rollout(self) -> RolloutConfig:
-        return RolloutConfig(self.sampling, self.prompt, self.rollout_hash())
+        return RolloutConfig(self.sampling, self.prompt)
 
 
 def digest(obj: Any) -> str:

@@ -79,6 +79,9 @@ class RayTeacherPool:
     def teacher(self) -> Teacher:
         return self
 
+    def identity(self) -> dict:
+        return make_teacher(self.cfg).identity()  # the actors' teachers: built the same way, not started
+
     def start(self) -> None:
         """Start the engine actors (if not yet) and wait until every engine is loaded."""
         ray = import_ray()
@@ -113,7 +116,7 @@ class RayTeacherPool:
         return results
 
     def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig) -> StageReport:
-        if pipeline.shard_done(run, cfg, problems):  # nothing to generate: read it here, no engine needed
+        if pipeline.shard_done(run, cfg, problems, self):  # nothing to generate: read it here, no engine needed
             return pipeline.rollout_shard(run, shard, problems, cfg, self)
         ray = import_ray()
         if not self.actors:

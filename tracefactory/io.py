@@ -4,9 +4,9 @@ Layout of a run directory:
 
     RUN/problems/part-0.parquet     RUN/rollouts/part-0.parquet     RUN/dataset/part-0.parquet
     RUN/rejected/part-0.parquet     RUN/funnel/part-0.parquet       RUN/manifest.json
-    RUN/_work/generations/<rollout_key>/chunk-<shard>-<run>-<seq>.parquet   raw teacher output, written
-                                     as requests finish; the footer commits the chunk (problems, run)
-    RUN/_work/markers/<name>.done                              JSON: what was finished, when
+    RUN/_work/generations/chunk-<shard>-<run>-<seq>.parquet   raw teacher output, written as requests
+                                     finish; the footer commits the chunk (request keys, run, checksum)
+    RUN/_work/quarantine/<file>.<time>  damaged files, moved aside (their work is done again)
     RUN/_work/graded/<key>.parquet      graded rollouts, keyed by the content of their inputs; the footer
                                         holds the stage report (a re-run after a crash does not regrade)
     RUN/_work/step_scores/<key>.parquet step scores, saved block by block
@@ -28,13 +28,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracefactory.backends.scorers import StepScores
+from tracefactory.backends.scorers import ScoreKey, StepScores
 from tracefactory.errors import RunLockedError
 from tracefactory.failpoints import failpoint
 from tracefactory.report import StageReport
@@ -43,6 +43,7 @@ from tracefactory.schema import (
     FIRST_BAD_STEP,
     GENERATION_SCHEMA,
     PROBLEM_ID,
+    ROLLOUT_KEY,
     SAMPLE_INDEX,
     STEP_COLUMNS,
     STEP_SCORES,
@@ -53,20 +54,36 @@ from tracefactory.schema import (
 log = logging.getLogger(__name__)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write) -> None:
+    """Write through a temp file, fsync it, rename it into place, fsync the directory: after a crash or
+    a power loss the file is either the old one or the whole new one, never empty or torn."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -116,23 +133,25 @@ class RunDir:
         )
 
     # raw generations: the resumable, expensive part
-    def generations(self, rollout_key: str) -> "GenerationStore":
-        return GenerationStore(self.root / "_work" / "generations" / rollout_key)
+    def generations(self) -> "GenerationStore":
+        return GenerationStore(self.root / "_work" / "generations", self.quarantine)
 
-    def marker(self, name: str) -> Path:
-        return self.root / "_work" / "markers" / f"{name}.done"
-
-    def is_done(self, name: str) -> bool:
-        return self.marker(name).is_file()
-
-    def mark_done(self, name: str, **info: Any) -> None:
-        write_json({"done_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}, self.marker(name))
+    def quarantine(self, path: Path, why: str) -> None:
+        """Move a damaged file aside (never delete it: it may be evidence), saying where and why."""
+        dest = self.root / "_work" / "quarantine" / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:  # another reader of this run moved it first
+            return
+        _fsync_dir(path.parent)
+        log.warning("%s is damaged (%s): moved to %s; its work is done again", path, why, dest)
 
     def stage_cache(self, stage: str) -> "StageCache":
         return StageCache(self.root / "_work" / stage)
 
     def step_scores(self, key: str) -> "StepScoreStore":
-        return StepScoreStore(self.root / "_work" / "step_scores" / f"{key}.parquet")
+        return StepScoreStore(self.root / "_work" / "step_scores" / f"{key}.parquet", self.quarantine)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -172,23 +191,42 @@ class RunDir:
         return self.root / "logs" / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
-_COMMITS: dict[tuple[str, int, int], dict] = {}  # commit records read, by (path, mtime, size)
+_COMMITS: dict[tuple[str, int, int], dict] = {}  # verified commit records, by (path, mtime, size)
+
+
+class DamagedFile(Exception):
+    """A file of the run directory that fails its checks (unreadable, truncated, checksum mismatch)."""
 
 
 class GenerationStore:
-    """The teacher's output for one rollout key, keyed by problem: each chunk of finished requests is
-    ONE Parquet file whose footer carries its commit record (which problems it completes, the run that
-    generated them, failed requests), written atomically (temp file + rename): a chunk either exists
-    whole, committed, or not at all — a process killed mid-write leaves only a hidden temp file, and
-    those problems are generated again. Chunk names are unique per process, so shards may be written
-    concurrently (several workers, one directory)."""
+    """The teacher's output, found by request key (see `stages.rollout.request_key`): each chunk of
+    finished requests is ONE Parquet file whose footer carries its commit record — the requests it
+    completes (problem -> key), the run that generated them, failed or skipped requests, and a checksum
+    of its rows — written atomically (temp file + rename, fsynced). A chunk exists whole, committed, or
+    not at all. Each chunk is verified when a process first reads it (Parquet page CRCs and the row
+    checksum); a damaged one is moved to `RUN/_work/quarantine/` with a warning, and its requests are
+    generated again. Chunk names are unique per process, so shards may be written concurrently."""
 
     KEY = b"tracefactory.commit"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, quarantine: Callable[[Path, str], None]):
         self.root = root
+        self.quarantine = quarantine
+
+    def _verify(self, path: Path) -> dict:
+        try:
+            record = json.loads((pq.read_schema(path).metadata or {})[self.KEY])
+            frame = pl.from_arrow(pq.read_table(path, page_checksum_verification=True))
+        except KeyError:
+            raise DamagedFile("no commit record in its footer") from None
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise DamagedFile(f"unreadable: {exc}") from None
+        if len(frame) != record.get("completions") or content_key(frame) != record.get("checksum"):
+            raise DamagedFile("its rows do not match the checksum in its commit record")
+        return {**record, "chunk": path.stem}
 
     def commits(self) -> list[dict]:
+        """The commit records of every intact chunk (a damaged chunk is quarantined on the way)."""
         if not self.root.is_dir():
             return []
         out = []
@@ -196,52 +234,64 @@ class GenerationStore:
             try:
                 st = path.stat()
                 key = (str(path), st.st_mtime_ns, st.st_size)
-                if key not in _COMMITS:  # a chunk never changes once written: read each footer once
-                    meta = pq.read_schema(path).metadata or {}
-                    _COMMITS[key] = {**json.loads(meta[self.KEY]), "chunk": path.stem}
+                if key not in _COMMITS:  # a chunk never changes once written: verify each once per process
+                    _COMMITS[key] = self._verify(path)
                 out.append(_COMMITS[key])
-            except (OSError, ValueError, KeyError, pa.ArrowException):  # not a chunk of ours
+            except FileNotFoundError:  # quarantined by a reader in another task of this run
                 continue
+            except DamagedFile as why:
+                self.quarantine(path, str(why))
         return out
 
-    def done_ids(self) -> set[str]:
-        return {pid for c in self.commits() for pid in c["problems"]}
+    def done_keys(self) -> set[str]:
+        """Keys of requests whose completions are committed (a skipped or failed request is not done)."""
+        return {key for c in self.commits() for key in c["keys"].values()}
+
+    def history(self) -> dict[str, tuple[str, str, str]]:
+        """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it."""
+        out: dict[str, tuple[str, str, str]] = {}
+        for c in sorted(self.commits(), key=lambda c: c["at"]):
+            out.update({pid: tuple(parts) for pid, parts in c["parts"].items()})
+        return out
 
     def commit(
         self,
         frame: pl.DataFrame,
-        problem_ids: list[str],
+        keys: dict[str, Any],
         *,
         shard: int,
         run_id: str,
         seq: int,
         failed: dict[str, str] | None = None,
+        skipped: dict[str, str] | None = None,
     ) -> None:
+        """`keys`: problem -> RequestKey of each request that finished with completions."""
         record = {
             "run": run_id,
             "shard": shard,
-            "problems": problem_ids,
+            "keys": {pid: k.key for pid, k in keys.items()},
+            "parts": {pid: [k.prompt, k.sampling, k.teacher] for pid, k in keys.items()},
             "completions": len(frame),
             "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0,
             "failed": failed or {},
+            "skipped": skipped or {},
+            "checksum": content_key(frame),
             "at": time.time(),
         }
         table = frame.to_arrow()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(record)})
         write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
-    def read(self, problem_ids: set[str] | None = None) -> pl.DataFrame | None:
-        """Committed completions (of `problem_ids` if given), each (problem, sample) once; None if none."""
+    def read(self, keys: set[str]) -> pl.DataFrame | None:
+        """Committed completions of the requests `keys`, each (problem, sample) once; None if none."""
         paths = [
             self.root / f"{c['chunk']}.parquet"
             for c in self.commits()
-            if c["completions"] and (problem_ids is None or not problem_ids.isdisjoint(c["problems"]))
+            if c["completions"] and not keys.isdisjoint(c["keys"].values())
         ]
         if not paths:
             return None
-        frame = pl.read_parquet(paths)
-        if problem_ids is not None:
-            frame = frame.filter(pl.col(PROBLEM_ID).is_in(list(problem_ids)))
+        frame = pl.read_parquet(paths).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
         return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
 
 
@@ -251,23 +301,34 @@ _CHUNK_SEQ = itertools.count()  # chunk numbers, unique within the process (shar
 
 class ChunkWriter:
     """Sink for the rollout stage: buffers finished problems and commits them to the generation store
-    every `flush_every` problems or `flush_seconds`, so a crash loses at most that much finished work."""
+    every `flush_every` problems or `flush_seconds`, so a crash loses at most that much finished work.
+    Use it as a context manager: what is buffered is committed on the way out, whatever ends the batch."""
 
-    def __init__(self, store: GenerationStore, shard: int, flush_every: int, flush_seconds: float):
+    def __init__(
+        self, store: GenerationStore, keys: dict[str, Any], shard: int, flush_every: int, flush_seconds: float
+    ):
         self.store = store
+        self.keys = keys  # problem -> its RequestKey
         self.shard = shard
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.frames: list[pl.DataFrame] = []
         self.ids: list[str] = []
         self.failed: dict[str, str] = {}  # this writer's requests that failed for good (recorded, not done)
-        self.new_failures: dict[str, str] = {}  # ... not yet in a commit record
+        self.skipped: dict[str, str] = {}  # ... that the teacher could not take (no completions, no error)
+        self.new: dict[str, dict[str, str]] = {"failed": {}, "skipped": {}}  # ... not yet in a commit record
         self.last = time.monotonic()
 
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()
+
     def __call__(self, problem_id: str, rows: pl.DataFrame, error: str | None) -> None:
-        if error is not None:
-            self.failed[problem_id] = error
-            self.new_failures[problem_id] = error
+        if error is not None or not len(rows):
+            which = "failed" if error is not None else "skipped"
+            getattr(self, which)[problem_id] = self.new[which][problem_id] = error or "prompt_too_long"
         else:
             self.frames.append(rows)
             self.ids.append(problem_id)
@@ -275,16 +336,21 @@ class ChunkWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.ids and not self.new_failures:
+        if not self.ids and not any(self.new.values()):
             return
         frame = pl.concat(self.frames) if self.frames else pl.DataFrame(schema=GENERATION_SCHEMA)
         self.store.commit(
-            frame, self.ids, shard=self.shard, run_id=RUN_ID, seq=next(_CHUNK_SEQ), failed=self.new_failures
+            frame,
+            {pid: self.keys[pid] for pid in self.ids},
+            shard=self.shard,
+            run_id=RUN_ID,
+            seq=next(_CHUNK_SEQ),
+            **self.new,
         )
         failpoint("rollout.chunk_committed")
         self.frames = []
         self.ids = []
-        self.new_failures = {}
+        self.new = {"failed": {}, "skipped": {}}
         self.last = time.monotonic()
 
 
@@ -334,24 +400,35 @@ class StageCache:
 
 
 class StepScoreStore:
-    """Step scores by (problem, steps), saved as one Parquet file (rewritten whole after each block)."""
+    """Step scores by (problem, question+gold hash, steps), saved as one Parquet file (rewritten whole
+    after each block); an unreadable file is quarantined and the scores are computed again."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, quarantine: Callable[[Path, str], None]):
         self.path = path
+        self.quarantine = quarantine
 
-    def load(self) -> dict[tuple[str, tuple[str, ...]], StepScores]:
+    def load(self) -> dict[ScoreKey, StepScores]:
         if not self.path.is_file():
             return {}
-        rows = pl.read_parquet(self.path).iter_rows()
-        return {(pid, tuple(steps)): StepScores(list(scores), bad) for pid, steps, scores, bad in rows}
+        try:
+            rows = list(pl.read_parquet(self.path).iter_rows())
+            return {(pid, pkey, tuple(steps)): StepScores(list(scores), bad) for pid, pkey, steps, scores, bad in rows}
+        except (OSError, ValueError, TypeError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+            self.quarantine(self.path, f"unreadable: {exc}")
+            return {}
 
-    def save(self, cache: dict[tuple[str, tuple[str, ...]], StepScores]) -> None:
+    def save(self, cache: dict[ScoreKey, StepScores]) -> None:
         done = {k: v for k, v in cache.items() if v.scores}  # unscored traces are tried again next run
-        schema = {PROBLEM_ID: pl.String, **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)}}
+        schema = {
+            PROBLEM_ID: pl.String,
+            "problem_key": pl.String,
+            **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)},
+        }
         frame = pl.DataFrame(
             {
                 PROBLEM_ID: [k[0] for k in done],
-                STEPS: [list(k[1]) for k in done],
+                "problem_key": [k[1] for k in done],
+                STEPS: [list(k[2]) for k in done],
                 STEP_SCORES: [v.scores for v in done.values()],
                 FIRST_BAD_STEP: [v.first_bad_step for v in done.values()],
             },

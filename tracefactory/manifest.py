@@ -15,6 +15,7 @@ from tracefactory.backends.base import Teacher
 from tracefactory.config import REPO_ROOT, FactoryConfig
 from tracefactory.report import StageReport
 from tracefactory.sources import source_identity
+from tracefactory.stages.rollout import teacher_key
 
 PACKAGES = (
     "vllm",
@@ -62,6 +63,8 @@ def code_version() -> str:
 
 def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
     info: dict[str, Any] = {"name": teacher.name, "kind": cfg.teacher.kind, "model": cfg.teacher.model_path}
+    info["identity"] = teacher.identity()  # what each request's key holds of the teacher
+    info["key"] = teacher_key(teacher)
     if cfg.teacher.base_url:
         info["base_url"] = cfg.teacher.base_url
     model_dir = Path(cfg.teacher.model_path)
@@ -86,7 +89,7 @@ def build_manifest(
         "inputs": {"source": source_identity(cfg.source)},
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
-        "rollout_key": cfg.rollout_hash(),
+        "rollout_settings": cfg.rollout_hash(),
         "teacher": teacher_identity(cfg, teacher),
         "seeds": {"sampling.seed": cfg.sampling.seed, "per_request": "sha256(seed:problem_id); sample i uses +i"},
         "versions": {"python": sys.version.split()[0], "platform": platform.platform(), **package_versions()},

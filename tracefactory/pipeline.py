@@ -27,7 +27,7 @@ from tracefactory.schema import ANSWER, GENERATION_SCHEMA, PROBLEM_ID, SAMPLE_IN
 from tracefactory.sources import read_source
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition
-from tracefactory.stages.rollout import rollout, rollout_report
+from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
 
 log = logging.getLogger(__name__)
@@ -79,45 +79,68 @@ def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
     return [problems.slice(i, size) for i in range(0, len(problems), size)] or [problems.clear()]
 
 
-def _shard_marker(cfg: FactoryConfig, problems: pl.DataFrame) -> str:
-    return f"generations-{cfg.rollout_hash()}-{digest(problems[PROBLEM_ID].to_list())[:12]}"
+def _requests(cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> dict[str, RequestKey]:
+    return dict(zip(problems[PROBLEM_ID].to_list(), request_keys(problems, cfg.rollout, teacher_key(teacher))))
 
 
-def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> bool:
-    return run.is_done(_shard_marker(cfg, problems))
+def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> bool:
+    """Whether every problem's request is committed — checked against the chunks, not a marker."""
+    done = run.generations().done_keys()
+    return all(k.key in done for k in _requests(cfg, problems, teacher).values())
 
 
-def rollouts_pending(run: io.RunDir, cfg: FactoryConfig, shards: list[pl.DataFrame]) -> bool:
+def rollouts_pending(run: io.RunDir, cfg: FactoryConfig, shards: list[pl.DataFrame], teacher: Teacher) -> bool:
     """Whether any shard still needs the teacher (a fully resumed run never loads an engine)."""
-    return any(len(s) and not shard_done(run, cfg, s) for s in shards)
+    return any(len(s) and not shard_done(run, cfg, s, teacher) for s in shards)
+
+
+_PARTS = ("prompt", "sampling", "teacher")
+
+
+def why_generated(history: dict[str, tuple[str, str, str]], todo: dict[str, RequestKey]) -> dict[str, int]:
+    """Why each request to generate is not reused: `new` (nothing committed for its problem), or which
+    of its parts changed since the last commit (`prompt_changed`, `teacher_changed`, ...)."""
+    out: dict[str, int] = {}
+    for pid, k in todo.items():
+        before = history.get(pid)
+        if before is None:
+            why = "new"
+        else:
+            now = (k.prompt, k.sampling, k.teacher)
+            why = "+".join(f"{part}_changed" for part, a, b in zip(_PARTS, before, now) if a != b) or "retried"
+        out[why] = out.get(why, 0) + 1
+    return out
 
 
 def rollout_shard(
     run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher
 ) -> StageReport:
-    """Generate the shard's problems that no earlier run committed; commit results as they finish.
-
-    The shard is marked done when every problem has its completions; problems whose request failed
-    for good are counted `teacher_error` and retried by the next run."""
+    """Generate the shard's requests that no intact chunk holds (by content key: an edited question, a
+    retrained teacher or new sampling settings regenerate exactly the problems they touch); commit
+    results as they finish. Requests that failed for good (`teacher_error`) or that the teacher could
+    not take (`prompt_too_long`) are recorded, not done: the next run tries them again."""
     started = time.perf_counter()
-    store = run.generations(cfg.rollout_hash())
-    ids = set(problems[PROBLEM_ID].to_list())
+    store = run.generations()
+    keys = _requests(cfg, problems, teacher)
+    done = store.done_keys()
+    todo = {pid: k for pid, k in keys.items() if k.key not in done}
+    why = why_generated(store.history(), todo)
     failed: dict[str, str] = {}
-    if not shard_done(run, cfg, problems):
-        todo = problems.filter(~pl.col(PROBLEM_ID).is_in(list(store.done_ids() & ids)))
-        if len(todo) < len(problems):
+    skipped: dict[str, str] = {}
+    if todo:
+        if len(todo) < len(keys) or set(why) != {"new"}:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(why.items()))
             log.info(
-                "shard %d: %d of %d problems already generated, %d to go",
+                "shard %d: %d of %d problems reused, %d to generate (%s)",
                 shard,
-                len(problems) - len(todo),
-                len(problems),
+                len(keys) - len(todo),
+                len(keys),
                 len(todo),
+                reasons,
             )
-        if len(todo):
-            writer = io.ChunkWriter(store, shard, cfg.run.flush_every, cfg.run.flush_seconds)
-            rollout(todo, cfg.rollout, teacher, sink=writer)
-            writer.flush()
-            failed = writer.failed
+        with io.ChunkWriter(store, keys, shard, cfg.run.flush_every, cfg.run.flush_seconds) as writer:
+            rollout(problems.filter(pl.col(PROBLEM_ID).is_in(list(todo))), cfg.rollout, teacher, sink=writer)
+        failed, skipped = writer.failed, writer.skipped
         if failed:
             log.warning(
                 "shard %d: %d request(s) failed after retries (first: %s); re-run to retry them",
@@ -125,11 +148,11 @@ def rollout_shard(
                 len(failed),
                 next(iter(failed.values())),
             )
-        else:
-            run.mark_done(_shard_marker(cfg, problems), shard=shard, problems=len(problems))
-    frame = store.read(ids)
+    frame = store.read({k.key for k in keys.values()})
     frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
-    report = rollout_report(len(problems), cfg.sampling.n, frame, len(failed))
+    detail = {"problems_reused": len(keys) - len(todo), "problems_generated": len(todo)}
+    detail.update({f"generated_{k}": v for k, v in why.items()})
+    report = rollout_report(len(problems), cfg.sampling.n, frame, len(failed), len(skipped), detail)
     report = dataclasses.replace(report, seconds=time.perf_counter() - started)
     log.info(
         "rollout shard %d: %d of %d completions, %d tokens, %.1f s",
@@ -182,10 +205,10 @@ class LocalEngines:
         return rollout_shard(run, shard, problems, cfg, self._teacher)
 
 
-def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> pl.DataFrame:
-    """The committed completions of `problems`, in problem order then sample index — the same order
-    whatever order requests finished in, or how many runs it took."""
-    frame = run.generations(cfg.rollout_hash()).read(set(problems[PROBLEM_ID].to_list()))
+def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> pl.DataFrame:
+    """The committed completions of `problems`' current requests, in problem order then sample index —
+    the same order whatever order requests finished in, or how many runs it took."""
+    frame = run.generations().read({k.key for k in _requests(cfg, problems, teacher).values()})
     if frame is None:
         return pl.DataFrame(schema=GENERATION_SCHEMA)
     order = problems.select(PROBLEM_ID).with_row_index("_order")
@@ -205,11 +228,11 @@ def grader_identity() -> dict[str, str]:
     return ident
 
 
-def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> StageOutput:
+def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> StageOutput:
     """The grade stage over the committed completions, kept in the run dir by the content of its inputs
     (completions, golds, grade settings, grading code): a re-run with the same inputs reads the graded
     rows back instead of grading again."""
-    generations = read_generations(run, cfg, problems)
+    generations = read_generations(run, cfg, problems, teacher)
     cache = run.stage_cache("graded")
     key = io.content_key(
         grader_identity(), dataclasses.asdict(cfg.grade), problems.select(PROBLEM_ID, ANSWER), generations
@@ -227,11 +250,10 @@ def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -
 # ---- step_score (persisted block by block) --------------------------------------------------------
 
 
-def _step_key(cfg: FactoryConfig) -> str:
+def _step_key(cfg: FactoryConfig, teacher: Teacher) -> str:
     sc = cfg.step_score
-    return digest(
-        [cfg.rollout_hash(), sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps]
-    )
+    scorer = [sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps]
+    return digest([cfg.rollout_hash(), teacher_key(teacher), scorer])
 
 
 def score_steps(
@@ -241,7 +263,7 @@ def score_steps(
     with step scoring off, the step columns are added, all null, and there is no report."""
     if not cfg.step_score.enabled:
         return unscored(graded), None
-    store = run.step_scores(_step_key(cfg))
+    store = run.step_scores(_step_key(cfg, teacher))
     cache = store.load()
     scorer = CachedScorer(make_scorer(cfg, teacher, graded), cache, on_block=lambda: store.save(cache))
     try:
@@ -275,11 +297,14 @@ def write_outputs(
     reports: list[StageReport],
     manifest: dict,
 ) -> None:
-    """Every table, then the manifest last: a manifest on disk describes tables that are all there."""
+    """Every table, then the manifest last: a manifest on disk describes tables that are all there.
+    The previous manifest goes first, so a run that fails half-way leaves no manifest vouching for a
+    mix of old and new tables."""
+    (run.root / "manifest.json").unlink(missing_ok=True)
     run.write_table(loaded.rejected, "rejected")
     run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
     run.write_table(rollouts.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
     run.write_table(funnel_frame(reports), "funnel")
-    io.write_json(manifest, run.root / "manifest.json")
+    io.write_json({**manifest, "status": "complete"}, run.root / "manifest.json")

@@ -17,9 +17,11 @@ class StageReport:
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     tokens: int = 0
+    detail: dict[str, int] = field(default_factory=dict)  # counts that are not drops (e.g. rollouts reused)
 
     def __post_init__(self):
         self.dropped_by_reason = {k: int(v) for k, v in sorted(self.dropped_by_reason.items()) if v}
+        self.detail = {k: int(v) for k, v in sorted(self.detail.items()) if v}
         if self.rows_in != self.kept + self.dropped:
             raise ValueError(
                 f"stage '{self.stage}' does not add up: {self.rows_in} in != {self.kept} kept + "
@@ -49,9 +51,12 @@ class StageReport:
 def merge_reports(reports: list[StageReport]) -> StageReport:
     """One report for a stage that ran in parts (the rollout shards)."""
     by: dict[str, int] = {}
+    detail: dict[str, int] = {}
     for r in reports:
         for k, v in r.dropped_by_reason.items():
             by[k] = by.get(k, 0) + v
+        for k, v in r.detail.items():
+            detail[k] = detail.get(k, 0) + v
     first = reports[0]
     return StageReport(
         first.stage,
@@ -61,12 +66,16 @@ def merge_reports(reports: list[StageReport]) -> StageReport:
         by,
         seconds=sum(r.seconds for r in reports),
         tokens=sum(r.tokens for r in reports),
+        detail=detail,
     )
 
 
 def funnel_frame(reports: list[StageReport]) -> pl.DataFrame:
-    rows = [{**r.as_dict(), "dropped_by_reason": json.dumps(r.dropped_by_reason)} for r in reports]
-    cols = ["stage", "unit", "rows_in", "kept", "dropped", "dropped_by_reason", "seconds", "tokens"]
+    rows = [
+        {**r.as_dict(), "dropped_by_reason": json.dumps(r.dropped_by_reason), "detail": json.dumps(r.detail)}
+        for r in reports
+    ]
+    cols = ["stage", "unit", "rows_in", "kept", "dropped", "dropped_by_reason", "seconds", "tokens", "detail"]
     schema = {
         "stage": pl.String,
         "unit": pl.String,
@@ -76,6 +85,7 @@ def funnel_frame(reports: list[StageReport]) -> pl.DataFrame:
         "dropped_by_reason": pl.String,
         "seconds": pl.Float64,
         "tokens": pl.Int64,
+        "detail": pl.String,
     }
     return pl.DataFrame(rows, schema=schema).select(cols)
 

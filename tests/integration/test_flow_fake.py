@@ -81,16 +81,8 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     assert again.calls == []
     assert pl.read_parquet(run / "dataset").equals(data)
 
-    # without its marker a shard is checked problem by problem: nothing to generate
-    [marker] = [
-        m for m in (run / "_work" / "markers").glob("generations-*.done") if json.loads(m.read_text())["shard"] == 1
-    ]
-    marker.unlink()
-    _run(run, input_file, second := FakeTeacher(slip_rate=0.08))
-    assert second.calls == [] and marker.is_file()
-    # a lost shard is regenerated alone; a selection change reuses every rollout
-    marker.unlink()
-    lost = list((run / "_work" / "generations").glob("*/chunk-00001-*"))
+    # a lost chunk: its problems alone are regenerated; a selection change reuses every rollout
+    lost = sorted((run / "_work" / "generations").glob("chunk-00001-*"))
     assert lost
     for path in lost:
         path.unlink()
@@ -101,6 +93,36 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     _run(run, input_file, fourth, **{"select.keep": 3})
     assert fourth.calls == []
     assert len(pl.read_parquet(run / "dataset")) >= len(data)
+
+
+def test_an_edited_question_regenerates_only_its_problem_and_tables_equal_a_fresh_run(
+    prefect_harness, tmp_path, input_file
+):
+    run, ids = tmp_path / "run", {"source.id_field": "id"}
+    lines = input_file.read_text().splitlines()[:60]  # the demo problems, with their ids
+    (original := tmp_path / "original.jsonl").write_text("\n".join(lines) + "\n")
+    _run(run, original, FakeTeacher(slip_rate=0.08), **ids)
+    row = json.loads(lines[3])
+    row["question"] = row["question"].replace("has", "has got", 1)  # same id, another question
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join(lines[:3] + [json.dumps(row)] + lines[4:]) + "\n")
+    teacher = FakeTeacher(slip_rate=0.08)
+    _run(run, edited, teacher, **ids)
+    fresh = tmp_path / "fresh"
+    _run(fresh, edited, FakeTeacher(slip_rate=0.08), **ids)
+    for table in ("problems", "rollouts", "dataset"):
+        assert pl.read_parquet(run / table).equals(pl.read_parquet(fresh / table)), table
+    detail = json.loads(query(run, "SELECT detail FROM funnel WHERE stage = 'rollout'")[1][0][0])
+    assert detail["generated_prompt_changed"] == 1 and detail["problems_reused"] == 59
+    assert teacher.calls[0] == 1  # the edited problem's request only, then step scoring for its traces
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    # a retrained teacher: every problem is generated again, and the tables equal a fresh run's
+    _run(run, edited, retrained := FakeTeacher(slip_rate=0.08, weights="v2"), **ids)
+    assert sum(retrained.calls[:4]) == 60
+    _run(fresh2 := tmp_path / "fresh2", edited, FakeTeacher(slip_rate=0.08, weights="v2"), **ids)
+    for table in ("problems", "rollouts", "dataset"):
+        assert pl.read_parquet(run / table).equals(pl.read_parquet(fresh2 / table)), table
 
 
 def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
@@ -221,7 +243,7 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
     _run(crashed, input_file, FakeTeacher(slip_rate=0.08))  # graded rows read back; step scoring runs now
     for table in ("problems", "rollouts", "dataset"):
         assert pl.read_parquet(crashed / table).equals(pl.read_parquet(clean / table)), table
-    funnel = [pl.read_parquet(d / "funnel").drop("seconds") for d in (clean, crashed)]
+    funnel = [pl.read_parquet(d / "funnel").drop("seconds", "detail") for d in (clean, crashed)]
     assert funnel[0].equals(funnel[1])
     # an input that changes (here: the grading settings) is graded again
     with pytest.raises(BackendError, match="graded again"):

@@ -57,6 +57,11 @@ class Teacher(Protocol):
         """Release engines and processes; the teacher may be started again afterwards."""
         ...
 
+    def identity(self) -> dict:
+        """What decides this teacher's output besides prompt and sampling (weights or revision, engine
+        settings), JSON-able and cheap (no engine start): finished rollouts are keyed by it."""
+        ...
+
     def generate(
         self,
         prompts: Sequence[Prompt],

@@ -49,8 +49,15 @@ def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "")
 class FakeTeacher:
     name = "fake/arith-solver"
 
-    def __init__(self, slip_rate: float = 0.1, context_chars: int | None = None, fail_questions: Sequence[str] = ()):
+    def __init__(
+        self,
+        slip_rate: float = 0.1,
+        context_chars: int | None = None,
+        fail_questions: Sequence[str] = (),
+        weights: str = "v1",
+    ):
         self.slip_rate = slip_rate
+        self.weights = weights  # stands for a weights file: another value, another teacher
         self.context_chars = context_chars
         self.fail_questions = set(fail_questions)
         self.calls: list[int] = []  # prompts per generate() call, for tests
@@ -60,6 +67,16 @@ class FakeTeacher:
 
     def close(self) -> None:
         pass
+
+    def identity(self) -> dict:
+        # fail_questions are faults of the moment, not of the teacher: they stay out of its identity
+        return {
+            "kind": "fake",
+            "name": self.name,
+            "weights": self.weights,
+            "slip_rate": self.slip_rate,
+            "context_chars": self.context_chars,
+        }
 
     def generate(
         self,
@@ -86,7 +103,8 @@ class FakeTeacher:
             return RequestResult()  # like vLLM: a prompt longer than the context gets nothing
         samples = []
         for i in range(n):
-            cot = solve(text, random.Random(seed + i), self.slip_rate, prefix)
+            rng = random.Random(seed + i if self.weights == "v1" else f"{self.weights}:{seed + i}")
+            cot = solve(text, rng, self.slip_rate, prefix)
             finish = "stop"
             if len(cot) > params.max_tokens:
                 cot, finish = cot[: params.max_tokens], "length"

@@ -21,6 +21,7 @@ from typing import Sequence
 import httpx
 
 from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
+from tracefactory.backends.identity import openai_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
@@ -41,6 +42,9 @@ class OpenAITeacher:
 
     def close(self) -> None:
         pass
+
+    def identity(self) -> dict:
+        return openai_identity(self.cfg)
 
     def _body(self, prompt: Prompt, n: int, params: SamplingConfig, seed: int) -> tuple[str, dict]:
         body = {

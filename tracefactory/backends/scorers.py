@@ -13,6 +13,7 @@ continuations of that prefix.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence
 
@@ -227,6 +228,14 @@ class MonteCarloScorer:
             todo[j][0].wins += bool(ok)
 
 
+ScoreKey = tuple[str, str, tuple[str, ...]]  # (problem id, hash of question and gold, steps)
+
+
+def score_key(it: StepItem) -> ScoreKey:
+    """A trace's scores depend on its problem's text and gold, not only its id (an edited question)."""
+    return it.problem_id, hashlib.sha256(f"{it.question}\x00{it.gold}".encode()).hexdigest()[:16], it.steps
+
+
 class CachedScorer:
     """Serves scores already computed for the same (problem, steps); scores only the rest, `block`
     traces at a time, calling `on_block()` after each (to persist the cache: a crash mid-stage loses
@@ -235,7 +244,7 @@ class CachedScorer:
     def __init__(
         self,
         inner: StepScorer,
-        cache: dict[tuple[str, tuple[str, ...]], StepScores],
+        cache: dict[ScoreKey, StepScores],
         block: int = 512,
         on_block: Callable[[], None] | None = None,
     ):
@@ -249,17 +258,16 @@ class CachedScorer:
         self.inner.close()
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
-        missing = list(
-            {(it.problem_id, it.steps): it for it in items if (it.problem_id, it.steps) not in self.cache}.values()
-        )
+        keys = [score_key(it) for it in items]
+        missing = list({k: it for k, it in zip(keys, items) if k not in self.cache}.items())
         for start in range(0, len(missing), self.block):
             chunk = missing[start : start + self.block]
-            for it, res in zip(chunk, self.inner.score(chunk)):
-                self.cache[(it.problem_id, it.steps)] = res
+            for (k, _), res in zip(chunk, self.inner.score([it for _, it in chunk])):
+                self.cache[k] = res
             if self.on_block:
                 self.on_block()
-        fresh = {(it.problem_id, it.steps) for it in missing}
+        fresh = {k for k, _ in missing}
         return [
             self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
-            for k in ((it.problem_id, it.steps) for it in items)
+            for k in keys
         ]

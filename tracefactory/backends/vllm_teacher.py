@@ -11,6 +11,7 @@ from typing import Sequence
 from tracefactory import console
 from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
 from tracefactory.backends.hub import ensure_model_available
+from tracefactory.backends.identity import vllm_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 
@@ -80,6 +81,8 @@ class VLLMTeacher:
         kw = dict(model=c.model_path, dtype=c.dtype, tensor_parallel_size=c.tensor_parallel_size, seed=0)
         if c.max_model_len:
             kw["max_model_len"] = c.max_model_len
+        if c.revision:
+            kw["revision"] = c.revision
         if c.gpu_memory_utilization is not None:
             kw["gpu_memory_utilization"] = c.gpu_memory_utilization
         kv_gib = c.kv_cache_gib if c.kv_cache_gib is not None else (CPU_KV_CACHE_GIB if on_cpu else None)
@@ -111,6 +114,9 @@ class VLLMTeacher:
                 raise BackendError(f"vLLM could not load teacher '{self.cfg.model_path}': {exc}") from exc
             log.info("teacher ready in %.0f s", time.monotonic() - started)
         return self._llm
+
+    def identity(self) -> dict:
+        return {"name": self.name, **vllm_identity(self.cfg)}
 
     def start(self) -> None:
         """Load the engine now (otherwise the first generate() does), so stage timings exclude it."""
