@@ -132,10 +132,9 @@ class GradePool:
             now = time.monotonic()
             for s in list(self.slots):
                 if s.busy is not None and now - s.since > self.timeout_s:
+                    gold, pred = pairs[s.busy]
                     log.warning(
-                        "grading %r took over %.1f s",
-                        pairs[s.busy][1][:80] if pairs[s.busy][1] else None,
-                        self.timeout_s,
+                        "grading %r took over %.1f s", (pred if pred is not None else gold)[:80], self.timeout_s
                     )
                     results[s.busy] = (False, TIMEOUT)
                     left -= 1

@@ -10,6 +10,7 @@ import importlib.metadata as md
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -29,6 +30,7 @@ from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
+from tracefactory.verify import check_golds
 
 log = logging.getLogger(__name__)
 StageOutput = tuple[pl.DataFrame, StageReport]
@@ -56,7 +58,8 @@ class Loaded:
 def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
     """The load stage. A source whose every row is rejected is a configuration fault (a wrong field
     name, the wrong file): the rejected rows are written, then the run stops saying what it looked for."""
-    parsed, report = run_stage(load, read_source(cfg.source), cfg.source)
+    golds = partial(check_golds, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)  # grading's budget
+    parsed, report = run_stage(load, read_source(cfg.source), cfg.source, golds)
     problems, rejected = partition(parsed)
     if report.rows_in and not report.kept:
         run.write_table(rejected, "rejected")

@@ -20,7 +20,7 @@ import time
 from functools import lru_cache
 from typing import Iterable
 
-from tracefactory.gradepool import GradePool
+from tracefactory.gradepool import GradeFn, GradePool
 from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
 
 log = logging.getLogger(__name__)
@@ -87,17 +87,40 @@ def _as_math(ans: str) -> str:
     return ans if ans.startswith("$") else f"${ans}$"
 
 
-def gold_parses(gold: str) -> bool:
+def gold_parses(gold: str, timeout_s: float | None = 5.0) -> bool:
     """Whether Math-Verify turns a gold answer into a math object (checked once, at load).
 
     Math-Verify returns only the input string when it cannot parse it; such a gold could only ever
     match by string equality, so it is rejected as unparseable.
     """
-    t = 5 if threading.current_thread() is threading.main_thread() else None
+    on_main = threading.current_thread() is threading.main_thread()
+    t = max(1, int(timeout_s)) if (timeout_s and on_main) else None
     try:
         return any(not isinstance(x, str) for x in _parse_cached(gold, t))
     except Exception:
         return False
+
+
+def _gold_verdict(gold: str, _pred: str | None, timeout_s: float | None) -> Verdict:
+    """`gold_parses` as a grading-pool function (module level: spawned workers import it by name)."""
+    ok = gold_parses(gold, timeout_s)
+    return ok, CORRECT if ok else ERROR
+
+
+def check_golds(
+    golds: Iterable[str], workers: int = 2, timeout_s: float = 5.0, fn: GradeFn = _gold_verdict
+) -> dict[str, str | None]:
+    """{gold: None if Math-Verify parses it, else the reject reason}: `unparseable_gold`, or
+    `gold_timeout` when parsing it overran the hard budget (with workers > 0, the same wall-clock
+    budget per gold as grading has per pair; with workers=0, Math-Verify's own alarm only)."""
+    unique = list(dict.fromkeys(golds))
+    if workers == 0 or not unique:
+        verdicts = [fn(g, None, timeout_s) for g in unique]
+    else:
+        with GradePool(fn, min(workers, len(unique)), timeout_s) as pool:
+            verdicts = pool.grade([(g, None) for g in unique])
+    why = {TIMEOUT: "gold_timeout"}
+    return {g: None if ok else why.get(reason, "unparseable_gold") for g, (ok, reason) in zip(unique, verdicts)}
 
 
 @lru_cache(maxsize=8192)

@@ -155,3 +155,68 @@ def test_a_folder_written_by_save_to_disk_loads(tmp_path):
     assert len(problems) == 3
     with pytest.raises(ConfigError, match="source.split"):
         _load(SourceConfig(path=str(tmp_path / "dict"), split="validation", id_field="id"))
+
+
+def slow_gold(gold, pred, timeout_s):
+    """A gold that Math-Verify would take for ever over (a worker stuck in C code, say): sleeps."""
+    import time
+
+    from tracefactory.verify import _gold_verdict
+
+    if gold == "SLOW":
+        time.sleep(60)
+    return _gold_verdict(gold, pred, timeout_s)
+
+
+HOSTILE = [  # (raw JSON line, reason or None, gold when kept)
+    ('{"id": "big", "question": "q?", "answer": ' + "9" * 5000 + "}", "number_too_large", None),
+    ('{"id": "bigs", "question": "q?", "answer": "' + "9" * 5000 + '"}', "number_too_large", None),
+    ('{"id": "deep", "question": "q?", "answer": ' + "[" * 200_000 + "]" * 200_000 + "}", "too_deep", None),
+    ('{"id": "sur", "question": "lone \\ud800 surrogate?", "answer": "1"}', "bad_unicode", None),
+    ('{"id": "sur-a", "question": "q?", "answer": "\\udfff"}', "bad_unicode", None),
+    ('{"id": "\\ud800", "question": "q?", "answer": "1"}', "bad_unicode", None),
+    ('{"id": "nan", "question": "q?", "answer": NaN}', "non_finite", None),
+    ('{"id": "inf", "question": "q?", "answer": -Infinity}', "non_finite", None),
+    ('{"id": "lvl", "question": "q?", "answer": "1", "level": {"x": 1}}', "bad_level", None),
+    ('{"id": "lvl2", "question": "q?", "answer": "1", "level": true}', "bad_level", None),
+    ('{"id": "lvl3", "question": "q?", "answer": "1", "level": "' + "x" * 500 + '"}', "bad_level", None),
+    ('{"id": "slow", "question": "q?", "answer": "SLOW"}', "gold_timeout", None),
+    ('{"id": "braces", "question": "q?", "answer": "' + "{" * 200_000 + "1" + "}" * 200_000 + '"}', "(see test)", None),
+    ('{"id": "float", "question": "q?", "answer": 0.00001}', None, "0.00001"),
+    ('{"id": "float2", "question": "q?", "answer": 2.5e20}', None, "250000000000000000000"),
+    ('{"id": "lvl-ok", "question": "q?", "answer": "7", "level": 3}', None, "7"),
+    ('{"id": "tower", "question": "q?", "answer": "9^{9^{9^{9}}}"}', None, "9^{9^{9^{9}}}"),
+]
+
+
+def test_hostile_rows_are_rejected_with_their_reason_within_the_budget(tmp_path):
+    """Each hostile row is a reject with its reason, never a crash or a hang; the slow gold is cut off
+    by the grading budget (1 s here) in a worker process."""
+    import time
+    from functools import partial
+
+    from tracefactory.verify import check_golds
+
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join(line for line, _, _ in HOSTILE) + "\n")
+    src = SourceConfig(path=str(path), id_field="id", level_field="level")
+    started = time.monotonic()
+    parsed, report = load(read_source(src), src, partial(check_golds, workers=2, timeout_s=1.0, fn=slow_gold))
+    took = time.monotonic() - started
+    problems, rejected = partition(parsed)
+    want = {i: why for i, (_, why, _) in enumerate(HOSTILE) if why and i != 12}
+    got = dict(rejected.select("row_index", "reason").iter_rows())
+    # 200,000 nested braces: Math-Verify's parser runs past the budget here (a real gold_timeout)
+    assert got.pop(12) in {"gold_timeout", "unparseable_gold"}
+    assert got == want
+    golds = dict(problems.select("problem_id", "answer").iter_rows())
+    assert {k: golds[k] for k in ("float", "float2", "lvl-ok", "tower")} == {
+        "float": "0.00001",
+        "float2": "250000000000000000000",
+        "lvl-ok": "7",
+        "tower": "9^{9^{9^{9}}}",
+    }
+    assert report.rows_in == len(HOSTILE) == report.kept + report.dropped
+    assert took < 30  # worker start-up, one 1 s budget, one replacement: not the 60 s the slow gold wants
+    # what is written survives a round trip through Parquet (no lone surrogate reaches a table)
+    pl.concat([rejected.select("raw")]).write_parquet(tmp_path / "rejected.parquet")

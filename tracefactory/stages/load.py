@@ -1,26 +1,40 @@
 """load: raw input rows -> one parsed row each, annotated with a `reason` where it cannot be used.
 
 `partition` then splits that frame into `problems` (the good rows) and `rejected` (the rest, with the
-raw text cut to RAW_LIMIT characters). Rejection reasons: malformed_json, not_an_object,
-missing_question, question_not_string, empty_question, missing_answer, answer_not_string,
-empty_answer, unparseable_gold, missing_id, bad_id, duplicate_id.
-Answers that are JSON numbers are accepted as their decimal text.
+raw text cut to RAW_LIMIT characters). Rejection reasons: malformed_json, too_deep (nesting deeper
+than the JSON parser's recursion limit), number_too_large (a number of more than Python's
+int-to-string digit limit, 4300 by default), not_an_object, missing_question, question_not_string,
+empty_question, missing_answer, answer_not_string, empty_answer, non_finite (a NaN or infinite number
+as the answer), bad_unicode (a lone surrogate, which no UTF-8 file can hold), unparseable_gold,
+gold_timeout (Math-Verify could not parse the gold within the grading budget), missing_id, bad_id,
+bad_level, duplicate_id. A hostile row is rejected, never a crash or a hang of the run.
+Answers that are JSON numbers are accepted as their decimal text (0.00001, not 1e-05).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+import sys
+from decimal import Decimal
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
 from tracefactory.config import SourceConfig
 from tracefactory.report import StageReport
 from tracefactory.schema import ANSWER, LEVEL, PROBLEM_ID, QUESTION, RAW, REASON, ROW_INDEX, SOURCE
-from tracefactory.verify import gold_parses, gsm8k_gold, last_boxed
+from tracefactory.verify import check_golds, gsm8k_gold, last_boxed
 
 RAW_LIMIT = 2000
+LEVEL_LIMIT = 64  # characters: a level is a label, not a text
+MAX_DIGITS = sys.get_int_max_str_digits() or 4300
+_LONG_NUMBER = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
+# golds -> {gold: None if usable, else the reject reason}; see `verify.check_golds`
+GoldCheck = Callable[[list[str]], dict[str, str | None]]
 
 
 class Reject(Exception):
@@ -39,18 +53,37 @@ def _text(rec: dict, key: str, what: str, numbers_ok: bool = False) -> str:
         raise Reject(f"missing_{what}")
     value = rec[key]
     if numbers_ok and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
+        value = _number_text(value)
     if not isinstance(value, str):
         raise Reject(f"{what}_not_string")
     if not value.strip():
         raise Reject(f"empty_{what}")
+    _check_unicode(value)
     return value.strip()
 
 
+def _number_text(value: int | float) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Reject("non_finite")
+        return format(Decimal(repr(value)), "f")  # 1e-05 -> 0.00001, as a person writes it
+    return str(value)
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Reject("bad_unicode") from None
+
+
 def gold_of(answer: str, fmt: str) -> str:
+    """The gold answer text of a row (not yet checked by Math-Verify: `load` does that, under a budget)."""
     gold = {"gsm8k": gsm8k_gold, "boxed": last_boxed}.get(fmt, lambda a: a)(answer)
-    if not gold or not gold.strip() or not gold_parses(gold.strip()):
+    if not gold or not gold.strip():
         raise Reject("unparseable_gold")
+    if _LONG_NUMBER.search(gold):
+        raise Reject("number_too_large")
     return gold.strip()
 
 
@@ -62,47 +95,68 @@ def _problem_id(rec: dict, src: SourceConfig, question: str) -> str:
     value = rec[src.id_field]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise Reject("bad_id")
+    _check_unicode(str(value))
     return str(value).strip()
 
 
-def parse_row(raw: str, src: SourceConfig) -> dict:
+def _level(rec: dict, src: SourceConfig) -> str | None:
+    value = rec.get(src.level_field) if src.level_field else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or len(str(value)) > LEVEL_LIMIT:
+        raise Reject("bad_level")
+    _check_unicode(str(value))
+    return str(value).strip()
+
+
+def _json(raw: str):
     try:
-        rec = json.loads(raw)
+        return json.loads(raw)
+    except RecursionError:
+        raise Reject("too_deep") from None
     except json.JSONDecodeError:
         raise Reject("malformed_json") from None
+    except ValueError:  # int('9' * 5000): over the interpreter's digit limit
+        raise Reject("number_too_large") from None
+
+
+def parse_row(raw: str, src: SourceConfig) -> dict:
+    """A row's problem fields; its gold is checked by Math-Verify afterwards (`load`)."""
+    rec = _json(raw)
     if not isinstance(rec, dict):
         raise Reject("not_an_object")
     question = _text(rec, src.question_field, "question")
     answer = gold_of(_text(rec, src.answer_field, "answer", numbers_ok=True), src.gold_format)
-    level = rec.get(src.level_field) if src.level_field else None
-    return {
-        PROBLEM_ID: _problem_id(rec, src, question),
-        QUESTION: question,
-        ANSWER: answer,
-        LEVEL: None if level is None else str(level),
-    }
+    return {PROBLEM_ID: _problem_id(rec, src, question), QUESTION: question, ANSWER: answer, LEVEL: _level(rec, src)}
 
 
 PROBLEM_SCHEMA = {PROBLEM_ID: pl.String, QUESTION: pl.String, ANSWER: pl.String, LEVEL: pl.String, SOURCE: pl.String}
 PARSED_SCHEMA = {ROW_INDEX: pl.Int64, RAW: pl.String, **PROBLEM_SCHEMA, REASON: pl.String}
 
 
-def load(raw: pl.DataFrame, cfg: SourceConfig) -> tuple[pl.DataFrame, StageReport]:
+def load(raw: pl.DataFrame, cfg: SourceConfig, golds: GoldCheck | None = None) -> tuple[pl.DataFrame, StageReport]:
     """Parse every (row_index, raw) row that `sources.read_source` made; a row that cannot be used keeps
     null problem fields and its rejection `reason` (a second row with an id already seen is a
-    `duplicate_id`: the first one wins). Nothing is dropped here — `partition` splits the result."""
+    `duplicate_id`: the first one wins). Golds are checked by `golds` (default: `verify.check_golds` in
+    worker processes, each under a hard budget). Nothing is dropped here — `partition` splits the result."""
     name = source_name(cfg)
-    out, seen = [], set()
+    rows: list[tuple[int, str, dict | str]] = []  # (row_index, raw, parsed fields or reject reason)
     for idx, line in raw.select(ROW_INDEX, RAW).iter_rows():
         try:
-            row = parse_row(line, cfg)
-            if row[PROBLEM_ID] in seen:
-                raise Reject("duplicate_id")
+            rows.append((idx, line, parse_row(line, cfg)))
         except Reject as why:
-            out.append({ROW_INDEX: idx, RAW: line, SOURCE: name, REASON: str(why)})
-            continue
-        seen.add(row[PROBLEM_ID])
-        out.append({ROW_INDEX: idx, RAW: line, **row, SOURCE: name, REASON: None})
+            rows.append((idx, line, str(why)))
+    verdicts = (golds or check_golds)([r[ANSWER] for _, _, r in rows if isinstance(r, dict)])
+    out, seen = [], set()
+    for idx, line, row in rows:
+        if isinstance(row, dict):
+            why = verdicts[row[ANSWER]] or ("duplicate_id" if row[PROBLEM_ID] in seen else None)
+            if why is None:
+                seen.add(row[PROBLEM_ID])
+                out.append({ROW_INDEX: idx, RAW: line, **row, SOURCE: name, REASON: None})
+                continue
+            row = why
+        out.append({ROW_INDEX: idx, RAW: line, SOURCE: name, REASON: row})
     parsed = pl.DataFrame(out, schema=PARSED_SCHEMA)
     return parsed, StageReport.from_reasons("load", "rows", parsed[REASON])
 
