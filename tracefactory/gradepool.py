@@ -5,7 +5,9 @@ tracks when each worker took its pair; a worker still busy past `timeout_s` (stu
 Math-Verify's `signal.alarm` cannot interrupt, e.g. a huge power of a huge integer) is killed, its
 pair is marked `grade_timeout`, and a fresh worker takes its place. A worker that dies marks its
 pair `grade_error`. Inside a worker Math-Verify still gets its own (signal) timeouts, so most slow
-pairs end without a replacement.
+pairs end without a replacement. A worker that never says it is ready within `start_timeout_s` is
+replaced too; when workers keep dying (or hanging) before they are ready — `start_failures` in a row —
+the pool stops with a BackendError naming the likely cause instead of replacing them for ever.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import deque
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Sequence
 
+from tracefactory.errors import BackendError
 from tracefactory.failpoints import failpoint
 from tracefactory.outcomes import ERROR, TIMEOUT, Pair, Verdict
 
@@ -43,6 +46,7 @@ class _Slot:
         self.proc.start()
         child.close()
         self.ready = False
+        self.started = time.monotonic()
         self.busy: int | None = None  # index of the pair being graded
         self.since = 0.0  # when it was taken
 
@@ -68,9 +72,14 @@ class _Slot:
 class GradePool:
     """`workers` spawned processes running `fn` on one pair at a time, `timeout_s` of wall clock each."""
 
-    def __init__(self, fn: GradeFn, workers: int, timeout_s: float):
+    def __init__(
+        self, fn: GradeFn, workers: int, timeout_s: float, start_timeout_s: float = 120.0, start_failures: int = 3
+    ):
         self.fn = fn
         self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.start_failures = start_failures
+        self.failed_starts = 0  # workers in a row that died or hung before they were ready
         # Math-Verify's own alarms (whole seconds, parse and verify each) fit inside the hard budget
         inner = int(timeout_s // 2)
         self.inner = inner if inner >= 1 else None
@@ -91,6 +100,17 @@ class GradePool:
 
     def _replace(self, slot: _Slot, why: str) -> None:
         slot.stop(kill=True)
+        if not slot.ready:
+            self.failed_starts += 1
+            if self.failed_starts >= self.start_failures:
+                self.slots.remove(slot)
+                self.close()
+                raise BackendError(
+                    f"grading workers failed to start {self.failed_starts} times in a row ({why}, exit code "
+                    f"{slot.proc.exitcode}). Workers are spawned processes that import your main module again: "
+                    "a script that grades at import time needs an `if __name__ == '__main__':` guard. Otherwise "
+                    "look for too little memory or a broken math-verify install."
+                )
         self.slots[self.slots.index(slot)] = _Slot(self.ctx, self.fn, self.inner)
         self.replaced += 1
         log.warning("grading worker replaced (%s)", why)
@@ -122,6 +142,7 @@ class GradePool:
                     continue
                 if msg == "ready":
                     s.ready = True
+                    self.failed_starts = 0
                 else:
                     idx, verdict = msg
                     results[idx] = verdict
@@ -131,6 +152,9 @@ class GradePool:
                         failpoint("grade.batch")
             now = time.monotonic()
             for s in list(self.slots):
+                if not s.ready and now - s.started > self.start_timeout_s:
+                    self._replace(s, f"not ready after {self.start_timeout_s:g} s")
+                    continue
                 if s.busy is not None and now - s.since > self.timeout_s:
                     gold, pred = pairs[s.busy]
                     log.warning(

@@ -149,3 +149,28 @@ def test_last_boxed_on_a_megabyte_of_unclosed_boxes():
     """Quadratic before (14 KB took ~3 s; this would take hours); now one pass. The test timeout guards it."""
     assert last_boxed("\\boxed{" * 150_000) is None
     assert last_boxed("\\boxed{" * 150_000 + "42}") == "42"
+
+
+def test_workers_that_die_at_start_up_fail_fast_naming_the_likely_cause(tmp_path):
+    """A script that grades at import time, without a __main__ guard: each spawned worker re-imports it
+    and dies; the pool used to replace them for ever, now it stops after 3 with a clear error."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        'from tracefactory.verify import judge_texts\nprint(judge_texts([("5", "The answer is 5.")], workers=1))\n'
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "failed to start 3 times in a row" in done.stderr and "__main__" in done.stderr
+
+
+def test_a_worker_that_never_says_ready_is_timed_out():
+    from tracefactory.errors import BackendError
+    from tracefactory.gradepool import GradePool
+
+    pool = GradePool(is_correct, workers=1, timeout_s=5, start_timeout_s=0.001)  # no spawn is that quick
+    with pytest.raises(BackendError, match=r"not ready after 0.001 s"):
+        pool.grade([("1", "1")])
+    assert pool.slots == []  # nothing left running
