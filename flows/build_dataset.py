@@ -20,6 +20,7 @@ from tracefactory.config import FactoryConfig, load_config
 from tracefactory.errors import TraceFactoryError
 from tracefactory.manifest import build_manifest
 from tracefactory.pipeline import Engines, Loaded, run_stage
+from tracefactory.redact import install_log_redaction
 from tracefactory.report import StageReport, funnel_markdown
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
@@ -39,6 +40,7 @@ def _library_logs_to_prefect() -> None:
     if not any(isinstance(h, APILogHandler) for h in lib.handlers):
         handler = APILogHandler()
         handler.addFilter(_InRun())
+        install_log_redaction(handler)
         lib.addHandler(handler)
     if lib.level == logging.NOTSET:
         lib.setLevel(logging.INFO)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from tracefactory.errors import ConfigError
+from tracefactory.redact import ALLOW_ENV, key_env_allowed, redact_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_TEACHER = REPO_ROOT / "data" / "teacher"
@@ -81,6 +82,14 @@ class TeacherConfig:
                 self.base_url,
                 "an OpenAI-compatible URL for kind 'openai'",
                 "e.g. http://127.0.0.1:8000/v1",
+            )
+        if not key_env_allowed(self.api_key_env):
+            raise ConfigError(
+                "teacher.api_key_env",
+                self.api_key_env,
+                "the name of an API-key variable (…_API_KEY or …_API_TOKEN, e.g. OPENAI_API_KEY)",
+                f"Its value is sent to base_url as a bearer token; to send another variable, name it in the "
+                f"{ALLOW_ENV} environment variable (a config cannot allow itself)",
             )
         _positive("teacher.max_concurrency", self.max_concurrency)
         _positive("teacher.tensor_parallel_size", self.tensor_parallel_size)
@@ -230,6 +239,12 @@ class FactoryConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """`to_dict` with credentials in URLs masked: what the manifest and logs may hold."""
+        d = self.to_dict()
+        d["teacher"]["base_url"] = redact_url(d["teacher"]["base_url"])
+        return d
 
     def hash(self) -> str:
         return digest(self.to_dict())

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from tracefactory.redact import install_log_redaction
+
 _terminal: dict[str, TextIO] = {}  # "out" / "err": the real terminal while `quiet` holds fds 1 and 2
 OUR_LOGGERS = ("tracefactory", "flows")
 
@@ -70,12 +72,12 @@ def setup_logging(verbose: bool) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
-    if verbose:
-        return
-    term = logging.StreamHandler(_TerminalStream())
-    term.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-    term.addFilter(_Ours())
-    logging.getLogger().addHandler(term)
+    if not verbose:
+        term = logging.StreamHandler(_TerminalStream())
+        term.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        term.addFilter(_Ours())
+        logging.getLogger().addHandler(term)
+    install_log_redaction(*logging.getLogger().handlers)  # no URL credentials in any line we write
 
 
 class _TerminalStream:

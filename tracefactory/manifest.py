@@ -13,6 +13,7 @@ from typing import Any
 from tracefactory import __version__, io
 from tracefactory.backends.base import Teacher
 from tracefactory.config import REPO_ROOT, FactoryConfig
+from tracefactory.redact import redact_url
 from tracefactory.report import StageReport
 from tracefactory.sources import source_identity
 from tracefactory.stages.rollout import teacher_key
@@ -66,7 +67,7 @@ def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
     info["identity"] = teacher.identity()  # what each request's key holds of the teacher
     info["key"] = teacher_key(teacher)
     if cfg.teacher.base_url:
-        info["base_url"] = cfg.teacher.base_url
+        info["base_url"] = redact_url(cfg.teacher.base_url)
     model_dir = Path(cfg.teacher.model_path)
     if model_dir.is_dir():
         files = sorted(p for p in model_dir.iterdir() if p.is_file())
@@ -87,7 +88,7 @@ def build_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.time() - started, 2),
         "inputs": {"source": source_identity(cfg.source)},
-        "config": cfg.to_dict(),
+        "config": cfg.public_dict(),
         "config_hash": cfg.hash(),
         "rollout_settings": cfg.rollout_hash(),
         "teacher": teacher_identity(cfg, teacher),

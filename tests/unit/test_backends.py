@@ -97,3 +97,60 @@ def test_prompt_longer_than_the_servers_context_gets_no_completions():
 
 async def _no_sleep(_):
     return None
+
+
+def test_rate_limits_are_retried_after_what_the_server_asks(monkeypatch):
+    slept = []
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    monkeypatch.setattr("tracefactory.backends.openai_teacher.asyncio.sleep", sleep)
+    answers = [
+        httpx.Response(429, headers={"Retry-After": "7"}, text="slow down"),
+        httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),  # a date in the past: now
+        httpx.Response(429, headers={"Retry-After": "86400"}),  # a day: capped
+        httpx.Response(429),  # no header: the exponential backoff
+    ]
+
+    def handler(request):
+        return answers.pop(0) if answers else httpx.Response(200, json=_chat_response(1))
+
+    out = _teacher(handler).generate(["q"], 1, SamplingConfig(n=1))
+    assert out[0].ok and len(out[0].completions) == 1
+    assert slept == [7.0, 0.0, 300.0, 4.0]  # backoff 0.5 s doubled 3 times
+
+
+def test_a_200_without_choices_is_retried_then_soft_fails(monkeypatch):
+    monkeypatch.setattr("tracefactory.backends.openai_teacher.asyncio.sleep", _no_sleep)
+    bodies = [{"error": "upstream hiccup"}, {"choices": [{"index": 0}]}, "not json"]
+    attempts = []
+
+    def handler(request):
+        attempts.append(1)
+        body = bodies[min(len(attempts) - 1, 2)]
+        return httpx.Response(200, json=body) if isinstance(body, dict) else httpx.Response(200, text=body)
+
+    out = _teacher(handler).generate(["q"], 1, SamplingConfig(n=1))
+    assert not out[0].ok and "malformed response" in out[0].error and len(attempts) == 5
+    good = iter([{"choices": []}, _chat_response(1)])
+    out = _teacher(lambda r: httpx.Response(200, json=next(good))).generate(["q"], 1, SamplingConfig(n=1))
+    assert out[0].ok  # an empty choices list is a legal (if useless) answer: no completions, no error
+
+
+def test_urls_are_redacted_and_only_api_key_variables_are_sent(monkeypatch):
+    from tracefactory.errors import ConfigError
+    from tracefactory.redact import redact_text, redact_url
+
+    assert redact_url("https://bob:s3cret@api.example/v1?api_key=abc&model=x") == (
+        "https://***@api.example/v1?api_key=%2A%2A%2A&model=x"
+    )
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert "s3cret" not in redact_text("POST https://u:s3cret@h/v1/chat?token=s3cret failed")
+    for name in ("OPENAI_API_KEY", "VLLM_API_KEY", "TOGETHER_API_TOKEN"):
+        TeacherConfig(kind="openai", base_url="http://x/v1", api_key_env=name)
+    for name in ("AWS_SECRET_ACCESS_KEY", "HOME", "GITHUB_TOKEN", "openai_api_key"):
+        with pytest.raises(ConfigError, match="api_key_env"):
+            TeacherConfig(kind="openai", base_url="http://x/v1", api_key_env=name)
+    monkeypatch.setenv("TRACEFACTORY_KEY_ENVS", "GITHUB_TOKEN")
+    TeacherConfig(kind="openai", base_url="http://x/v1", api_key_env="GITHUB_TOKEN")

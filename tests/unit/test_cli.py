@@ -57,6 +57,32 @@ def test_query_json_and_errors(tmp_path):
     assert missing.exit_code == 2 and "RUN_DIR" in missing.output
 
 
+def test_query_cannot_write_run_files_or_read_outside_the_run(tmp_path):
+    import polars as pl
+
+    (tmp_path / "run" / "dataset").mkdir(parents=True)
+    part = tmp_path / "run" / "dataset" / "part-0.parquet"
+    pl.DataFrame({"a": [1, 2]}).write_parquet(part)
+    before = part.read_bytes()
+    (tmp_path / "secret.txt").write_text("do not read me")
+    attempts = {
+        f"COPY (SELECT 9 AS a) TO '{part}' (FORMAT parquet)": "read-only SQL",
+        "CREATE TABLE t AS SELECT 1": "read-only SQL",
+        "SET enable_external_access = true": "read-only SQL",
+        "SELECT 1; DROP VIEW dataset": "read-only SQL",
+        f"SELECT * FROM read_text('{tmp_path / 'secret.txt'}')": "Permission",
+        "SELECT * FROM read_csv('/etc/passwd')": "Permission",
+    }
+    for sql, why in attempts.items():
+        result = runner.invoke(app, ["query", str(tmp_path / "run"), sql])
+        assert result.exit_code == 2 and why in result.output, (sql, result.output)
+    assert part.read_bytes() == before
+    ok = runner.invoke(
+        app, ["query", str(tmp_path / "run"), "WITH x AS (SELECT sum(a) AS s FROM dataset) SELECT * FROM x"]
+    )
+    assert ok.exit_code == 0 and "3" in ok.output
+
+
 def test_a_teacher_that_cannot_be_loaded_is_one_clear_line(tmp_path, monkeypatch):
     """The GPU recipe here: its model is not on disk and the hub (a closed port) cannot be reached."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

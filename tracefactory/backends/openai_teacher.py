@@ -3,8 +3,9 @@
 One request per prompt with `n=K` (the server samples K continuations of one prefill), up to
 `max_concurrency` requests in flight so the server's batch stays full. Chat prompts go to
 /chat/completions (the server applies the model's chat template), text prompts to /completions.
-Transient faults (5xx, timeouts, refused or dropped connections) are retried with exponential
-backoff, `teacher.retries` times; a request that still fails comes back as a failed `RequestResult` (no
+Transient faults (5xx, 408, 429, timeouts, refused or dropped connections, 200s with an unreadable or
+malformed body) are retried `teacher.retries` times, waiting what a 429/503's `Retry-After` asks (at
+most 5 minutes) or else an exponential backoff; a request that still fails comes back as a failed `RequestResult` (no
 completions, with the error) instead of failing the batch, so the caller can record it and retry it
 on the next run. A prompt the server refuses as longer than the model's context gets no completions,
 as with the in-process engine; any other 4xx (wrong model name, bad request) is a configuration
@@ -16,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from email.utils import parsedate_to_datetime
 from typing import Sequence
 
 import httpx
@@ -24,9 +27,29 @@ from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResu
 from tracefactory.backends.identity import openai_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
+from tracefactory.redact import redact_url as redact
 
 log = logging.getLogger(__name__)
 _TOO_LONG = ("maximum context length", "context length", "too long", "max_model_len")
+RETRY_STATUS = (408, 429)  # besides every 5xx: request timeout, rate limited
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is not waited for: the request soft-fails sooner
+
+
+def retry_after(resp: httpx.Response, default: float) -> float:
+    """The wait a 429/503 asks for in `Retry-After` (seconds or an HTTP date), at most MAX_RETRY_AFTER_S;
+    `default` (the exponential backoff) when it asks for nothing readable."""
+    value = resp.headers.get("retry-after", "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 class OpenAITeacher:
@@ -90,25 +113,31 @@ class OpenAITeacher:
         retries = self.cfg.retries
         async with sem:
             for attempt in range(retries + 1):
+                wait = min(MAX_BACKOFF_S, self.cfg.retry_backoff_s * 2**attempt)
                 try:
                     resp = await client.post(path, json=body)
-                    if resp.status_code < 500:
-                        if resp.status_code >= 400:
-                            if resp.status_code == 400 and any(m in resp.text.lower() for m in _TOO_LONG):
-                                log.warning("prompt longer than the teacher's context skipped: %s", resp.text[:200])
-                                return RequestResult()
-                            raise BackendError(f"{self.base_url}{path} answered {resp.status_code}: {resp.text[:500]}")
+                    if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
+                        err = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                        wait = retry_after(resp, wait)
+                    elif resp.status_code >= 400:
+                        if resp.status_code == 400 and any(m in resp.text.lower() for m in _TOO_LONG):
+                            log.warning("prompt longer than the teacher's context skipped: %s", resp.text[:200])
+                            return RequestResult()
+                        raise BackendError(
+                            f"{redact(self.base_url)}{path} answered {resp.status_code}: {resp.text[:500]}"
+                        )
+                    else:
                         return RequestResult.of(self._parse(resp.json()))
-                    err = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 except (httpx.TransportError, httpx.TimeoutException) as exc:
                     err = repr(exc)
-                except ValueError as exc:  # a 200 whose body is cut off or not JSON
-                    err = f"unreadable response: {exc!r}"
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+                    # a 200 whose body is cut off, not JSON, or JSON without `choices` (a proxy's error page)
+                    err = f"malformed response: {type(exc).__name__}: {str(exc)[:200]}"
                 if attempt < retries:
-                    log.warning("teacher request failed (%s); retry %d/%d", err, attempt + 1, retries)
-                    await asyncio.sleep(min(30.0, self.cfg.retry_backoff_s * 2**attempt))
+                    log.warning("teacher request failed (%s); retry %d/%d in %.1f s", err, attempt + 1, retries, wait)
+                    await asyncio.sleep(wait)
             log.error("teacher request failed %d times, giving up on it for this run: %s", retries + 1, err)
-            return RequestResult.failed(f"{self.base_url}{path} failed {retries + 1} times, last: {err}")
+            return RequestResult.failed(f"{redact(self.base_url)}{path} failed {retries + 1} times, last: {err}")
 
     async def _all(
         self,
