@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
-from tracefactory import io, pipeline
+from tracefactory import io, pipeline, watchdog
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.factory import make_teacher
 from tracefactory.config import FactoryConfig, load_config
@@ -119,7 +119,7 @@ def make_engines(cfg: FactoryConfig) -> Engines:
     if cfg.run.task_runner == "ray":
         from tracefactory.distributed import RayTeacherPool
 
-        return RayTeacherPool(cfg.teacher, cfg.run.ray_engines)
+        return RayTeacherPool(cfg.teacher, cfg.run.ray_engines, cfg.run.ray_start_timeout_s)
     return pipeline.LocalEngines(make_teacher(cfg.teacher))  # engines load on first use
 
 
@@ -159,6 +159,7 @@ def build_dataset(
     started = time.time()
     cfg = load_config(config, overrides)
     run = io.RunDir(out or io.default_run_dir(cfg.name))
+    watchdog.guard()  # the engines this flow starts die with its process (a killed worker's flow run too)
     with run.lock():  # one writer per run directory
         return _build(run, cfg, started, teacher)
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tracefactory import console as term
+from tracefactory import watchdog
 from tracefactory.errors import RunLockedError, TraceFactoryError
 
 app = typer.Typer(
@@ -75,6 +76,7 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     term.setup_logging(verbose)
     log_path = RunDir(run_dir).log_path()
+    watchdog.guard()  # engine, server and worker processes die with this one, however it ends
     try:  # the lock before Prefect and the engine start: a second run on this directory fails at once
         with RunDir(run_dir).lock():
             result = _run_flow(cfg, config, run_dir, overrides, verbose, log_path)

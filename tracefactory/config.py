@@ -215,12 +215,14 @@ class RunConfig:
     task_runner: Literal["local", "ray"] = "local"  # ray: shard tasks on a Ray cluster, engines in actors
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://head:10001": join one
     ray_engines: int = 1  # teacher engine actors (each takes teacher.tensor_parallel_size GPUs)
+    ray_start_timeout_s: float = 1800.0  # engine actors not loaded by then: the run stops (a download, a hang)
 
     def __post_init__(self):
         _positive("run.shard_size", self.shard_size)
         _positive("run.flush_every", self.flush_every)
         _positive("run.flush_seconds", self.flush_seconds, allow_zero=True)
         _positive("run.ray_engines", self.ray_engines)
+        _positive("run.ray_start_timeout_s", self.ray_start_timeout_s)
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,12 @@ class RayTeacherPool:
     over them; picklable, so Prefect tasks on Ray workers can take it as an argument and reach the
     same long-lived actors."""
 
-    def __init__(self, cfg: TeacherConfig, engines: int = 1):
+    def __init__(self, cfg: TeacherConfig, engines: int = 1, start_timeout_s: float = 1800.0):
         from tracefactory.backends.vllm_teacher import teacher_name
 
         self.cfg = cfg
         self.engines = engines
+        self.start_timeout_s = start_timeout_s
         self.name = teacher_name(cfg) if cfg.kind == "vllm" else cfg.model
         self.actors: list = []
 
@@ -97,7 +98,17 @@ class RayTeacherPool:
             actor = ray.remote(TeacherActor).options(**opts)
             self.actors = [actor.remote(self.cfg) for _ in range(self.engines)]
             log.info("%d teacher engine(s) in Ray actors (%s each)", self.engines, opts)
-        ray.get([a.name.remote() for a in self.actors])
+        try:
+            ray.get([a.name.remote() for a in self.actors], timeout=self.start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            for a in self.actors:  # stuck in their constructor: a close() call would queue behind it
+                ray.kill(a)
+            self.actors = []
+            raise BackendError(
+                f"the teacher engine actors did not start within run.ray_start_timeout_s={self.start_timeout_s:g} s "
+                "(a model still downloading, no node with the resources they ask for, or a hung engine); "
+                "see the Ray logs, or raise the timeout"
+            ) from None
 
     def generate(
         self,

@@ -73,9 +73,16 @@ class GradePool:
     """`workers` spawned processes running `fn` on one pair at a time, `timeout_s` of wall clock each."""
 
     def __init__(
-        self, fn: GradeFn, workers: int, timeout_s: float, start_timeout_s: float = 120.0, start_failures: int = 3
+        self,
+        fn: GradeFn,
+        workers: int,
+        timeout_s: float,
+        start_timeout_s: float = 120.0,
+        start_failures: int = 3,
+        name: str = "grade",
     ):
         self.fn = fn
+        self.name = name  # its failpoint: `<name>.batch`, half-way through a batch
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
         self.start_failures = start_failures
@@ -149,7 +156,7 @@ class GradePool:
                     s.busy = None
                     left -= 1
                     if left == halfway:
-                        failpoint("grade.batch")
+                        failpoint(f"{self.name}.batch")
             now = time.monotonic()
             for s in list(self.slots):
                 if not s.ready and now - s.started > self.start_timeout_s:

@@ -117,7 +117,7 @@ def check_golds(
     if workers == 0 or not unique:
         verdicts = [fn(g, None, timeout_s) for g in unique]
     else:
-        with GradePool(fn, min(workers, len(unique)), timeout_s) as pool:
+        with GradePool(fn, min(workers, len(unique)), timeout_s, name="gold") as pool:
             verdicts = pool.grade([(g, None) for g in unique])
     why = {TIMEOUT: "gold_timeout"}
     return {g: None if ok else why.get(reason, "unparseable_gold") for g, (ok, reason) in zip(unique, verdicts)}

@@ -1,5 +1,6 @@
 """SIGKILL `tracefactory run` (real vLLM engine) during rollout, grading and writing; the re-run's
-dataset equals an uninterrupted run's, and no completion was generated twice."""
+dataset equals an uninterrupted run's, no completion was generated twice, and after every kill no
+process of the killed run (engine core, workers, Prefect server, watchdog) is left."""
 
 import os
 import signal
@@ -45,12 +46,33 @@ def _start(out: Path, source: Path, failpoint: str | None = None, verbose: bool 
 THIRD_PARTY = ("EngineCore", "Worker pid", "vllm.", "Triton", "NUMA", "prefect.", "WARNING", "Traceback", "[W")
 
 
+def _left_behind(proc: subprocess.Popen) -> list[str]:
+    """Processes of the ended run still alive: its session's members (engine core, workers, Prefect
+    server) and its watchdog (in a session of its own)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        session = int(stat[stat.rindex(")") + 2 :].split()[3])
+        if session == proc.pid or f"tracefactory.watchdog {proc.pid}" in cmd:
+            out.append(f"{entry.name}: {cmd[:120]}")
+    return out
+
+
 def _reap(proc: subprocess.Popen, timeout: float = 600) -> int:
+    """Wait for the run to end, then for every process it started to end with it (the watchdog's job)."""
     rc = proc.wait(timeout=timeout)
+    deadline = time.monotonic() + 30
+    while (left := _left_behind(proc)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever the dead process left behind (engine core, server)
+        os.killpg(proc.pid, signal.SIGKILL)  # only a safety net for the next test: `left` is asserted empty
     except ProcessLookupError:
         pass
+    assert not left, f"processes of the ended run (rc {rc}) still alive: {left}"
     return rc
 
 
@@ -100,7 +122,7 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path,
     for table in ("problems", "rollouts", "dataset", "funnel"):
         a, b = pl.read_parquet(whole / table), pl.read_parquet(crashed / table)
         if table == "funnel":
-            a, b = a.drop("seconds"), b.drop("seconds")
+            a, b = a.drop("seconds", "detail"), b.drop("seconds", "detail")
         assert a.equals(b), table
     # completions generated across all the interrupted runs == those of the uninterrupted run
     per_run: dict[str, int] = {}

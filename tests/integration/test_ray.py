@@ -30,3 +30,19 @@ def test_two_shards_on_ray_give_the_local_runners_dataset(prefect_harness, embed
         assert pl.read_parquet(tmp_path / "local" / table).equals(pl.read_parquet(tmp_path / "ray" / table)), table
     commits = list((tmp_path / "ray" / "_work" / "generations").glob("chunk-*.parquet"))
     assert {p.name.split("-")[1] for p in commits} == {"00000", "00001"}  # both shards, written by the actor
+
+
+def test_engine_actors_that_do_not_start_in_time_stop_the_run_with_a_clear_error():
+    from tracefactory.config import TeacherConfig
+    from tracefactory.distributed import RayTeacherPool
+    from tracefactory.errors import BackendError
+
+    cfg = TeacherConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m")  # nothing to load
+    pool = RayTeacherPool(cfg, engines=1, start_timeout_s=0.001)  # no actor process starts that fast
+    ray.init(include_dashboard=False, num_cpus=1, object_store_memory=80 << 20)
+    try:
+        with pytest.raises(BackendError, match="did not start within run.ray_start_timeout_s=0.001 s"):
+            pool.start()
+        assert pool.actors == []
+    finally:
+        ray.shutdown()

@@ -154,3 +154,30 @@ def test_urls_are_redacted_and_only_api_key_variables_are_sent(monkeypatch):
             TeacherConfig(kind="openai", base_url="http://x/v1", api_key_env=name)
     monkeypatch.setenv("TRACEFACTORY_KEY_ENVS", "GITHUB_TOKEN")
     TeacherConfig(kind="openai", base_url="http://x/v1", api_key_env="GITHUB_TOKEN")
+
+
+def test_a_vllm_teachers_identity_follows_its_weights_and_engine_settings(tmp_path):
+    """What keys finished rollouts: retrain (new weights file), another max_model_len or dtype, another
+    hub revision — each a new identity; the same folder copied elsewhere, the same identity."""
+    import shutil
+
+    from tracefactory.config import EMBEDDED_TEACHER
+    from tracefactory.stages.rollout import teacher_key
+
+    model = tmp_path / "teacher"
+    shutil.copytree(EMBEDDED_TEACHER, model)
+    key = lambda **kw: teacher_key(VLLMTeacher(TeacherConfig(model=str(model), **kw)))  # noqa: E731
+    base = key(max_model_len=512)
+    assert key(max_model_len=512) == base
+    assert key(max_model_len=256) != base and key(max_model_len=512, dtype="float32") != base
+    copy = tmp_path / "elsewhere" / tmp_path.name / "teacher"  # same name (parent/folder), other place
+    shutil.copytree(model, copy)
+    moved = VLLMTeacher(TeacherConfig(model=str(copy), max_model_len=512))
+    assert teacher_key(moved) == base  # the files and the name decide, not where they lie
+    [weights] = list(model.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight: a retrained teacher
+    weights.write_bytes(bytes(data))
+    assert key(max_model_len=512) != base
+    hub = lambda rev: teacher_key(VLLMTeacher(TeacherConfig(model="Org/model", revision=rev)))  # noqa: E731
+    assert hub("abc123") != hub("def456") and hub(None) != hub("abc123")
