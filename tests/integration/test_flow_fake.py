@@ -125,6 +125,27 @@ def test_an_edited_question_regenerates_only_its_problem_and_tables_equal_a_fres
         assert pl.read_parquet(run / table).equals(pl.read_parquet(fresh2 / table)), table
 
 
+def test_damaged_chunks_are_regenerated_and_the_tables_equal_an_undamaged_run(prefect_harness, tmp_path, input_file):
+    from tracefactory import io
+
+    run = tmp_path / "run"
+    _run(run, input_file, FakeTeacher(slip_rate=0.08))
+    clean = {t: pl.read_parquet(run / t) for t in ("problems", "rollouts", "dataset")}
+    chunks = sorted((run / "_work" / "generations").glob("chunk-*.parquet"))
+    chunks[0].write_bytes(chunks[0].read_bytes()[:-64])  # truncated
+    data = bytearray(chunks[2].read_bytes())
+    data[100:108] = bytes(b ^ 0xFF for b in data[100:108])  # flipped bytes, footer intact
+    chunks[2].write_bytes(bytes(data))
+    chunks[3].write_bytes(b"")  # empty
+    io._COMMITS.clear()  # as a new process would: nothing verified yet
+    teacher = FakeTeacher(slip_rate=0.08)
+    _run(run, input_file, teacher)
+    assert 0 < teacher.calls[0] < 62  # the damaged chunks' problems only
+    assert len(list((run / "_work" / "quarantine").iterdir())) == 3
+    for table, frame in clean.items():
+        assert pl.read_parquet(run / table).equals(frame), table
+
+
 def test_query_group_by_difficulty(prefect_harness, tmp_path, input_file):
     _run(tmp_path / "r", input_file, FakeTeacher(slip_rate=0.1))
     cols, rows = query(

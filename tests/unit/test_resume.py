@@ -87,8 +87,9 @@ def test_damaged_chunks_are_quarantined_and_their_problems_regenerated(tmp_path,
     run = io.RunDir(tmp_path / "run")
     pipeline.rollout_shard(run, 0, PROBLEMS, cfg, FakeTeacher())
     chunks = _chunks(run)
-    truncated, flipped, footerless = chunks[1], chunks[3], chunks[5]
+    truncated, flipped, footerless, emptied = chunks[1], chunks[3], chunks[5], chunks[6]
     truncated.write_bytes(truncated.read_bytes()[:-100])  # a torn write (no fsync, power loss)
+    emptied.write_bytes(b"")  # renamed into place before its data reached the disk
     _flip(flipped, 40)  # bit rot inside the data pages, footer intact
     import pyarrow.parquet as pq
 
@@ -98,11 +99,11 @@ def test_damaged_chunks_are_quarantined_and_their_problems_regenerated(tmp_path,
     teacher = FakeTeacher()
     with caplog.at_level("WARNING", logger="tracefactory"):
         report = pipeline.rollout_shard(run, 0, PROBLEMS, cfg, teacher)
-    assert teacher.calls == [12]  # the 3 damaged chunks' 4 problems each
-    assert report.detail["problems_reused"] == 13 and report.kept == 75
+    assert teacher.calls == [13]  # the 3 damaged chunks' 4 problems each, and the last chunk's one
+    assert report.detail["problems_reused"] == 12 and report.kept == 75
     moved = sorted(p.name.split(".")[0] for p in (run.root / "_work" / "quarantine").iterdir())
-    assert moved == sorted(p.stem for p in (truncated, flipped, footerless)) + ["chunk-garbage"]
-    assert sum("is damaged" in r.message and "quarantine" in r.message for r in caplog.records) == 4
+    assert moved == sorted(p.stem for p in (truncated, flipped, footerless, emptied)) + ["chunk-garbage"]
+    assert sum("is damaged" in r.message and "quarantine" in r.message for r in caplog.records) == 5
     key = lambda r: r.sort("problem_id", "sample_index")  # noqa: E731
     got = key(pipeline.read_generations(run, cfg, PROBLEMS, teacher))
     assert got.equals(key(pipeline.read_generations(clean, cfg, PROBLEMS, teacher)))
@@ -134,6 +135,10 @@ def test_an_edited_question_or_a_new_teacher_regenerates_exactly_what_changed(tm
     again = FakeTeacher(weights="v2")
     report = pipeline.rollout_shard(run, 0, edited, hotter, again)
     assert again.calls == [25] and report.detail["generated_sampling_changed"] == 25
+    # a shorter context (max_model_len for vLLM; context_chars here): a new teacher identity
+    shorter = FakeTeacher(weights="v2", context_chars=10_000)
+    report = pipeline.rollout_shard(run, 0, edited, hotter, shorter)
+    assert shorter.calls == [25] and report.detail["generated_teacher_changed"] == 25
     # back to the first teacher: nothing to generate, its rollouts are all still there
     first = FakeTeacher()
     pipeline.rollout_shard(run, 0, edited, cfg, first)
