@@ -68,6 +68,11 @@ def load_task(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
     return pipeline.load_problems(run, cfg)
 
 
+@stage_task("rewrite")
+def rewrite_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport | None]:
+    return pipeline.rewrite_problems(cfg, loaded)
+
+
 @stage_task("start-teacher")
 def start_task(engines: Engines) -> None:
     engines.start()  # engine load time is not rollout time
@@ -168,6 +173,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     engines = pipeline.LocalEngines(teacher) if teacher is not None else make_engines(cfg)
     try:
         loaded = load_task(run, cfg)
+        loaded, r_rewrite = rewrite_task(cfg, loaded) if cfg.rewrite.enabled else (loaded, None)
         r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
         graded, r_grade = grade_task(run, cfg, loaded.problems, engines.teacher)
         scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)
@@ -178,7 +184,8 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     finally:
         if teacher is None:  # ours to close; a caller's teacher stays the caller's
             engines.close()
-    reports = [r for r in (loaded.report, r_roll, r_grade, r_step, r_select, r_diff, r_curr) if r is not None]
+    stages = (loaded.report, r_rewrite, r_roll, r_grade, r_step, r_select, r_diff, r_curr)
+    reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
     manifest = build_manifest(cfg, engines.teacher, reports, started, extra)
     write_task(run, loaded, tagged, chosen, dataset, reports, manifest)

@@ -42,6 +42,8 @@ class SourceConfig:
     answer_field: str = "answer"
     id_field: str | None = None
     level_field: str | None = None
+    # the worked solution (rewriting re-derives golds from its equations); gold_format gsm8k: the answer text
+    solution_field: str | None = None
     gold_format: Literal["plain", "gsm8k", "boxed"] = "plain"
     name: str | None = None  # the `source` column; defaults to the file or dataset name
     limit: int | None = None
@@ -138,6 +140,21 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class RewriteConfig:
+    """New problems beside the originals, between load and rollout (off unless enabled)."""
+
+    enabled: bool = False
+    kinds: tuple[Literal["perturb"], ...] = ("perturb",)  # perturb: new numbers, gold re-derived
+    variants: int = 1  # variants tried per problem and kind
+    seed: int = 0
+
+    def __post_init__(self):
+        _positive("rewrite.variants", self.variants)
+        if not self.kinds:
+            raise ConfigError("rewrite.kinds", self.kinds, "at least one of: perturb")
+
+
+@dataclass(frozen=True)
 class GradeConfig:
     timeout_s: float = 5.0
     workers: int = 2  # 0 grades in this process (only safe on the main thread)
@@ -229,6 +246,7 @@ class RunConfig:
 class FactoryConfig:
     source: SourceConfig
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     grade: GradeConfig = field(default_factory=GradeConfig)

@@ -24,10 +24,19 @@ from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
 from tracefactory.failpoints import failpoint
 from tracefactory.report import StageReport, funnel_frame, merge_reports
-from tracefactory.schema import ANSWER, GENERATION_SCHEMA, PROBLEM_ID, SAMPLE_INDEX, columns
+from tracefactory.schema import (
+    ANSWER,
+    GENERATION_SCHEMA,
+    PROBLEM_ID,
+    REWRITE_KIND,
+    REWRITE_OF,
+    SAMPLE_INDEX,
+    columns,
+)
 from tracefactory.sources import read_source
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition
+from tracefactory.stages.rewrite import rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
 from tracefactory.verify import check_golds
@@ -73,6 +82,14 @@ def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
             f"See {run.root / 'rejected'} for each row's reason",
         )
     return Loaded(problems, rejected, report)
+
+
+def rewrite_problems(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport | None]:
+    """The rewrite stage (when enabled): the loaded problems plus their variants."""
+    if not cfg.rewrite.enabled:
+        return loaded, None
+    problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite)
+    return dataclasses.replace(loaded, problems=problems), report
 
 
 # ---- rollout ---------------------------------------------------------------------------------------
@@ -307,6 +324,8 @@ def write_outputs(
     run.write_table(loaded.rejected, "rejected")
     run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
+    lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
+    rollouts = rollouts.drop(REWRITE_OF, REWRITE_KIND, strict=False).join(lineage, on=PROBLEM_ID, how="left")
     run.write_table(rollouts.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
     run.write_table(funnel_frame(reports), "funnel")

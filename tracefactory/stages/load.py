@@ -26,7 +26,19 @@ import polars as pl
 
 from tracefactory.config import SourceConfig
 from tracefactory.report import StageReport
-from tracefactory.schema import ANSWER, LEVEL, PROBLEM_ID, QUESTION, RAW, REASON, ROW_INDEX, SOURCE
+from tracefactory.schema import (
+    ANSWER,
+    LEVEL,
+    PROBLEM_ID,
+    QUESTION,
+    RAW,
+    REASON,
+    REWRITE_KIND,
+    REWRITE_OF,
+    ROW_INDEX,
+    SOLUTION,
+    SOURCE,
+)
 from tracefactory.verify import check_golds, gsm8k_gold, last_boxed
 
 RAW_LIMIT = 2000
@@ -126,11 +138,41 @@ def parse_row(raw: str, src: SourceConfig) -> dict:
     if not isinstance(rec, dict):
         raise Reject("not_an_object")
     question = _text(rec, src.question_field, "question")
-    answer = gold_of(_text(rec, src.answer_field, "answer", numbers_ok=True), src.gold_format)
-    return {PROBLEM_ID: _problem_id(rec, src, question), QUESTION: question, ANSWER: answer, LEVEL: _level(rec, src)}
+    answer_text = _text(rec, src.answer_field, "answer", numbers_ok=True)
+    answer = gold_of(answer_text, src.gold_format)
+    return {
+        PROBLEM_ID: _problem_id(rec, src, question),
+        QUESTION: question,
+        ANSWER: answer,
+        LEVEL: _level(rec, src),
+        SOLUTION: _solution(rec, src, answer_text),
+    }
 
 
-PROBLEM_SCHEMA = {PROBLEM_ID: pl.String, QUESTION: pl.String, ANSWER: pl.String, LEVEL: pl.String, SOURCE: pl.String}
+def _solution(rec: dict, src: SourceConfig, answer_text: str) -> str | None:
+    """The worked solution, if the source has one (not a reason to reject a row when it has none)."""
+    if src.solution_field:
+        value = rec.get(src.solution_field)
+        if not isinstance(value, str):
+            return None
+        try:
+            _check_unicode(value)
+        except Reject:
+            return None
+        return value
+    return answer_text if src.gold_format == "gsm8k" else None
+
+
+PROBLEM_SCHEMA = {
+    PROBLEM_ID: pl.String,
+    QUESTION: pl.String,
+    ANSWER: pl.String,
+    LEVEL: pl.String,
+    SOURCE: pl.String,
+    SOLUTION: pl.String,
+    REWRITE_OF: pl.String,
+    REWRITE_KIND: pl.String,
+}
 PARSED_SCHEMA = {ROW_INDEX: pl.Int64, RAW: pl.String, **PROBLEM_SCHEMA, REASON: pl.String}
 
 
