@@ -23,6 +23,8 @@ from tracefactory.pipeline import Engines, Loaded, run_stage
 from tracefactory.redact import install_log_redaction
 from tracefactory.report import StageReport, funnel_markdown
 from tracefactory.stages.curriculum import curriculum
+from tracefactory.stages.decontaminate import decontaminate
+from tracefactory.stages.dedup import dedup
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.select import select
 
@@ -71,6 +73,16 @@ def load_task(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
 @stage_task("rewrite")
 def rewrite_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport | None]:
     return pipeline.rewrite_problems(cfg, loaded)
+
+
+@stage_task("dedup")
+def dedup_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport]:
+    return pipeline.filter_problems(dedup, cfg.dedup, loaded)
+
+
+@stage_task("decontaminate")
+def decontaminate_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport]:
+    return pipeline.filter_problems(decontaminate, cfg.decontaminate, loaded)
 
 
 @stage_task("start-teacher")
@@ -174,6 +186,8 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     try:
         loaded = load_task(run, cfg)
         loaded, r_rewrite = rewrite_task(cfg, loaded) if cfg.rewrite.enabled else (loaded, None)
+        loaded, r_dedup = dedup_task(cfg, loaded) if cfg.dedup.enabled else (loaded, None)
+        loaded, r_decon = decontaminate_task(cfg, loaded) if cfg.decontaminate.enabled else (loaded, None)
         r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
         graded, r_grade = grade_task(run, cfg, loaded.problems, engines.teacher)
         scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)
@@ -184,7 +198,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     finally:
         if teacher is None:  # ours to close; a caller's teacher stays the caller's
             engines.close()
-    stages = (loaded.report, r_rewrite, r_roll, r_grade, r_step, r_select, r_diff, r_curr)
+    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_step, r_select, r_diff, r_curr)
     reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
     manifest = build_manifest(cfg, engines.teacher, reports, started, extra)

@@ -155,6 +155,45 @@ class RewriteConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    """Duplicate problems (originals and variants) removed before rollout; the first copy is kept."""
+
+    enabled: bool = False
+    near_threshold: float | None = 0.9  # estimated Jaccard of word shingles (MinHash-LSH); None: exact only
+    shingle: int = 3  # words per shingle
+    num_perm: int = 128
+
+    def __post_init__(self):
+        if self.near_threshold is not None and not 0 < self.near_threshold <= 1:
+            raise ConfigError("dedup.near_threshold", self.near_threshold, "a number in (0, 1], or null")
+        _positive("dedup.shingle", self.shingle)
+        _positive("dedup.num_perm", self.num_perm)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    path: str  # JSONL; relative paths are relative to the repository (data/...)
+    field: str = "question"
+    id_field: str | None = None  # None: the line number
+
+
+@dataclass(frozen=True)
+class DecontaminateConfig:
+    """Problems sharing a word n-gram with a benchmark's test questions are removed before rollout."""
+
+    enabled: bool = False
+    ngram: int = 8  # open-r1 uses 8; 13 is the other common choice
+    benchmarks: tuple[Benchmark, ...] = (
+        Benchmark("gsm8k-test", "data/gsm8k/test.jsonl", "question"),
+        Benchmark("math500", "data/math/math500.jsonl", "problem", "unique_id"),
+    )
+
+    def __post_init__(self):
+        _positive("decontaminate.ngram", self.ngram)
+
+
+@dataclass(frozen=True)
 class GradeConfig:
     timeout_s: float = 5.0
     workers: int = 2  # 0 grades in this process (only safe on the main thread)
@@ -178,6 +217,7 @@ class DifficultyConfig:
     # pass-rate lower bounds, easiest first; a problem with pass rate 0 is "unsolved"
     buckets: tuple[tuple[str, float], ...] = (("easy", 0.75), ("medium", 0.4), ("hard", 0.0))
     z: float = 1.96  # Wilson interval
+    memorisation_gap: float = 0.5  # an original solved this much more often than its perturbed variants
 
     def __post_init__(self):
         bounds = [b for _, b in self.buckets]
@@ -247,6 +287,8 @@ class FactoryConfig:
     source: SourceConfig
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     grade: GradeConfig = field(default_factory=GradeConfig)

@@ -27,7 +27,9 @@ from tracefactory.report import StageReport, funnel_frame, merge_reports
 from tracefactory.schema import (
     ANSWER,
     GENERATION_SCHEMA,
+    MATCH,
     PROBLEM_ID,
+    REASON,
     REWRITE_KIND,
     REWRITE_OF,
     SAMPLE_INDEX,
@@ -35,7 +37,7 @@ from tracefactory.schema import (
 )
 from tracefactory.sources import read_source
 from tracefactory.stages.grade import grade
-from tracefactory.stages.load import load, partition
+from tracefactory.stages.load import load, partition, removed
 from tracefactory.stages.rewrite import rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
@@ -90,6 +92,15 @@ def rewrite_problems(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageR
         return loaded, None
     problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite)
     return dataclasses.replace(loaded, problems=problems), report
+
+
+def filter_problems(stage: Callable[..., StageOutput], cfg, loaded: Loaded) -> tuple[Loaded, StageReport]:
+    """A problem filter (dedup, decontaminate): the kept problems go on, the removed ones join `rejected`
+    with their reason and match."""
+    annotated, report = run_stage(stage, loaded.problems, cfg)
+    kept = annotated.filter(pl.col(REASON).is_null()).drop(REASON, MATCH)
+    rejected = pl.concat([loaded.rejected, removed(annotated)], how="vertical_relaxed")
+    return dataclasses.replace(loaded, problems=kept, rejected=rejected), report
 
 
 # ---- rollout ---------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class StageReport:
         """`reasons` holds one entry per input row: null when kept, else why it was dropped."""
         counts = reasons.drop_nulls().value_counts()
         by = {str(r[0]): int(r[1]) for r in counts.iter_rows()}
-        return cls(stage, unit, len(reasons), reasons.null_count(), by, **kw)
+        return cls(stage, unit, len(reasons), reasons.null_count(), by, **kw)  # kw: seconds, tokens, detail
 
     def line(self) -> str:
         why = ", ".join(f"{k}={v}" for k, v in self.dropped_by_reason.items()) or "-"

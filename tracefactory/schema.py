@@ -44,6 +44,9 @@ REASON = "reason"
 SOLUTION = "solution"  # the source's worked solution, when it has one (rewriting reads it; not a table column)
 REWRITE_OF = "rewrite_of"  # a variant's source problem id (null for an original)
 REWRITE_KIND = "rewrite_kind"  # how the variant was made: "perturb" (null for an original)
+MEMORISATION_GAP = "memorisation_gap"  # an original's pass rate minus its perturbed variants' mean
+MEMORISED = "memorised"  # memorisation_gap >= difficulty.memorisation_gap
+MATCH = "match"  # a rejected problem: the id it duplicates, or benchmark:item it overlaps
 
 STEPS = "steps"
 STEP_SCORES = "step_scores"

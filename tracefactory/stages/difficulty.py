@@ -16,12 +16,16 @@ from tracefactory.report import StageReport
 from tracefactory.schema import (
     CORRECT,
     DIFFICULTY,
+    MEMORISATION_GAP,
+    MEMORISED,
     N_CORRECT,
     N_ROLLOUTS,
     PASS_RATE,
     PASS_RATE_HIGH,
     PASS_RATE_LOW,
     PROBLEM_ID,
+    REWRITE_KIND,
+    REWRITE_OF,
     UNSOLVED,
 )
 
@@ -62,5 +66,30 @@ def difficulty(
         pl.Series(PASS_RATE_HIGH, [b[1] for b in bounds], dtype=pl.Float64),
         pl.Series(DIFFICULTY, [bucket(r, k, cfg) for r, k in zip(rates, ks)], dtype=pl.String),
     )
+    out = memorisation(out, cfg)
     reasons = pl.Series([UNSOLVED if k == 0 else None for k in ks], dtype=pl.String)
-    return out, StageReport.from_reasons("difficulty", "problems", reasons)
+    gaps = out.filter(pl.col(MEMORISATION_GAP).is_not_null())
+    detail = {"originals_with_variants": len(gaps), "memorised": int(gaps[MEMORISED].sum() or 0)}
+    return out, StageReport.from_reasons("difficulty", "problems", reasons, detail=detail)
+
+
+def memorisation(problems: pl.DataFrame, cfg: DifficultyConfig) -> pl.DataFrame:
+    """The memorisation probe (GSM-Symbolic): for an original with perturbed variants, its pass rate minus
+    its variants' mean pass rate (`memorisation_gap`); `memorised` when the gap reaches
+    `cfg.memorisation_gap` — the teacher solves the problem it may have seen, not its re-numbered copies."""
+    if REWRITE_KIND not in problems.columns:  # problems that were never rewritten
+        problems = problems.with_columns(
+            pl.lit(None, pl.String).alias(REWRITE_OF), pl.lit(None, pl.String).alias(REWRITE_KIND)
+        )
+    variants = (
+        problems.filter(pl.col(REWRITE_KIND) == "perturb")
+        .group_by(REWRITE_OF)
+        .agg(pl.col(PASS_RATE).mean().alias("_variants_rate"))
+        .rename({REWRITE_OF: PROBLEM_ID})
+    )
+    out = problems.drop([c for c in (MEMORISATION_GAP, MEMORISED) if c in problems.columns])
+    out = out.join(variants, on=PROBLEM_ID, how="left")
+    gap = pl.col(PASS_RATE) - pl.col("_variants_rate")
+    return out.with_columns(gap.alias(MEMORISATION_GAP), (gap >= cfg.memorisation_gap).alias(MEMORISED)).drop(
+        "_variants_rate"
+    )

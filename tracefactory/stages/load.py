@@ -29,6 +29,7 @@ from tracefactory.report import StageReport
 from tracefactory.schema import (
     ANSWER,
     LEVEL,
+    MATCH,
     PROBLEM_ID,
     QUESTION,
     RAW,
@@ -164,6 +165,7 @@ def _solution(rec: dict, src: SourceConfig, answer_text: str) -> str | None:
 
 
 PROBLEM_SCHEMA = {
+    ROW_INDEX: pl.Int64,  # the input row it came from (a variant: its source's), for `rejected`
     PROBLEM_ID: pl.String,
     QUESTION: pl.String,
     ANSWER: pl.String,
@@ -207,5 +209,20 @@ def partition(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(problems, rejected) of `load`'s output."""
     good = pl.col(REASON).is_null()
     problems = parsed.filter(good).select(list(PROBLEM_SCHEMA))
-    rejected = parsed.filter(~good).select(ROW_INDEX, SOURCE, pl.col(RAW).str.slice(0, RAW_LIMIT), REASON)
+    rejected = parsed.filter(~good).select(
+        ROW_INDEX,
+        SOURCE,
+        pl.col(RAW).str.slice(0, RAW_LIMIT),
+        REASON,
+        pl.lit(None, pl.String).alias(PROBLEM_ID),
+        pl.lit(None, pl.String).alias(MATCH),
+    )
     return problems, rejected
+
+
+def removed(problems: pl.DataFrame) -> pl.DataFrame:
+    """`rejected` rows for problems a later stage removed (annotated with `reason` and `match`)."""
+    raw = pl.struct(PROBLEM_ID, QUESTION, ANSWER).struct.json_encode().str.slice(0, RAW_LIMIT)
+    return problems.filter(pl.col(REASON).is_not_null()).select(
+        ROW_INDEX, SOURCE, raw.alias(RAW), REASON, PROBLEM_ID, MATCH
+    )

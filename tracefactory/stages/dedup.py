@@ -1,0 +1,68 @@
+"""dedup: duplicate problems (originals and rewritten variants) annotated, the first copy kept.
+
+Exact: the same question once normalised (case, punctuation and spacing ignored). Near: MinHash-LSH
+(datasketch) over word shingles, estimated Jaccard >= `near_threshold` — e.g. the same question with a
+word changed or a clause reordered; a perturbed variant differs from its source in its numbers, which
+the shingles keep, so it is not a near-duplicate of it. The kept copy is the first in problem order
+(originals come before their variants): the same whatever the machine. A removed problem gets reason
+`duplicate` or `near_duplicate` and `match` = the id of the copy kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from tracefactory.config import DedupConfig
+from tracefactory.report import StageReport
+from tracefactory.schema import MATCH, PROBLEM_ID, QUESTION, REASON
+
+_NON_WORD = re.compile(r"[^\w]+")
+
+
+def normalise(text: str) -> str:
+    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def _shingles(words: list[str], n: int) -> set[bytes]:
+    if len(words) <= n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def _near(texts: list[str], cfg: DedupConfig) -> dict[int, int]:
+    """{index: index of an earlier near-duplicate} among `texts` (already normalised, exact-unique)."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.num_perm)
+    out: dict[int, int] = {}
+    for i, text in enumerate(texts):
+        m = MinHash(num_perm=cfg.num_perm, seed=1)
+        m.update_batch(list(_shingles(text.split(), cfg.shingle)))
+        hits = [int(k) for k in lsh.query(m)]
+        if hits:
+            out[i] = min(hits)  # the earliest kept copy among the candidates
+        else:
+            lsh.insert(str(i), m)
+    return out
+
+
+def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, StageReport]:
+    """Every problem, annotated: `reason` null (kept), `duplicate` or `near_duplicate`; `match` the kept id."""
+    ids = problems[PROBLEM_ID].to_list()
+    norm = [normalise(q) for q in problems[QUESTION].to_list()]
+    first: dict[str, int] = {}
+    reason: list[str | None] = [None] * len(ids)
+    match: list[str | None] = [None] * len(ids)
+    for i, text in enumerate(norm):
+        if text in first:
+            reason[i], match[i] = "duplicate", ids[first[text]]
+        else:
+            first[text] = i
+    if cfg.near_threshold is not None:
+        unique = list(first.values())
+        for j, k in _near([norm[i] for i in unique], cfg).items():
+            reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]
+    out = problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
+    return out, StageReport.from_reasons("dedup", "problems", out[REASON])
