@@ -315,3 +315,61 @@ def test_the_flow_refuses_a_run_directory_another_process_writes(prefect_harness
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_rewrite_dedup_and_decontamination_through_the_flow(prefect_harness, tmp_path):
+    """Demo problems with their solutions, 4 GSM8K-test questions planted, one demo question twice:
+    variants reach the dataset with lineage, exactly the planted ones are rejected as contaminated,
+    the copy as a duplicate, and every stage's funnel row adds up and chains to the next."""
+    demo = (Path(__file__).parents[2] / "data" / "demo" / "problems.jsonl").read_text().splitlines()[::5]
+    gsm8k = (Path(__file__).parents[2] / "data" / "gsm8k" / "test.jsonl").read_text().splitlines()
+    planted = [json.loads(gsm8k[i]) for i in (3, 50, 400, 1000)]
+    rows = [json.loads(x) for x in demo]
+    rows += [
+        {"id": f"gsm-{k}", "question": r["question"], "answer": r["answer"].split("####")[-1].strip()}
+        for k, r in enumerate(planted)
+    ]
+    rows.append({**rows[0], "id": "copy-of-first", "question": rows[0]["question"].upper()})
+    source = tmp_path / "mixed.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    over = {
+        "source.solution_field": "solution",
+        "rewrite.enabled": True,
+        "dedup.enabled": True,
+        "decontaminate.enabled": True,
+    }
+    run = tmp_path / "run"
+    _run(run, source, FakeTeacher(slip_rate=0.08), **{"source.id_field": "id", **over})
+    _, funnel = query(run, "SELECT stage, rows_in, kept, dropped FROM funnel")
+    stage = {r[0]: r for r in funnel}
+    assert [r[0] for r in funnel][:5] == ["load", "rewrite", "dedup", "decontaminate", "rollout"]
+    assert all(r[1] == r[2] + r[3] for r in funnel)
+    assert stage["load"][2] == 65 and stage["rewrite"][1] == 65  # one variant tried per problem
+    assert stage["dedup"][1] == 65 + stage["rewrite"][2] and stage["dedup"][3] == 2  # the copy and its variant
+    assert stage["decontaminate"][1] == stage["dedup"][2] and stage["rollout"][1] == stage["decontaminate"][2] * 8
+    _, rej = query(run, "SELECT reason, problem_id, match FROM rejected WHERE problem_id IS NOT NULL ORDER BY 2")
+    assert [r for r in rej if r[0] == "duplicate"] == [("duplicate", "copy-of-first", rows[0]["id"])]
+    assert [r for r in rej if r[0] == "source_removed"] == [
+        ("source_removed", "copy-of-first~perturb0", "copy-of-first")
+    ]
+    contaminated = sorted(r[1] for r in rej if r[0] == "contaminated")
+    assert contaminated == ["gsm-0", "gsm-1", "gsm-2", "gsm-3"]  # exactly the planted ones, never a demo problem
+    assert all(r[2].startswith("gsm8k-test:") for r in rej if r[0] == "contaminated")
+    # variants have lineage in problems, rollouts and dataset; originals and variants compared by query
+    _, lineage = query(run, "SELECT count(*) FROM problems WHERE rewrite_kind = 'perturb' AND rewrite_of IS NOT NULL")
+    assert lineage[0][0] == stage["rewrite"][2] - 1 > 40  # less the copy's variant
+    _, dataset = query(run, "SELECT count(*) FROM dataset WHERE rewrite_of IS NOT NULL")
+    assert dataset[0][0] > 0
+    _, rolls = query(run, "SELECT count(DISTINCT problem_id) FROM rollouts WHERE rewrite_kind = 'perturb'")
+    assert rolls[0][0] == lineage[0][0]
+    cols, compare = query(
+        run,
+        "SELECT rewrite_kind IS NULL AS original, count(*) AS problems, round(avg(pass_rate), 3) AS pass_rate "
+        "FROM problems GROUP BY 1 ORDER BY 1",
+    )
+    assert [r[0] for r in compare] == [False, True]
+    _, gaps = query(run, "SELECT count(*) FROM problems WHERE memorisation_gap IS NOT NULL")
+    assert gaps[0][0] == lineage[0][0]  # every original with a variant has its gap
+    # every variant's gold is its own: the fake teacher (a real solver of these stories) agrees with it
+    _, solved = query(run, "SELECT avg(pass_rate) FROM problems WHERE rewrite_kind = 'perturb'")
+    assert solved[0][0] > 0.7

@@ -5,7 +5,8 @@ Exact: the same question once normalised (case, punctuation and spacing ignored)
 word changed or a clause reordered; a perturbed variant differs from its source in its numbers, which
 the shingles keep, so it is not a near-duplicate of it. The kept copy is the first in problem order
 (originals come before their variants): the same whatever the machine. A removed problem gets reason
-`duplicate` or `near_duplicate` and `match` = the id of the copy kept.
+`duplicate` or `near_duplicate` and `match` = the id of the copy kept; its variants go with it
+(`source_removed`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import polars as pl
 
 from tracefactory.config import DedupConfig
 from tracefactory.report import StageReport
-from tracefactory.schema import MATCH, PROBLEM_ID, QUESTION, REASON
+from tracefactory.schema import MATCH, PROBLEM_ID, QUESTION, REASON, REWRITE_OF
 
 _NON_WORD = re.compile(r"[^\w]+")
 
@@ -64,5 +65,23 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
         unique = list(first.values())
         for j, k in _near([norm[i] for i in unique], cfg).items():
             reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]
-    out = problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
+    out = with_sources_removed(
+        problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
+    )
     return out, StageReport.from_reasons("dedup", "problems", out[REASON])
+
+
+SOURCE_REMOVED = "source_removed"
+
+
+def with_sources_removed(annotated: pl.DataFrame) -> pl.DataFrame:
+    """A variant whose source problem is removed goes too (`source_removed`, `match` = its source): its
+    source was a duplicate or a benchmark question, and it is a re-numbered copy of it."""
+    if REWRITE_OF not in annotated.columns:
+        return annotated
+    gone = annotated.filter(pl.col(REASON).is_not_null())[PROBLEM_ID]
+    orphan = pl.col(REASON).is_null() & pl.col(REWRITE_OF).is_in(gone.implode())
+    return annotated.with_columns(
+        pl.when(orphan).then(pl.lit(SOURCE_REMOVED)).otherwise(pl.col(REASON)).alias(REASON),
+        pl.when(orphan).then(pl.col(REWRITE_OF)).otherwise(pl.col(MATCH)).alias(MATCH),
+    )
