@@ -3,10 +3,11 @@
 Exact: the same question once normalised (case, punctuation and spacing ignored). Near: MinHash-LSH
 (datasketch) over word shingles, estimated Jaccard >= `near_threshold` — e.g. the same question with a
 word changed or a clause reordered; a perturbed variant differs from its source in its numbers, which
-the shingles keep, so it is not a near-duplicate of it. The kept copy is the first in problem order
-(originals come before their variants): the same whatever the machine. A removed problem gets reason
-`duplicate` or `near_duplicate` and `match` = the id of the copy kept; its variants go with it
-(`source_removed`).
+the shingles keep, and a variant is never a near-duplicate of its own source (they are one family:
+meant to be alike); two variants of different sources, or two originals, can be. The kept copy is
+the first in problem order (originals come before their variants): the same whatever the machine.
+A removed problem gets reason `duplicate` or `near_duplicate` and `match` = the id of the copy kept;
+its variants go with it (`source_removed`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def _shingles(words: list[str], n: int) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-def _near(texts: list[str], cfg: DedupConfig) -> dict[int, int]:
-    """{index: index of an earlier near-duplicate} among `texts` (already normalised, exact-unique)."""
+def _near(texts: list[str], families: list[str], cfg: DedupConfig) -> dict[int, int]:
+    """{index: index of an earlier near-duplicate of another family} among `texts` (normalised,
+    exact-unique); a variant and its source are one family: they are meant to be alike."""
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.num_perm)
@@ -41,7 +43,7 @@ def _near(texts: list[str], cfg: DedupConfig) -> dict[int, int]:
     for i, text in enumerate(texts):
         m = MinHash(num_perm=cfg.num_perm, seed=1)
         m.update_batch(list(_shingles(text.split(), cfg.shingle)))
-        hits = [int(k) for k in lsh.query(m)]
+        hits = [int(k) for k in lsh.query(m) if families[int(k)] != families[i]]
         if hits:
             out[i] = min(hits)  # the earliest kept copy among the candidates
         else:
@@ -63,7 +65,9 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
             first[text] = i
     if cfg.near_threshold is not None:
         unique = list(first.values())
-        for j, k in _near([norm[i] for i in unique], cfg).items():
+        of = problems[REWRITE_OF].to_list() if REWRITE_OF in problems.columns else [None] * len(ids)
+        families = [of[i] or ids[i] for i in unique]
+        for j, k in _near([norm[i] for i in unique], families, cfg).items():
             reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]
     out = with_sources_removed(
         problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
