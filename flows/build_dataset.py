@@ -25,7 +25,6 @@ from tracefactory.report import StageReport, funnel_markdown
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.decontaminate import decontaminate
 from tracefactory.stages.dedup import dedup
-from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.select import select
 
 
@@ -112,7 +111,7 @@ def select_task(cfg: FactoryConfig, scored):
 
 @stage_task("difficulty")
 def difficulty_task(cfg: FactoryConfig, problems, chosen):
-    return run_stage(difficulty, problems, cfg.difficulty, chosen)
+    return pipeline.tag_difficulty(cfg, problems, chosen)
 
 
 @stage_task("curriculum")

@@ -28,6 +28,9 @@ from tracefactory.schema import (
     ANSWER,
     GENERATION_SCHEMA,
     MATCH,
+    MEMORISATION_GAP,
+    MEMORISED,
+    PASS_RATE,
     PROBLEM_ID,
     REASON,
     REWRITE_KIND,
@@ -36,6 +39,7 @@ from tracefactory.schema import (
     columns,
 )
 from tracefactory.sources import read_source
+from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition, removed
 from tracefactory.stages.rewrite import rewrite
@@ -314,6 +318,28 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
     finally:
         scorer.close()
     return {"eval_set": str(path), **result}
+
+
+# ---- difficulty (with the memorisation probe) ------------------------------------------------------
+
+
+def tag_difficulty(cfg: FactoryConfig, problems: pl.DataFrame, chosen: pl.DataFrame) -> StageOutput:
+    """The difficulty stage, and the memorisation probe's summary line when there are variants."""
+    tagged, report = run_stage(difficulty, problems, cfg.difficulty, chosen)
+    probed = tagged.filter(pl.col(MEMORISATION_GAP).is_not_null())
+    if len(probed):
+        variants = tagged.filter(pl.col(REWRITE_OF).is_in(probed[PROBLEM_ID].implode()))
+        log.info(
+            "memorisation probe: %d originals with perturbed variants; pass rate %.3f on them vs %.3f on their "
+            "variants (mean gap %+.3f); %d memorised (gap >= %g)",
+            len(probed),
+            probed[PASS_RATE].mean(),
+            variants[PASS_RATE].mean(),
+            probed[MEMORISATION_GAP].mean(),
+            int(probed[MEMORISED].sum()),
+            cfg.difficulty.memorisation_gap,
+        )
+    return tagged, report
 
 
 # ---- write -----------------------------------------------------------------------------------------

@@ -38,8 +38,12 @@ def input_file(tmp_path_factory):
     return path
 
 
+# rewriting and its filters off unless a test asks: the counts below are of the source's own problems
+QUIET = {"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False}
+
+
 def _run(out, input_file, teacher, **over):
-    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **over}
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET, **over}
     return build_dataset(config=None, out=str(out), overrides=overrides, teacher=teacher)
 
 
@@ -198,7 +202,7 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0}
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET}
     state = build_dataset(
         config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
     )
@@ -224,6 +228,7 @@ import sys
 from flows.build_dataset import build_dataset
 from tracefactory.backends.fake import FakeTeacher
 overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0}
+overrides.update({"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False})
 build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.08))
 """
 
@@ -276,7 +281,7 @@ def test_stage_log_lines_are_attached_to_their_task_runs(prefect_harness, tmp_pa
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0}
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET}
     state = build_dataset(
         config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
     )

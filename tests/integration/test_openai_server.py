@@ -54,6 +54,7 @@ def test_flow_through_the_server(prefect_harness, server, demo_subset, tmp_path)
         "teacher.base_url": server,
         "teacher.model": SERVED,
         "sampling.n": 4,
+        "rewrite.enabled": False,
     }
     result = build_dataset(config=None, out=str(out), overrides=overrides)
     data = pl.read_parquet(out / "dataset")
@@ -80,6 +81,7 @@ def test_flow_through_a_faulty_network_loses_nothing(prefect_harness, server, de
         "teacher.model": SERVED,
         "sampling.n": 4,
         "step_score.enabled": False,
+        "rewrite.enabled": False,
         "teacher.retries": 4,
         "teacher.retry_backoff_s": 0.05,
         "teacher.request_timeout_s": 4.0,

@@ -18,6 +18,7 @@ def test_two_shards_on_ray_give_the_local_runners_dataset(prefect_harness, embed
         "run.shard_size": 12,
         "sampling.n": 4,
         "step_score.enabled": False,
+        "rewrite.enabled": False,
     }
     run_build(out=str(tmp_path / "local"), overrides=over, teacher=embedded_teacher)
     try:

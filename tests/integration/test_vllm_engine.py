@@ -56,6 +56,9 @@ def test_flow_on_the_embedded_teacher(prefect_harness, embedded_teacher, demo_su
         assert is_correct(gold, extract_answer(cot))[0]
     rates = data["pass_rate"].to_list()
     assert rates == sorted(rates, reverse=True)
+    # the demo config rewrites: re-numbered variants with their re-derived golds reach the dataset
+    _, (variants,) = query(out, "SELECT count(*) FROM problems WHERE rewrite_kind = 'perturb'")
+    assert variants[0] >= 40 and data["rewrite_of"].drop_nulls().len() > 0
     assert data["curriculum_rank"].to_list() == list(range(len(data)))
     _, buckets = query(out, "SELECT difficulty, count(*) FROM dataset GROUP BY difficulty")
     assert len(buckets) >= 3
