@@ -33,6 +33,8 @@ demo: venv
 	$(BIN)/tracefactory run --out $(RUN)
 	$(BIN)/tracefactory query $(RUN) "SELECT difficulty, count(*) AS traces, round(avg(pass_rate), 3) AS mean_pass_rate, \
 	  min(curriculum_rank) AS first_rank, round(avg(cot_tokens), 1) AS mean_cot_tokens FROM dataset GROUP BY difficulty ORDER BY first_rank"
+	$(BIN)/tracefactory query $(RUN) "SELECT CASE WHEN rewrite_kind IS NULL THEN 'original' ELSE rewrite_kind END AS problems, \
+	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
 
 lint: venv
 	$(BIN)/ruff check .

@@ -46,7 +46,7 @@ class StageReport:
         why = ", ".join(f"{k}={v}" for k, v in self.dropped_by_reason.items()) or "-"
         counts = f"in={self.rows_in:<7} kept={self.kept:<7} dropped={self.dropped:<6}"
         detail = " [" + ", ".join(f"{k}={v}" for k, v in self.detail.items()) + "]" if self.detail else ""
-        return f"{self.stage:<11} {self.unit:<12} {counts} ({why}) {self.seconds:.1f} s{detail}"
+        return f"{self.stage:<13} {self.unit:<12} {counts} ({why}) {self.seconds:.1f} s{detail}"
 
 
 def merge_reports(reports: list[StageReport]) -> StageReport:
