@@ -70,8 +70,8 @@ def load_task(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
 
 
 @stage_task("rewrite")
-def rewrite_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport | None]:
-    return pipeline.rewrite_problems(cfg, loaded)
+def rewrite_task(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport | None]:
+    return pipeline.rewrite_problems(cfg, loaded, teacher)
 
 
 @stage_task("dedup")
@@ -184,7 +184,9 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     engines = pipeline.LocalEngines(teacher) if teacher is not None else make_engines(cfg)
     try:
         loaded = load_task(run, cfg)
-        loaded, r_rewrite = rewrite_task(cfg, loaded) if cfg.rewrite.enabled else (loaded, None)
+        if cfg.rewrite.enabled and "paraphrase" in cfg.rewrite.kinds:
+            start_task(engines)  # paraphrasing needs the teacher before rollout
+        loaded, r_rewrite = rewrite_task(cfg, loaded, engines.teacher) if cfg.rewrite.enabled else (loaded, None)
         loaded, r_dedup = dedup_task(cfg, loaded) if cfg.dedup.enabled else (loaded, None)
         loaded, r_decon = decontaminate_task(cfg, loaded) if cfg.decontaminate.enabled else (loaded, None)
         r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)

@@ -144,14 +144,22 @@ class RewriteConfig:
     """New problems beside the originals, between load and rollout (off unless enabled)."""
 
     enabled: bool = False
-    kinds: tuple[Literal["perturb"], ...] = ("perturb",)  # perturb: new numbers, gold re-derived
+    # perturb: new numbers, gold re-derived; paraphrase: reworded by the teacher, kept if the gold survives
+    kinds: tuple[Literal["perturb", "paraphrase"], ...] = ("perturb",)
     variants: int = 1  # variants tried per problem and kind
     seed: int = 0
+    paraphrase_verify_n: int = 4  # teacher rollouts on each paraphrase, graded against the problem's gold
+    paraphrase_min_pass_rate: float = 0.5  # ... the share of them that must reach it
+    paraphrase_max_tokens: int = 256
 
     def __post_init__(self):
         _positive("rewrite.variants", self.variants)
+        _positive("rewrite.paraphrase_verify_n", self.paraphrase_verify_n)
+        _positive("rewrite.paraphrase_max_tokens", self.paraphrase_max_tokens)
+        if not 0 < self.paraphrase_min_pass_rate <= 1:
+            raise ConfigError("rewrite.paraphrase_min_pass_rate", self.paraphrase_min_pass_rate, "a number in (0, 1]")
         if not self.kinds:
-            raise ConfigError("rewrite.kinds", self.kinds, "at least one of: perturb")
+            raise ConfigError("rewrite.kinds", self.kinds, "at least one of: perturb, paraphrase")
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ from tracefactory.sources import read_source
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition, removed
-from tracefactory.stages.rewrite import rewrite
+from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
-from tracefactory.verify import check_golds
+from tracefactory.verify import check_golds, judge_texts
 
 log = logging.getLogger(__name__)
 StageOutput = tuple[pl.DataFrame, StageReport]
@@ -90,11 +90,14 @@ def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
     return Loaded(problems, rejected, report)
 
 
-def rewrite_problems(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport | None]:
-    """The rewrite stage (when enabled): the loaded problems plus their variants."""
+def rewrite_problems(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport | None]:
+    """The rewrite stage (when enabled): the loaded problems plus their variants (paraphrases through
+    `teacher`, graded with the grading pool)."""
     if not cfg.rewrite.enabled:
         return loaded, None
-    problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite)
+    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
+    paraphraser = Paraphraser(teacher, judge, cfg.prompt, cfg.sampling)
+    problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite, paraphraser)
     return dataclasses.replace(loaded, problems=problems), report
 
 

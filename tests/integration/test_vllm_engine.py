@@ -103,3 +103,30 @@ def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
     assert planted.scores[0] >= 0.5
     assert planted.first_bad_step == 1 and planted.scores[1:] == [0.0] * (len(lines) - 1)
     assert clean.first_bad_step is None and min(clean.scores) >= 0.5
+
+
+def test_the_paraphrase_gate_rejects_what_the_embedded_teacher_writes(embedded_teacher):
+    """The embedded teacher cannot paraphrase (it only ever learned to solve): every attempt must be
+    refused — by the parser or by the answer-preservation gate — and counted by its reason."""
+    from functools import partial
+
+    from tracefactory.config import load_config
+    from tracefactory.sources import read_source
+    from tracefactory.stages.load import load, partition
+    from tracefactory.stages.rewrite import Paraphraser, rewrite
+    from tracefactory.verify import judge_texts
+
+    cfg = load_config(None, {"source.limit": 20, "rewrite.kinds": ["paraphrase"], "rewrite.variants": 2})
+    problems, _ = partition(load(read_source(cfg.source), cfg.source, lambda golds: {g: None for g in golds})[0])
+    p = Paraphraser(embedded_teacher, partial(judge_texts, workers=0), cfg.prompt, cfg.sampling)
+    out, report = rewrite(problems, cfg.rewrite, p)
+    assert report.rows_in == 40 and report.kept == 0 and len(out) == 20
+    assert sum(report.dropped_by_reason.values()) == 40
+    assert set(report.dropped_by_reason) <= {
+        "solved_not_paraphrased",
+        "numbers_changed",
+        "paraphrase_unparseable",
+        "paraphrase_identical",
+        "paraphrase_empty",
+        "not_answer_preserving",
+    }

@@ -20,7 +20,8 @@ from tracefactory.config import REPO_ROOT, Benchmark, DecontaminateConfig
 from tracefactory.errors import ConfigError
 from tracefactory.report import StageReport
 from tracefactory.schema import MATCH, QUESTION, REASON
-from tracefactory.stages.dedup import normalise, with_sources_removed
+from tracefactory.stages.dedup import with_sources_removed
+from tracefactory.textnorm import normalise
 
 
 def _grams(text: str, n: int) -> set[str]:

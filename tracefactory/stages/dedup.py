@@ -12,19 +12,12 @@ its variants go with it (`source_removed`).
 
 from __future__ import annotations
 
-import re
-
 import polars as pl
 
 from tracefactory.config import DedupConfig
 from tracefactory.report import StageReport
 from tracefactory.schema import MATCH, PROBLEM_ID, QUESTION, REASON, REWRITE_OF
-
-_NON_WORD = re.compile(r"[^\w]+")
-
-
-def normalise(text: str) -> str:
-    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+from tracefactory.textnorm import normalise
 
 
 def _shingles(words: list[str], n: int) -> set[bytes]:

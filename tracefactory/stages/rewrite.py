@@ -1,60 +1,118 @@
 """rewrite: problems -> the same problems plus rewritten variants whose gold is known.
 
 `perturb` (GSM-Symbolic style, see `tracefactory.perturb`): new numbers in the question, the gold
-re-derived by re-running the solution's chain of equations. A variant gets its own id
-(`<id>~perturb<k>`), `rewrite_of` (its source problem) and `rewrite_kind`; it has no solution of its
-own, so it is never rewritten again. A problem that cannot be rewritten without guessing is kept as it
-is, and the attempt is counted by its reason.
+re-derived by re-running the solution's chain of equations. `paraphrase` (see `tracefactory.paraphrase`):
+the teacher rewords the question (one call for the batch); a candidate is kept only when the teacher's
+own rollouts on it reach the original gold often enough (one more call). A variant gets its own id
+(`<id>~<kind><k>`), `rewrite_of` (its source problem) and `rewrite_kind`; it has no solution of its own,
+so it is never rewritten again. A problem that cannot be rewritten without guessing is kept as it is,
+and the attempt is counted by its reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+from dataclasses import dataclass
 
 import polars as pl
 
-from tracefactory.config import RewriteConfig
+from tracefactory import paraphrase
+from tracefactory.backends.base import Teacher
+from tracefactory.config import PromptConfig, RewriteConfig, SamplingConfig
 from tracefactory.perturb import Skip, perturb
 from tracefactory.report import StageReport
 from tracefactory.schema import ANSWER, PROBLEM_ID, QUESTION, REWRITE_KIND, REWRITE_OF, SOLUTION
 
 NO_SOLUTION = "no_solution"
+NOT_ANSWER_PRESERVING = "not_answer_preserving"
+NO_TEACHER = "no_teacher"
 
 
-def _variants(row: dict, cfg: RewriteConfig, seen: set[str]) -> tuple[list[dict], list[str]]:
-    """(variant rows, reasons of the attempts that made none) for one problem."""
+@dataclass(frozen=True)
+class Paraphraser:
+    """What the paraphrase kind needs: the teacher, a grader, and the run's prompt and sampling."""
+
+    teacher: Teacher
+    judge: paraphrase.Judge
+    prompt: PromptConfig
+    sampling: SamplingConfig
+
+
+def _variant(row: dict, kind: str, k: int, question: str, answer: str) -> dict:
+    variant = {**row, PROBLEM_ID: f"{row[PROBLEM_ID]}~{kind}{k}", QUESTION: question, ANSWER: answer}
+    return {**variant, SOLUTION: None, REWRITE_OF: row[PROBLEM_ID], REWRITE_KIND: kind}
+
+
+def _perturbed(rows: list[dict], cfg: RewriteConfig, seen: set[str]) -> tuple[list[dict], list[str]]:
     made, why = [], []
-    for kind in cfg.kinds:
+    for row in rows:
         for k in range(cfg.variants):
             if not row[SOLUTION]:
                 why.append(NO_SOLUTION)
                 continue
-            rng = random.Random(f"{cfg.seed}:{kind}:{row[PROBLEM_ID]}:{k}")  # same variants whatever else is loaded
+            rng = random.Random(f"{cfg.seed}:perturb:{row[PROBLEM_ID]}:{k}")  # the same whatever else is loaded
             try:
                 p = perturb(row[QUESTION], row[SOLUTION], row[ANSWER], rng, avoid=seen)
             except Skip as reason:
                 why.append(str(reason))
                 continue
             seen.add(p.question)
-            variant = {**row, PROBLEM_ID: f"{row[PROBLEM_ID]}~{kind}{k}", QUESTION: p.question, ANSWER: p.answer}
-            made.append({**variant, SOLUTION: None, REWRITE_OF: row[PROBLEM_ID], REWRITE_KIND: kind})
+            made.append(_variant(row, "perturb", k, p.question, p.answer))
     return made, why
 
 
-def rewrite(problems: pl.DataFrame, cfg: RewriteConfig) -> tuple[pl.DataFrame, StageReport]:
-    """Every problem, each followed by its variants. The report counts attempts (problems x kinds x
+def _seed(cfg: RewriteConfig, pid: str, k: int, what: str) -> int:
+    digest = hashlib.sha256(f"{cfg.seed}:{what}:{pid}:{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31 - 2**16)
+
+
+def _paraphrased(rows: list[dict], cfg: RewriteConfig, p: Paraphraser | None) -> tuple[list[dict], list[str]]:
+    attempts = [(row, k) for row in rows for k in range(cfg.variants)]
+    if p is None:
+        return [], [NO_TEACHER] * len(attempts)
+    s = p.sampling
+    gen = SamplingConfig(n=1, temperature=max(s.temperature, 0.7), top_p=s.top_p, max_tokens=cfg.paraphrase_max_tokens)
+    seeds = [_seed(cfg, row[PROBLEM_ID], k, "paraphrase") for row, k in attempts]
+    found = paraphrase.candidates(p.teacher, [row[QUESTION] for row, _ in attempts], gen, seeds)
+    ok = [(a, text) for a, (text, _) in zip(attempts, found) if text is not None]
+    check = SamplingConfig(
+        n=cfg.paraphrase_verify_n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed
+    )
+    vseeds = [_seed(cfg, row[PROBLEM_ID], k, "verify") for (row, k), _ in ok]
+    rates = paraphrase.verify(
+        p.teacher, p.judge, [t for _, t in ok], [row[ANSWER] for (row, _), _ in ok], p.prompt, check, vseeds
+    )
+    why = [reason for text, reason in found if text is None]
+    made = []
+    for ((row, k), text), rate in zip(ok, rates):
+        if rate >= cfg.paraphrase_min_pass_rate:
+            made.append(_variant(row, "paraphrase", k, text, row[ANSWER]))
+        else:
+            why.append(NOT_ANSWER_PRESERVING)
+    return made, why
+
+
+def rewrite(
+    problems: pl.DataFrame, cfg: RewriteConfig, paraphraser: Paraphraser | None = None
+) -> tuple[pl.DataFrame, StageReport]:
+    """Every problem, followed by its variants. The report counts attempts (problems x kinds x
     variants): kept = variants made, dropped by the reason an attempt made none."""
-    rows, reasons = [], []
     originals = problems.filter(pl.col(REWRITE_OF).is_null())
+    rows = list(originals.iter_rows(named=True))
     seen = set(problems[QUESTION].to_list())
-    for row in originals.iter_rows(named=True):
-        made, why = _variants(row, cfg, seen)
-        rows.extend(made)
+    made: list[dict] = []
+    reasons: list[str] = []
+    for kind in cfg.kinds:
+        got, why = _perturbed(rows, cfg, seen) if kind == "perturb" else _paraphrased(rows, cfg, paraphraser)
+        made.extend(got)
         reasons.extend(why)
-    variants = pl.DataFrame(rows, schema=problems.schema)
+    order = {pid: i for i, pid in enumerate(problems[PROBLEM_ID].to_list())}
+    made.sort(key=lambda v: order[v[REWRITE_OF]])  # each problem's variants right after their kind's siblings
+    variants = pl.DataFrame(made, schema=problems.schema)
     out = pl.concat([problems, variants]) if len(variants) else problems
     attempts = len(originals) * len(cfg.kinds) * cfg.variants
-    by = {}
+    by: dict[str, int] = {}
     for r in reasons:
         by[r] = by.get(r, 0) + 1
     detail = {"problems_in": len(problems), "problems_out": len(out)}
