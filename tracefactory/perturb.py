@@ -32,6 +32,7 @@ FRACTION_OR_TIME = re.compile(r"\d\s*/\s*\d|\d:\d\d")
 MAX_TRIES = 60
 SMALL = 12  # numbers up to this are often unstated constants (days a week, months a year, x2)
 MAX_POWER = 10
+MAX_BITS = 4096  # a value of more bits (over 1,200 digits) is refused
 # words whose number a solution writes as a constant: a number of the question with one of these values
 # could be either, so such a problem is refused rather than guessed
 _WORDS = {
@@ -86,6 +87,8 @@ def question_numbers(question: str) -> list[Token]:
     out = []
     for m in NUMBER.finditer(question):
         whole, frac = m.group(1), m.group(2) or ""
+        if len(whole) + len(frac) > 100:  # not a grade-school number (and past int()'s digit limit soon)
+            raise Skip("number_too_large")
         value = Fraction(whole.replace(",", "") + frac)
         percent = question[m.end() : m.end() + 1] == "%" or question[m.end() : m.end() + 8] == " percent"
         out.append(Token(m.start(), m.end(), value, len(frac) - 1 if frac else 0, "," in whole, percent))
@@ -112,7 +115,7 @@ _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lamb
 def _parse(expr: str) -> ast.expr:
     try:
         return ast.parse(expr.strip(), mode="eval").body
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # hostile input: deep or huge expressions
         raise Skip("annotation_unreadable") from None
 
 
@@ -130,14 +133,21 @@ def evaluate(node: ast.expr, value_of) -> Fraction:
     if isinstance(node, ast.BinOp):
         a, b = evaluate(node.left, value_of), evaluate(node.right, value_of)
         if type(node.op) in _OPS:
-            return _OPS[type(node.op)](a, b)
+            return _bounded(_OPS[type(node.op)](a, b))
         if isinstance(node.op, ast.Div):
             if b == 0:
                 raise ZeroDivisionError
-            return a / b
+            return _bounded(a / b)
         if isinstance(node.op, ast.Pow) and b.denominator == 1 and 0 <= b <= MAX_POWER:
-            return a ** int(b)
+            return _bounded(a ** int(b))
     raise Skip("annotation_unreadable")
+
+
+def _bounded(v: Fraction) -> Fraction:
+    """Nested powers in a hostile annotation would grow without end: no grade-school value needs this."""
+    if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
+        raise Skip("number_too_large")
+    return v
 
 
 # ---- mapping operands to their sources --------------------------------------------------------------
@@ -151,7 +161,12 @@ class Leaf:
 
 
 def _literal(node: ast.Constant) -> Fraction:
-    return Fraction(str(node.value))
+    if not isinstance(node.value, (int, float)) or isinstance(node.value, bool):
+        raise Skip("annotation_unreadable")  # a string or another literal: not arithmetic
+    try:
+        return _bounded(Fraction(str(node.value)))
+    except (ValueError, OverflowError):  # 1e999 is inf
+        raise Skip("annotation_unreadable") from None
 
 
 @dataclass

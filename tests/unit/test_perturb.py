@@ -97,6 +97,16 @@ BAD = [  # (question, solution, gold, reason)
     ("Jo left at 3:30 and walked 2 hours.", "<<3+2=5>>5\n#### 5", "5", "fraction_or_time_in_question"),
     ("Jo has 3 pens and gets 2 more. How many?", "<<3+2)=5>>5\n#### 5", "5", "annotation_unreadable"),
     ("Jo has 3 pens and gets 2 more. How many?", "<<import os=5>>5\n#### 5", "5", "annotation_unreadable"),
+    ("Jo has 3 pens and gets 2 more. How many?", "<<'3'+'2'=5>>5\n#### 5", "5", "annotation_unreadable"),
+    ("Jo has 3 pens and gets 2 more. How many?", "<<3+2e999=5>>5\n#### 5", "5", "annotation_unreadable"),
+    (
+        "Jo has 3 pens and gets 2 more. How many?",
+        "<<" + "(" * 5000 + "3+2" + ")" * 5000 + "=5>>",
+        "5",
+        "annotation_unreadable",
+    ),
+    ("Jo has 3 pens and gets 2 more. How many?", "<<((((3**10)**10)**10)**10)**10=5>>", "5", "number_too_large"),
+    ("Jo has " + "9" * 5000 + " pens and gets 2 more.", "<<3+2=5>>5\n#### 5", "5", "number_too_large"),
 ]
 
 
