@@ -20,7 +20,7 @@ import polars as pl  # noqa: E402
 
 from tracefactory.config import DecontaminateConfig, DedupConfig, RewriteConfig, SourceConfig  # noqa: E402
 from tracefactory.perturb import chain_of  # noqa: E402
-from tracefactory.sources import read_source  # noqa: E402
+from tracefactory.sources import benchmark_index, read_source  # noqa: E402
 from tracefactory.stages.decontaminate import decontaminate  # noqa: E402
 from tracefactory.stages.dedup import dedup  # noqa: E402
 from tracefactory.stages.load import load, partition  # noqa: E402
@@ -43,8 +43,11 @@ def measure(name: str, src: SourceConfig, variants: int) -> dict:
         len(chain_of(s)) for s in problems.filter(pl.col("problem_id").is_in(made["rewrite_of"].implode()))["solution"]
     ]
     deduped, r_dedup = dedup(out, DedupConfig(enabled=True))
+    decon = DecontaminateConfig()
     _, r_decon = decontaminate(
-        deduped.filter(pl.col("reason").is_null()).drop("reason", "match"), DecontaminateConfig()
+        deduped.filter(pl.col("reason").is_null()).drop("reason", "match"),
+        decon,
+        benchmark_index(decon.benchmarks, decon.ngram),
     )
     perturbable = made["rewrite_of"].n_unique()
     return {

@@ -22,6 +22,7 @@ from tracefactory.manifest import build_manifest
 from tracefactory.pipeline import Engines, Loaded, run_stage
 from tracefactory.redact import install_log_redaction
 from tracefactory.report import StageReport, funnel_markdown
+from tracefactory.sources import benchmark_index
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.decontaminate import decontaminate
 from tracefactory.stages.dedup import dedup
@@ -70,7 +71,7 @@ def load_task(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
 
 
 @stage_task("rewrite")
-def rewrite_task(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport | None]:
+def rewrite_task(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport]:
     return pipeline.rewrite_problems(cfg, loaded, teacher)
 
 
@@ -81,7 +82,8 @@ def dedup_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport]
 
 @stage_task("decontaminate")
 def decontaminate_task(cfg: FactoryConfig, loaded: Loaded) -> tuple[Loaded, StageReport]:
-    return pipeline.filter_problems(decontaminate, cfg.decontaminate, loaded)
+    index = benchmark_index(cfg.decontaminate.benchmarks, cfg.decontaminate.ngram)  # the benchmarks, read once
+    return pipeline.filter_problems(decontaminate, cfg.decontaminate, loaded, index)
 
 
 @stage_task("start-teacher")

@@ -43,6 +43,7 @@ from tracefactory.schema import (
     FIRST_BAD_STEP,
     GENERATION_SCHEMA,
     PROBLEM_ID,
+    PROBLEM_KEY,
     ROLLOUT_KEY,
     SAMPLE_INDEX,
     STEP_COLUMNS,
@@ -326,9 +327,10 @@ class ChunkWriter:
         self.flush()
 
     def __call__(self, problem_id: str, rows: pl.DataFrame, error: str | None) -> None:
-        if error is not None or not len(rows):
-            which = "failed" if error is not None else "skipped"
-            getattr(self, which)[problem_id] = self.new[which][problem_id] = error or "prompt_too_long"
+        if error is not None:
+            self.failed[problem_id] = self.new["failed"][problem_id] = error
+        elif not len(rows):  # a prompt the teacher could not take: recorded, not done
+            self.skipped[problem_id] = self.new["skipped"][problem_id] = "prompt_too_long"
         else:
             self.frames.append(rows)
             self.ids.append(problem_id)
@@ -421,13 +423,13 @@ class StepScoreStore:
         done = {k: v for k, v in cache.items() if v.scores}  # unscored traces are tried again next run
         schema = {
             PROBLEM_ID: pl.String,
-            "problem_key": pl.String,
+            PROBLEM_KEY: pl.String,
             **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)},
         }
         frame = pl.DataFrame(
             {
                 PROBLEM_ID: [k[0] for k in done],
-                "problem_key": [k[1] for k in done],
+                PROBLEM_KEY: [k[1] for k in done],
                 STEPS: [list(k[2]) for k in done],
                 STEP_SCORES: [v.scores for v in done.values()],
                 FIRST_BAD_STEP: [v.first_bad_step for v in done.values()],

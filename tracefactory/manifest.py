@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tracefactory import __version__, io
+from tracefactory import __version__
 from tracefactory.backends.base import Teacher
+from tracefactory.backends.identity import file_fingerprint
 from tracefactory.config import REPO_ROOT, FactoryConfig
 from tracefactory.redact import redact_url
 from tracefactory.report import StageReport
@@ -31,7 +32,6 @@ PACKAGES = (
     "datasets",
     "huggingface_hub",
 )
-HASH_LIMIT = 200 << 20  # hash model files up to this total size; list bigger ones by size only
 
 
 def package_versions() -> dict[str, str]:
@@ -69,10 +69,8 @@ def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
     if cfg.teacher.base_url:
         info["base_url"] = redact_url(cfg.teacher.base_url)
     model_dir = Path(cfg.teacher.model_path)
-    if model_dir.is_dir():
-        files = sorted(p for p in model_dir.iterdir() if p.is_file())
-        small = sum(p.stat().st_size for p in files) <= HASH_LIMIT
-        info["files"] = {p.name: (io.file_sha256(p) if small else f"{p.stat().st_size} bytes") for p in files}
+    if model_dir.is_dir():  # the same (cached) file hashes the teacher's identity is made of
+        info["files"] = {p.name: file_fingerprint(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
     return info
 
 

@@ -90,21 +90,19 @@ def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
     return Loaded(problems, rejected, report)
 
 
-def rewrite_problems(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport | None]:
-    """The rewrite stage (when enabled): the loaded problems plus their variants (paraphrases through
-    `teacher`, graded with the grading pool)."""
-    if not cfg.rewrite.enabled:
-        return loaded, None
+def rewrite_problems(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport]:
+    """The rewrite stage: the loaded problems plus their variants (paraphrases through `teacher`,
+    graded with the grading pool)."""
     judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
     paraphraser = Paraphraser(teacher, judge, cfg.prompt, cfg.sampling)
     problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite, paraphraser)
     return dataclasses.replace(loaded, problems=problems), report
 
 
-def filter_problems(stage: Callable[..., StageOutput], cfg, loaded: Loaded) -> tuple[Loaded, StageReport]:
+def filter_problems(stage: Callable[..., StageOutput], cfg, loaded: Loaded, *inputs) -> tuple[Loaded, StageReport]:
     """A problem filter (dedup, decontaminate): the kept problems go on, the removed ones join `rejected`
     with their reason and match."""
-    annotated, report = run_stage(stage, loaded.problems, cfg)
+    annotated, report = run_stage(stage, loaded.problems, cfg, *inputs)
     kept = annotated.filter(pl.col(REASON).is_null()).drop(REASON, MATCH)
     rejected = pl.concat([loaded.rejected, removed(annotated)], how="vertical_relaxed")
     return dataclasses.replace(loaded, problems=kept, rejected=rejected), report
@@ -331,7 +329,7 @@ def tag_difficulty(cfg: FactoryConfig, problems: pl.DataFrame, chosen: pl.DataFr
     tagged, report = run_stage(difficulty, problems, cfg.difficulty, chosen)
     probed = tagged.filter(pl.col(MEMORISATION_GAP).is_not_null())
     if len(probed):
-        variants = tagged.filter(pl.col(REWRITE_OF).is_in(probed[PROBLEM_ID].implode()))
+        variants = tagged.filter(pl.col(REWRITE_KIND) == "perturb")  # the variants the gaps are measured on
         log.info(
             "memorisation probe: %d originals with perturbed variants; pass rate %.3f on them vs %.3f on their "
             "variants (mean gap %+.3f); %d memorised (gap >= %g)",
@@ -365,7 +363,7 @@ def write_outputs(
     run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
     lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
-    rollouts = rollouts.drop(REWRITE_OF, REWRITE_KIND, strict=False).join(lineage, on=PROBLEM_ID, how="left")
+    rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left")
     run.write_table(rollouts.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
     run.write_table(funnel_frame(reports), "funnel")

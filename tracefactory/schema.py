@@ -41,6 +41,7 @@ CURRICULUM_RANK = "curriculum_rank"
 ROW_INDEX = "row_index"
 RAW = "raw"
 REASON = "reason"
+PROBLEM_KEY = "problem_key"  # step-score cache: hash of a problem's question and gold
 SOLUTION = "solution"  # the source's worked solution, when it has one (rewriting reads it; not a table column)
 REWRITE_OF = "rewrite_of"  # a variant's source problem id (null for an original)
 REWRITE_KIND = "rewrite_kind"  # how the variant was made: "perturb" (null for an original)

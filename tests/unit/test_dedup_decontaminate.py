@@ -6,7 +6,8 @@ from pathlib import Path
 import polars as pl
 
 from tracefactory.config import Benchmark, DecontaminateConfig, DedupConfig
-from tracefactory.stages.decontaminate import decontaminate
+from tracefactory.sources import benchmark_index
+from tracefactory.stages.decontaminate import decontaminate as _decontaminate
 from tracefactory.stages.dedup import dedup
 
 DATA = Path(__file__).parents[2] / "data"
@@ -16,6 +17,10 @@ LONG = (
     "A baker makes 48 loaves of bread every morning and sells them at the market in the town square, "
     "where each loaf costs 3 dollars. How much money does the baker make in a week?"
 )
+
+
+def decontaminate(problems, cfg):
+    return _decontaminate(problems, cfg, benchmark_index(cfg.benchmarks, cfg.ngram))
 
 
 def _frame(questions):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tracefactory.config import TeacherConfig
+from tracefactory.io import file_sha256
 
 FULL_HASH_LIMIT = 200 << 20  # files up to this size are hashed whole; bigger ones by size, mtime, head, tail
 _EDGE = 1 << 20
@@ -22,17 +23,15 @@ def file_fingerprint(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FILES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            if st.st_size <= FULL_HASH_LIMIT:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            else:  # a multi-GB shard: size, mtime and both ends (hashing it whole on every run costs minutes)
-                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        if st.st_size <= FULL_HASH_LIMIT:
+            _FILES[key] = file_sha256(path)[:16]
+        else:  # a multi-GB shard: size, mtime and both ends (hashing it whole on every run costs minutes)
+            h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            with open(path, "rb") as f:
                 h.update(f.read(_EDGE))
                 f.seek(st.st_size - _EDGE)
                 h.update(f.read(_EDGE))
-        _FILES[key] = h.hexdigest()[:16]
+            _FILES[key] = h.hexdigest()[:16]
     return _FILES[key]
 
 

@@ -10,58 +10,23 @@ stretches with it — and is caught like its source.
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
-
 import polars as pl
 
-from tracefactory.config import REPO_ROOT, Benchmark, DecontaminateConfig
-from tracefactory.errors import ConfigError
+from tracefactory.config import DecontaminateConfig
 from tracefactory.report import StageReport
 from tracefactory.schema import MATCH, QUESTION, REASON
 from tracefactory.stages.dedup import with_sources_removed
-from tracefactory.textnorm import normalise
+from tracefactory.textnorm import word_ngrams
 
 
-def _grams(text: str, n: int) -> set[str]:
-    words = normalise(text).split()
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def _path(b: Benchmark) -> Path:
-    p = Path(b.path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
-
-
-@lru_cache(maxsize=8)
-def benchmark_index(benchmarks: tuple[Benchmark, ...], n: int) -> dict[str, str]:
-    """{n-gram: "benchmark:item"} over every benchmark question (the first item wins)."""
-    index: dict[str, str] = {}
-    for b in benchmarks:
-        path = _path(b)
-        if not path.is_file():
-            raise ConfigError("decontaminate.benchmarks", b.path, "a JSONL file of benchmark questions")
-        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get(b.field), str):
-                raise ConfigError(f"decontaminate.benchmarks[{b.name}].field", b.field, f"a text field of {path}")
-            item = f"{b.name}:{rec[b.id_field] if b.id_field else k}"
-            for g in _grams(rec[b.field], n):
-                index.setdefault(g, item)
-    return index
-
-
-def decontaminate(problems: pl.DataFrame, cfg: DecontaminateConfig) -> tuple[pl.DataFrame, StageReport]:
-    """Every problem, annotated: `reason` `contaminated` and `match` the benchmark item, or both null."""
-    index = benchmark_index(cfg.benchmarks, cfg.ngram)
+def decontaminate(
+    problems: pl.DataFrame, cfg: DecontaminateConfig, index: dict[str, str]
+) -> tuple[pl.DataFrame, StageReport]:
+    """Every problem, annotated: `reason` `contaminated` and `match` the benchmark item, or both null.
+    `index`: {n-gram: "benchmark:item"} of the benchmarks' questions (`sources.benchmark_index`)."""
     reason, match = [], []
     for q in problems[QUESTION].to_list():
-        hit = next((index[g] for g in sorted(_grams(q, cfg.ngram)) if g in index), None)
+        hit = next((index[g] for g in sorted(word_ngrams(q, cfg.ngram)) if g in index), None)
         reason.append("contaminated" if hit else None)
         match.append(hit)
     out = problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
