@@ -71,3 +71,23 @@ def test_the_shipped_benchmarks_do_not_flag_the_demo_problems(tmp_path):
     cfg = DecontaminateConfig(benchmarks=(Benchmark("mine", str(custom), "q", "uid"),))
     flagged = decontaminate(_frame(demo), cfg)[0].filter(pl.col("match") == "mine:x-1")["problem_id"].to_list()
     assert "p5" in flagged and len(flagged) < 5  # itself, and any templated twin sharing 8 words with it
+
+
+def test_a_removed_original_takes_its_variants_and_their_paraphrases_with_it():
+    frame = pl.DataFrame(
+        {
+            "problem_id": ["p0", "p1", "p1~perturb0", "p1~perturb0~paraphrase0", "p1~paraphrase0"],
+            "question": [
+                LONG,
+                LONG + " ",  # the same after normalising: a duplicate of p0
+                LONG.replace("48", "52"),
+                "Consider this. " + LONG.replace("48", "52").replace("town square", "plaza"),
+                "Consider this. " + LONG.replace("town square", "plaza"),
+            ],
+            "rewrite_of": [None, None, "p1", "p1~perturb0", "p1"],
+        }
+    )
+    out, report = dedup(frame, DedupConfig(near_threshold=None))
+    assert out["reason"].to_list() == [None, "duplicate", "source_removed", "source_removed", "source_removed"]
+    assert out["match"].to_list() == [None, "p0", "p1", "p1~perturb0", "p1"]
+    assert report.kept == 1

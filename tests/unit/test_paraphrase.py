@@ -153,4 +153,52 @@ def test_a_paraphrase_that_changes_the_meaning_is_stopped_by_the_gate():
 def test_without_a_teacher_paraphrasing_is_counted_not_crashed():
     cfg = RewriteConfig(enabled=True, kinds=("perturb", "paraphrase"))
     out, report = rewrite(_problems(), cfg)
-    assert report.rows_in == 16 and report.dropped_by_reason.get("no_teacher") == 8
+    perturbed = out.filter(pl.col("rewrite_kind") == "perturb").height
+    assert perturbed > 0 and report.kept == perturbed
+    # paraphrase attempts: the 8 originals and their perturbed variants
+    assert report.rows_in == 16 + perturbed and report.dropped_by_reason.get("no_teacher") == 8 + perturbed
+
+
+def test_a_perturbed_variant_is_paraphrased_and_gated_on_its_re_derived_gold():
+    cfg = RewriteConfig(enabled=True, kinds=("perturb", "paraphrase"), paraphrase_verify_n=4)
+    p = Paraphraser(
+        _Rewording(lambda q: "Consider this. " + q, slip_rate=0.0),
+        partial(judge_texts, workers=0),
+        PromptConfig(),
+        SamplingConfig(n=4),
+    )
+    out, report = rewrite(_problems(), cfg, p)
+    rows = {r["problem_id"]: r for r in out.iter_rows(named=True)}
+    perturbed = [r for r in rows.values() if r["rewrite_kind"] == "perturb"]
+    assert perturbed and report.kept == 8 + 2 * len(perturbed)
+    for v in perturbed:
+        twice = rows[f"{v['problem_id']}~paraphrase0"]
+        assert twice["rewrite_of"] == v["problem_id"] and twice["rewrite_kind"] == "paraphrase"
+        assert twice["question"] == "Consider this. " + v["question"] and twice["answer"] == v["answer"]
+        assert v["answer"] != rows[v["rewrite_of"]]["answer"] or v["question"] != rows[v["rewrite_of"]]["question"]
+    # each original is followed by all its descendants
+    ids = out["problem_id"].to_list()
+    assert [i.split("~")[0] for i in ids[8:]] == sorted((i.split("~")[0] for i in ids[8:]), key=ids.index)
+
+    # the gate checks a paraphrased variant against the variant's gold, not its original's: a teacher that
+    # solves every reworded variant as if it had its original's numbers fails all of them
+    back = {v["question"]: rows[v["rewrite_of"]]["question"] for v in perturbed}
+    stale = _Stale(back, lambda q: "Consider this. " + q, slip_rate=0.0)
+    out, report = rewrite(_problems(), cfg, Paraphraser(stale, p.judge, p.prompt, p.sampling))
+    assert out.filter(pl.col("rewrite_of").str.contains("~perturb")).height == 0
+    assert out.filter(pl.col("rewrite_kind") == "paraphrase").height == 8  # the originals' pass
+    assert report.dropped_by_reason == {"not_answer_preserving": len(perturbed)}
+
+
+class _Stale(_Rewording):
+    def __init__(self, back, reword, **kw):
+        super().__init__(reword, **kw)
+        self.back = back
+
+    def _one(self, prompt, seed, n, params):
+        text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        if not text.startswith(INSTRUCTION.split("{")[0]):  # a solve request: the original's numbers
+            for new, old in self.back.items():
+                text = text.replace(new, old)
+            prompt = text if isinstance(prompt, str) else [*prompt[:-1], {**prompt[-1], "content": text}]
+        return super()._one(prompt, seed, n, params)

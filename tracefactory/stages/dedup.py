@@ -59,13 +59,21 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
     if cfg.near_threshold is not None:
         unique = list(first.values())
         of = problems[REWRITE_OF].to_list() if REWRITE_OF in problems.columns else [None] * len(ids)
-        families = [of[i] or ids[i] for i in unique]
+        source = dict(zip(ids, of))
+        families = [_root(ids[i], source) for i in unique]
         for j, k in _near([norm[i] for i in unique], families, cfg).items():
             reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]
     out = with_sources_removed(
         problems.with_columns(pl.Series(REASON, reason, pl.String), pl.Series(MATCH, match, pl.String))
     )
     return out, StageReport.from_reasons("dedup", "problems", out[REASON])
+
+
+def _root(pid: str, source: dict[str, str | None]) -> str:
+    """The original a variant was made from (a paraphrase of a perturbed variant: through both)."""
+    while source.get(pid):
+        pid = source[pid]
+    return pid
 
 
 SOURCE_REMOVED = "source_removed"
@@ -76,9 +84,12 @@ def with_sources_removed(annotated: pl.DataFrame) -> pl.DataFrame:
     source was a duplicate or a benchmark question, and it is a re-numbered copy of it."""
     if REWRITE_OF not in annotated.columns:
         return annotated
-    gone = annotated.filter(pl.col(REASON).is_not_null())[PROBLEM_ID]
-    orphan = pl.col(REASON).is_null() & pl.col(REWRITE_OF).is_in(gone.implode())
-    return annotated.with_columns(
-        pl.when(orphan).then(pl.lit(SOURCE_REMOVED)).otherwise(pl.col(REASON)).alias(REASON),
-        pl.when(orphan).then(pl.col(REWRITE_OF)).otherwise(pl.col(MATCH)).alias(MATCH),
-    )
+    while True:  # a paraphrase of a perturbed variant goes with the variant, which goes with its original
+        gone = annotated.filter(pl.col(REASON).is_not_null())[PROBLEM_ID]
+        orphan = pl.col(REASON).is_null() & pl.col(REWRITE_OF).is_in(gone.implode())
+        if not annotated.select(orphan.any()).item():
+            return annotated
+        annotated = annotated.with_columns(
+            pl.when(orphan).then(pl.lit(SOURCE_REMOVED)).otherwise(pl.col(REASON)).alias(REASON),
+            pl.when(orphan).then(pl.col(REWRITE_OF)).otherwise(pl.col(MATCH)).alias(MATCH),
+        )

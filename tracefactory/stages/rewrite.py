@@ -3,10 +3,10 @@
 `perturb` (GSM-Symbolic style, see `tracefactory.perturb`): new numbers in the question, the gold
 re-derived by re-running the solution's chain of equations. `paraphrase` (see `tracefactory.paraphrase`):
 the teacher rewords the question (one call for the batch); a candidate is kept only when the teacher's
-own rollouts on it reach the original gold often enough (one more call). A variant gets its own id
-(`<id>~<kind><k>`), `rewrite_of` (its source problem) and `rewrite_kind`; it has no solution of its own,
-so it is never rewritten again. A problem that cannot be rewritten without guessing is kept as it is,
-and the attempt is counted by its reason.
+own rollouts on it reach the original's gold (a perturbed variant's: the re-derived one) often enough
+(one more call). A variant gets its own id (`<id>~<kind><k>`), `rewrite_of` (its source problem) and
+`rewrite_kind`; it has no solution of its own, so it is not perturbed again. A problem that cannot be
+rewritten without guessing is kept as it is, and the attempt is counted by its reason.
 """
 
 from __future__ import annotations
@@ -96,22 +96,30 @@ def _paraphrased(rows: list[dict], cfg: RewriteConfig, p: Paraphraser | None) ->
 def rewrite(
     problems: pl.DataFrame, cfg: RewriteConfig, paraphraser: Paraphraser | None = None
 ) -> tuple[pl.DataFrame, StageReport]:
-    """Every problem, followed by its variants. The report counts attempts (problems x kinds x
-    variants): kept = variants made, dropped by the reason an attempt made none."""
+    """Every problem, followed by its variants. Kinds run in the configured order, and a paraphrase after a
+    perturbation rewords the perturbed variants too (gated on their re-derived gold; `rewrite_of` is the
+    perturbed variant). The report counts attempts (problems x variants, per kind): kept = variants made,
+    dropped by the reason an attempt made none."""
     originals = problems.filter(pl.col(REWRITE_OF).is_null())
     rows = list(originals.iter_rows(named=True))
     seen = set(problems[QUESTION].to_list())
     made: list[dict] = []
     reasons: list[str] = []
+    attempts = 0
     for kind in cfg.kinds:
-        got, why = _perturbed(rows, cfg, seen) if kind == "perturb" else _paraphrased(rows, cfg, paraphraser)
+        sources = rows if kind == "perturb" else rows + [v for v in made if v[REWRITE_KIND] == "perturb"]
+        got, why = _perturbed(sources, cfg, seen) if kind == "perturb" else _paraphrased(sources, cfg, paraphraser)
+        attempts += len(sources) * cfg.variants
         made.extend(got)
         reasons.extend(why)
     order = {pid: i for i, pid in enumerate(problems[PROBLEM_ID].to_list())}
-    made.sort(key=lambda v: order[v[REWRITE_OF]])  # each problem's variants right after their kind's siblings
+    root = {v[PROBLEM_ID]: v[REWRITE_OF] for v in made}
+    for pid in root:
+        while root[pid] in root:
+            root[pid] = root[root[pid]]
+    made.sort(key=lambda v: order[root[v[PROBLEM_ID]]])  # each problem's variants right after it, by kind
     variants = pl.DataFrame(made, schema=problems.schema)
     out = pl.concat([problems, variants]) if len(variants) else problems
-    attempts = len(originals) * len(cfg.kinds) * cfg.variants
     by: dict[str, int] = {}
     for r in reasons:
         by[r] = by.get(r, 0) + 1
