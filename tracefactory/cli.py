@@ -1,4 +1,4 @@
-"""`tracefactory run | query | serve | eval-steps` — the command line."""
+"""`tracefactory run | query | release | serve | eval-steps` — the command line."""
 
 from __future__ import annotations
 
@@ -200,6 +200,61 @@ def query_cmd(
             sys.stdout.write(json.dumps(dict(zip(cols, r)), default=str) + "\n")
     else:
         _print_table(cols, rows)
+
+
+@app.command()
+def release(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    repo_id: str = typer.Option(..., "--repo-id", help="the Hub dataset repository, ORG/NAME"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the release folder only; upload nothing"),
+    out: Optional[Path] = typer.Option(None, "--out", help="release folder (default: RUN_DIR/release)"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="release tag (default: v<N+1> after the last release)"),
+    private: bool = typer.Option(False, "--private", help="create the repository private"),
+    license: str = typer.Option("other", "--license", help="licence id for the card (e.g. apache-2.0, mit)"),
+    previous: Optional[Path] = typer.Option(
+        None, "--previous", help="with --dry-run: the previous release's folder (otherwise read from the Hub)"
+    ),
+) -> None:
+    """Publish a run as a Hugging Face dataset release: Parquet configs (curriculum-ordered default, one per
+    difficulty, rollouts, problems), a dataset card with plots, the manifest and config; one commit and a
+    tag. Only problems no earlier release of the repository has are added. The token is huggingface_hub's
+    (HF_TOKEN or `hf auth login`); it is never written anywhere."""
+    import re
+    import tempfile
+
+    from tracefactory import release as rel
+    from tracefactory.errors import ConfigError
+
+    console = _console()
+    try:
+        if not re.fullmatch(rel.REPO_ID, repo_id):
+            raise ConfigError("--repo-id", repo_id, "ORG/NAME")
+        if previous is not None and not dry_run:
+            raise ConfigError("--previous", str(previous), "only with --dry-run (an upload reads the Hub's last release)")
+        folder = out or run_dir / "release"
+        if dry_run:
+            prev = rel.read_previous(previous)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                prev = rel.fetch_previous(repo_id, Path(tmp))
+        made = rel.build(run_dir, folder, repo_id, tag=tag, previous=prev, license=license)
+    except rel.NothingNew as exc:
+        console.print(f"nothing to release: {exc}")
+        return
+    except TraceFactoryError as exc:
+        _fail(exc)
+    rows = ", ".join(f"{c} {n:,}" for c, n in made.rows.items())
+    console.print(f"release {made.tag}: {made.added_problems:,} new problems ({rows}) -> {made.folder}")
+    if dry_run:
+        return
+    try:
+        done = rel.upload(made, repo_id, private=private)
+    except Exception as exc:  # huggingface_hub's HTTP and auth errors: one line, no traceback
+        _fail(f"upload to {repo_id} failed: {exc}")
+    if done.committed:
+        console.print(f"uploaded {repo_id} @ {made.tag}: {done.url}")
+    else:
+        console.print(f"{repo_id} already has release {made.tag} byte for byte: no new commit ({done.commit[:12]})")
 
 
 @app.command()
