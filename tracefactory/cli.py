@@ -230,7 +230,9 @@ def release(
         if not re.fullmatch(rel.REPO_ID, repo_id):
             raise ConfigError("--repo-id", repo_id, "ORG/NAME")
         if previous is not None and not dry_run:
-            raise ConfigError("--previous", str(previous), "only with --dry-run (an upload reads the Hub's last release)")
+            raise ConfigError(
+                "--previous", str(previous), "only with --dry-run (an upload reads the Hub's last release)"
+            )
         folder = out or run_dir / "release"
         if dry_run:
             prev = rel.read_previous(previous)

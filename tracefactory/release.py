@@ -104,7 +104,9 @@ def build(
     tables = {t: run.read_table(t) for t in ("problems", "rollouts", "dataset", "funnel")}
 
     prev, prev_hashes = previous
-    prev_hashes = prev_hashes if prev_hashes is not None else pl.DataFrame(schema={"hash": pl.String, "release": pl.Int64})
+    prev_hashes = (
+        prev_hashes if prev_hashes is not None else pl.DataFrame(schema={"hash": pl.String, "release": pl.Int64})
+    )
     again = prev is not None and tag is not None and prev["tag"] == tag  # the same release, built again
     sequence = prev["sequence"] if again else (prev["sequence"] + 1 if prev else 1)
     tag = tag or f"v{sequence}"
@@ -137,7 +139,9 @@ def build(
         frame.write_parquet(out / "data" / config / name, statistics=False)
     configs = list(dict.fromkeys([*(prev or {}).get("configs", []), *frames]))  # every config ever released
 
-    hashes = pl.concat([known, pl.DataFrame({"hash": new["_h"], "release": pl.Series([sequence] * len(new), dtype=pl.Int64)})]).unique("hash", keep="first")
+    hashes = pl.concat(
+        [known, pl.DataFrame({"hash": new["_h"], "release": pl.Series([sequence] * len(new), dtype=pl.Int64)})]
+    ).unique("hash", keep="first")
     hashes.sort("hash").write_parquet(out / HASHES, statistics=False)
     rows = {c: len(f) for c, f in frames.items()}
     tags = [*[t for t in (prev or {}).get("tags", []) if t != tag], tag] if not again else prev["tags"]
@@ -150,7 +154,11 @@ def build(
         "tags": tags,
         "configs": configs,
         "added": {"problems": len(new), "rows": rows},
-        "run": {"name": manifest.get("name"), "config_hash": manifest.get("config_hash"), "created": manifest.get("created")},
+        "run": {
+            "name": manifest.get("name"),
+            "config_hash": manifest.get("config_hash"),
+            "created": manifest.get("created"),
+        },
     }
     (out / RELEASE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
@@ -290,10 +298,7 @@ def card(release: Release, info: dict, manifest: dict, funnel: pl.DataFrame, con
         "|---|---:|---|",
         f"| `default` | {r['default']:,} | one row per kept trace: `question`, `cot`, `answer`, in curriculum"
         " order (`curriculum_rank`) |",
-        *[
-            f"| `{b}` | {r.get(b, 0):,} | the `{b}` difficulty bucket of `default` |"
-            for b in buckets
-        ],
+        *[f"| `{b}` | {r.get(b, 0):,} | the `{b}` difficulty bucket of `default` |" for b in buckets],
         f"| `rollouts` | {r['rollouts']:,} | every trace the teacher wrote, right or wrong, with its verdict"
         " (`correct`) and why it was dropped (`drop_reason`): negatives for DPO |",
         f"| `problems` | {r['problems']:,} | every problem with the teacher's pass rate and its difficulty |",
@@ -318,19 +323,10 @@ def card(release: Release, info: dict, manifest: dict, funnel: pl.DataFrame, con
         + (", truncated traces dropped" if cfg["grade"].get("drop_truncated") else "")
         + ").",
         f"- **Step filter**: {_step_filter(cfg)}",
-        f"- **Selection**: {json.dumps(cfg.get('select', {}))}; **difficulty** from the teacher's pass rate"
-        f" (bucket lower bounds {', '.join(f'{n} ≥ {b}' for n, b in cfg['difficulty']['buckets'])}; pass rate 0 is"
-        f" `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
-        f"- **Rewriting**: {json.dumps(cfg.get('rewrite', {}).get('kinds')) if cfg.get('rewrite', {}).get('enabled') else 'off'};"
-        f" dedup {'on' if cfg.get('dedup', {}).get('enabled') else 'off'};"
-        f" decontamination {'on' if cfg.get('decontaminate', {}).get('enabled') else 'off'}"
-        + (
-            f" ({', '.join(b['name'] for b in cfg['decontaminate'].get('benchmarks', []))},"
-            f" {cfg['decontaminate'].get('ngram')}-grams)"
-            if cfg.get("decontaminate", {}).get("enabled")
-            else ""
-        )
-        + ".",
+        f"- **Selection**: the {cfg['select']['keep']} shortest correct trace(s) per problem; **difficulty** from the"
+        f" teacher's pass rate (bucket lower bounds {', '.join(f'{n} ≥ {b}' for n, b in cfg['difficulty']['buckets'])};"
+        f" pass rate 0 is `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
+        f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
         "",
         "## Funnel",
         "",
@@ -368,6 +364,19 @@ def card(release: Release, info: dict, manifest: dict, funnel: pl.DataFrame, con
         "",
     ]
     return "\n".join(lines)
+
+
+def _problem_stages(cfg: dict) -> str:
+    rewrite, dedup, decon = cfg.get("rewrite", {}), cfg.get("dedup", {}), cfg.get("decontaminate", {})
+    parts = [f"rewriting {', '.join(rewrite['kinds'])}" if rewrite.get("enabled") else "no rewriting"]
+    near = f"duplicates and near-duplicates removed (MinHash, Jaccard ≥ {dedup.get('near_threshold')})"
+    parts.append(near if dedup.get("enabled") else "no dedup")
+    if decon.get("enabled"):
+        names = ", ".join(b["name"] for b in decon.get("benchmarks", []))
+        parts.append(f"questions sharing a {decon.get('ngram')}-gram with {names} removed")
+    else:
+        parts.append("no decontamination")
+    return "; ".join(parts) + "."
 
 
 def _step_filter(cfg: dict) -> str:
@@ -434,7 +443,8 @@ def upload(release: Release, repo_id: str, private: bool = False) -> Uploaded:
     `release.tag`. Files the Hub already has byte for byte are not sent; when none changed there is no
     commit (huggingface_hub skips empty commits) and the tag is left as it is."""
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hf_logging
 
     disable_progress_bars()  # the console shows our lines; the upload is one line when it is done
     hf_logging.set_verbosity_error()  # "no files have been modified": our own line says so

@@ -133,7 +133,9 @@ def _handler(state: HubState):
                             "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head["oid"]}]
                             if repo.head
                             else [],
-                            "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": o} for t, o in repo.tags.items()],
+                            "tags": [
+                                {"name": t, "ref": f"refs/tags/{t}", "targetCommit": o} for t, o in repo.tags.items()
+                            ],
                             "converts": [],
                         },
                     )
@@ -179,7 +181,9 @@ def _handler(state: HubState):
                     if repo_id in state.repos:
                         return self._send(409, {"error": "You already created this dataset repo", "url": repo_id})
                     state.repos[repo_id] = Repo(private=bool(req.get("private")))
-                return self._send(200, {"url": f"http://{self.headers.get('Host')}/datasets/{repo_id}", "name": repo_id})
+                return self._send(
+                    200, {"url": f"http://{self.headers.get('Host')}/datasets/{repo_id}", "name": repo_id}
+                )
             if path == "/api/validate-yaml":  # a README's metadata: YAML front matter that parses to a mapping
                 return self._validate_yaml(json.loads(body)["content"])
             m = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/preupload/([^/]+)", path)
@@ -195,7 +199,14 @@ def _handler(state: HubState):
                     oid = None
                     if current is not None:
                         oid = hashlib.sha256(current).hexdigest() if lfs else git_blob_sha1(current)
-                    out.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
+                    out.append(
+                        {
+                            "path": f["path"],
+                            "uploadMode": "lfs" if lfs else "regular",
+                            "shouldIgnore": False,
+                            "oid": oid,
+                        }
+                    )
                 return self._send(200, {"files": out, "commitOid": repo.head["oid"] if repo.head else None})
             m = re.fullmatch(r"/datasets/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path)
             if m:
