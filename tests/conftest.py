@@ -37,3 +37,19 @@ def demo_subset(tmp_path_factory):
     path = tmp_path_factory.mktemp("demo") / "subset.jsonl"
     path.write_text("\n".join(lines[::5]) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(prefect_harness, embedded_teacher, demo_subset, tmp_path_factory):
+    """The demo config's flow on `demo_subset` with the embedded teacher under vLLM: (run dir, flow result).
+    Shared: tests read it, and copy it before changing anything."""
+    from flows.build_dataset import build_dataset
+
+    out = tmp_path_factory.mktemp("demo-run") / "run"
+    result = build_dataset(
+        config=None,
+        out=str(out),
+        teacher=embedded_teacher,
+        overrides={"source.path": str(demo_subset), "run.shard_size": 32},
+    )
+    return out, result

@@ -162,7 +162,8 @@ def build(
     }
     (out / RELEASE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-    (out / "config.yaml").write_text(yaml.safe_dump(manifest["config"], sort_keys=False))
+    head = f"# the resolved config of run {manifest.get('name')!r} (config hash {manifest.get('config_hash')})\n"
+    (out / "config.yaml").write_text(head + yaml.safe_dump(manifest["config"], sort_keys=False))
     _plots(out / "plots", problems_out, dataset, rollouts)
     release = Release(out, tag, sequence, previous_tag, len(new), rows)
     (out / "README.md").write_text(card(release, info, manifest, tables["funnel"], configs, license))

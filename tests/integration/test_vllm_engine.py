@@ -3,7 +3,6 @@
 import polars as pl
 import pytest
 
-from flows.build_dataset import build_dataset
 from tracefactory.config import SamplingConfig
 from tracefactory.query import query
 from tracefactory.schema import columns
@@ -42,14 +41,8 @@ def test_teacher_solves_the_easiest_level(embedded_teacher):
     assert right / 40 >= 0.8
 
 
-def test_flow_on_the_embedded_teacher(prefect_harness, embedded_teacher, demo_subset, tmp_path):
-    out = tmp_path / "run"
-    result = build_dataset(
-        config=None,
-        out=str(out),
-        teacher=embedded_teacher,
-        overrides={"source.path": str(demo_subset), "run.shard_size": 32},
-    )
+def test_flow_on_the_embedded_teacher(demo_run):
+    out, result = demo_run
     data = pl.read_parquet(out / "dataset")
     assert data.columns == columns("dataset") and len(data) == result["dataset_rows"] > 0
     for gold, cot in zip(data["answer"], data["cot"]):

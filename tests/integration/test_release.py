@@ -1,0 +1,141 @@
+"""`tracefactory release` on a real demo run (embedded teacher under vLLM): the folder loads with
+`datasets.load_dataset` config by config, the card parses, the plots are images; the upload goes to a
+local Hub endpoint (tests/integration/hubserver.py) as one commit and a tag, again without a commit,
+and incrementally; the token is in no file or output."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+import yaml
+from hubserver import HubServer  # tests/integration/hubserver.py
+from huggingface_hub import DatasetCard
+from PIL import Image, ImageStat
+
+from flows.build_dataset import build_dataset
+
+pytestmark = pytest.mark.vllm
+TOKEN = "hf_tracefactoryTESTtoken0123456789"
+REPO = "tf-org/arith-demo"
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tracefactory.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def _load(folder, config, cache):
+    return datasets.load_dataset(str(folder), config, split="train", cache_dir=str(cache)).to_polars()
+
+
+def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp_path):
+    run, _ = demo_run
+    folder = tmp_path / "release"
+    done = _cli("release", str(run), "--repo-id", REPO, "--dry-run", "--out", str(folder), "--license", "apache-2.0")
+    assert done.returncode == 0, done.stderr
+    assert "release v1:" in done.stdout
+    dataset = pl.read_parquet(run / "dataset").sort("curriculum_rank")
+    key = ["problem_id", "sample_index"]
+    default = _load(folder, "default", tmp_path / "cache")
+    assert default.select(key).rows() == dataset.select(key).rows()  # every row, in curriculum order
+    assert default["cot"].to_list() == dataset["cot"].to_list()
+    card = DatasetCard.load(folder / "README.md")
+    configs = [c["config_name"] for c in card.data.configs]
+    buckets = dataset["difficulty"].unique(maintain_order=True).to_list()
+    assert configs == ["default", *buckets, "rollouts", "problems"] and card.data.license == "apache-2.0"
+    for bucket in buckets:
+        rows = _load(folder, bucket, tmp_path / "cache")
+        assert rows.select(key).rows() == dataset.filter(pl.col("difficulty") == bucket).select(key).rows()
+    rollouts = _load(folder, "rollouts", tmp_path / "cache")
+    assert len(rollouts) == len(pl.read_parquet(run / "rollouts"))
+    assert set(rollouts["drop_reason"].drop_nulls()) >= {"wrong_answer", "not_shortest"}
+    assert len(_load(folder, "problems", tmp_path / "cache")) == len(pl.read_parquet(run / "problems"))
+    # the card: the funnel as a table (each stage, in = kept + dropped), the plots it shows exist
+    text = (folder / "README.md").read_text()
+    funnel = pl.read_parquet(run / "funnel")
+    for stage, rows_in, kept in funnel.select("stage", "rows_in", "kept").rows():
+        assert f"| {stage} | " in text and f"| {rows_in:,} | {kept:,} | {rows_in - kept:,} |" in text
+    for plot in ("difficulty", "pass_rate", "cot_length", "tokens_per_trace"):
+        assert f"(plots/{plot}.png)" in text
+        image = Image.open(folder / "plots" / f"{plot}.png").convert("L")
+        assert image.size[0] > 100 and max(ImageStat.Stat(image).stddev) > 10  # drawn on, not blank
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"]["source"]["sha256"] and manifest["code_version"]
+    assert yaml.safe_load((folder / "config.yaml").read_text()) == manifest["config"]
+
+
+def _snapshot(hub, folder: Path) -> Path:
+    """The Hub repo's files at main, as a folder (what a clone would give)."""
+    for path, data in hub.state.repos[REPO].head["files"].items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    return folder
+
+
+def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
+    demo_run, demo_subset, embedded_teacher, tmp_path
+):
+    run, _ = demo_run
+    with HubServer() as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_TOKEN": TOKEN,
+            "HF_HOME": str(tmp_path / "hf"),
+        }
+        out = tmp_path / "v1"
+        first = _cli("release", str(run), "--repo-id", REPO, "--out", str(out), env=env)
+        assert first.returncode == 0, first.stderr
+        repo = hub.state.repos[REPO]
+        assert len(repo.commits) == 1 and list(repo.tags) == ["v1"] and repo.tags["v1"] == repo.head["oid"]
+        assert repo.commits[0]["summary"].startswith("Release v1: ")
+        assert sorted(repo.head["files"]) == sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        assert any(auth == f"Bearer {TOKEN}" for _, _, auth in hub.state.requests)  # the token was used ...
+
+        # the same release again: the same bytes, so no commit and the tag stays where it was
+        again = _cli("release", str(run), "--repo-id", REPO, "--tag", "v1", "--out", str(tmp_path / "v1b"), env=env)
+        assert again.returncode == 0, again.stderr
+        assert "no new commit" in again.stdout and len(repo.commits) == 1
+        # without a tag: nothing new since v1, nothing released
+        none = _cli("release", str(run), "--repo-id", REPO, "--out", str(tmp_path / "none"), env=env)
+        assert none.returncode == 0 and "nothing to release" in none.stdout and len(repo.commits) == 1
+
+        # a later run with 6 more problems (same run directory: the old problems' generations are reused)
+        grown = tmp_path / "grown"
+        shutil.copytree(run, grown)
+        more = tmp_path / "more.jsonl"
+        extra = (Path(__file__).parents[2] / "data" / "demo" / "problems.jsonl").read_text().splitlines()[1::50]
+        more.write_text(demo_subset.read_text() + "\n".join(extra) + "\n")
+        overrides = {"source.path": str(more), "run.shard_size": 32}
+        build_dataset(config=None, out=str(grown), teacher=embedded_teacher, overrides=overrides)
+        second = _cli("release", str(grown), "--repo-id", REPO, "--out", str(tmp_path / "v2"), env=env)
+        assert second.returncode == 0, second.stderr
+        assert len(repo.commits) == 2 and list(repo.tags) == ["v1", "v2"]
+        info = json.loads((tmp_path / "v2" / "release.json").read_text())
+        old = set(pl.read_parquet(run / "problems")["problem_id"])
+        added = pl.read_parquet(grown / "problems").filter(~pl.col("problem_id").is_in(list(old)))
+        assert info["added"]["problems"] == len(added) >= 6 and info["previous_tag"] == "v1"
+        card = (tmp_path / "v2" / "README.md").read_text()
+        assert f"**Added in v2** (since v1): {len(added):,} new problems" in card
+        # the repository now holds both releases' files; every config loads them all
+        files = hub.state.repos[REPO].head["files"]
+        assert "data/default/release-0001.parquet" in files and "data/default/release-0002.parquet" in files
+        snap = _snapshot(hub, tmp_path / "snapshot")
+        everything = _load(snap, "problems", tmp_path / "cache")
+        assert everything["problem_id"].n_unique() == len(everything) == len(old) + len(added)
+
+        # ... and is nowhere else: not in our output, the run's logs, the release folders, the card
+        outputs = [first.stdout, first.stderr, again.stdout, again.stderr, second.stdout, second.stderr]
+        assert not any(TOKEN in o for o in outputs)
+        for root in (run, grown, out, tmp_path / "v2"):
+            for p in root.rglob("*"):
+                if p.is_file() and p.stat().st_size < 50_000_000:
+                    assert TOKEN.encode() not in p.read_bytes(), p
