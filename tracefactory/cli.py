@@ -141,12 +141,36 @@ def _print_funnel(run_dir: Path) -> None:
 
 
 def _print_table(cols: list[str], rows: list[tuple], title: str | None = None) -> None:
+    _console().print(_table(cols, rows, title))
+
+
+def _table(cols: list[str], rows: list[tuple], title: str | None = None) -> Table:
     table = Table(title=title)
-    for c in cols:
-        table.add_column(c)
+    for i, c in enumerate(cols):
+        numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in rows)
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
-    _console().print(table)
+        table.add_row(*(readable(v) for v in r))
+    return table
+
+
+def readable(v) -> str:
+    """A value as a person reads it: 0.925 not 0.9245190620422363, 12,345 not 12345."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            return str(v)
+        if v == int(v) and abs(v) < 1e15:
+            return f"{int(v):,}"
+        if abs(v) >= 100:
+            return f"{v:,.1f}"
+        return f"{v:.3g}" if abs(v) < 0.001 else f"{v:.3f}".rstrip("0").rstrip(".")
+    return str(v)
 
 
 @app.command("eval-steps")
@@ -182,24 +206,64 @@ def eval_steps(
 
 @app.command("query")
 def query_cmd(
-    run_dir: Path = typer.Argument(..., help="a run directory"),
-    sql: str = typer.Argument(..., help="SQL over views problems, rollouts, dataset, rejected, funnel"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON lines instead of a table"),
+    args: list[str] = typer.Argument(
+        ..., metavar="RUN [RUN ...] SQL", help="run directories or release folders, then the SQL"
+    ),
+    fmt: str = typer.Option(
+        "table", "--format", "-f", help="table, csv, json (JSON lines) or parquet (needs --output)"
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the result to this file"),
+    as_json: bool = typer.Option(False, "--json", help="the same as --format json"),
 ) -> None:
-    """Query a run's tables with DuckDB."""
+    """Query runs' tables with DuckDB: views problems, rollouts, dataset, rejected, funnel (a release folder:
+    dataset, rollouts, problems, funnel). With several runs each view is their union, with a `run` column."""
     import duckdb
 
-    from tracefactory.query import query
+    from tracefactory.errors import ConfigError
+    from tracefactory.query import query_arrow
 
+    fmt = "json" if as_json else fmt
     try:
-        cols, rows = query(run_dir, sql)
+        if len(args) < 2:
+            raise ConfigError("query", " ".join(args), "one or more run directories, then the SQL")
+        if fmt not in ("table", "csv", "json", "parquet"):
+            raise ConfigError("--format", fmt, "table, csv, json or parquet")
+        if fmt == "parquet" and output is None:
+            raise ConfigError("--output", None, "a file to write the Parquet result to")
+        result = query_arrow([Path(a) for a in args[:-1]], args[-1])
     except (TraceFactoryError, duckdb.Error) as exc:
         _fail(exc)
-    if as_json:
-        for r in rows:
-            sys.stdout.write(json.dumps(dict(zip(cols, r)), default=str) + "\n")
+    _write_result(result, fmt, output)
+
+
+def _write_result(result, fmt: str, output: Optional[Path]) -> None:
+    import csv
+    import io as stdio
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, output)
+        _console().print(f"{result.num_rows:,} rows -> {output}")
+        return
+    if fmt == "table" and output is None:
+        _print_table(result.column_names, [tuple(r.values()) for r in result.to_pylist()])
+        return
+    buf = stdio.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(result.column_names)
+        writer.writerows(tuple(r.values()) for r in result.to_pylist())
+    elif fmt == "json":
+        for r in result.to_pylist():
+            buf.write(json.dumps(r, default=str) + "\n")
+    else:  # a table into a file: the same text as on the console
+        Console(file=buf, width=200).print(_table(result.column_names, [tuple(r.values()) for r in result.to_pylist()]))
+    if output is None:
+        sys.stdout.write(buf.getvalue())
     else:
-        _print_table(cols, rows)
+        output.write_text(buf.getvalue())
+        _console().print(f"{result.num_rows:,} rows -> {output}")
 
 
 @app.command()

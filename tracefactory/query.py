@@ -1,7 +1,12 @@
-"""DuckDB over a run directory: every table folder becomes a view of the same name.
+"""DuckDB over run directories and release folders: every table becomes a view of the same name.
+
+A run directory's table folders (`problems`, `rollouts`, `dataset`, `rejected`, `funnel`) are its views; a
+release folder (`tracefactory release`) gives `dataset` (the curriculum-ordered default config), `rollouts`,
+`problems` and `funnel`. With several sources, each view is their union by column name with a `run` column
+(the folder's name) saying which source a row came from.
 
 The connection is read-only in effect: only SELECT-like statements run (no COPY, no CREATE, no SET),
-files can be read only inside the run directory, and the configuration is locked — `query` cannot
+files can be read only inside the given folders, and the configuration is locked — `query` cannot
 overwrite a run's files or read anything else on the machine, whatever SQL it is given.
 """
 
@@ -10,24 +15,55 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from tracefactory.errors import ConfigError
 from tracefactory.io import RunDir
 
 READ_ONLY = {"SELECT", "EXPLAIN"}  # SUMMARIZE and DESCRIBE parse as SELECT
+RELEASE_TABLES = {"dataset": "data/default", "rollouts": "data/rollouts", "problems": "data/problems"}
 
 
-def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    run = RunDir(run_dir)
-    tables = run.tables()
-    if not tables:
-        raise ConfigError("RUN_DIR", str(run_dir), "a run directory with tables (made by `tracefactory run`)")
-    root = str(run.root.resolve())
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _tables(folder: Path) -> dict[str, list[str]]:
+    """{view: parquet globs} of a run directory or a release folder."""
+    if (folder / "release.json").is_file():
+        found = {t: [str(folder / d / "*.parquet")] for t, d in RELEASE_TABLES.items() if any((folder / d).glob("*"))}
+        if (folder / "funnel.parquet").is_file():
+            found["funnel"] = [str(folder / "funnel.parquet")]
+        return found
+    return {name: [str(folder / name / "*.parquet")] for name in RunDir(folder).tables()}
+
+
+def _labels(folders: list[Path]) -> list[str]:
+    names = [f.name for f in folders]
+    return names if len(set(names)) == len(names) else [str(f) for f in folders]
+
+
+def connect(sources: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection:
+    folders = [Path(s).resolve() for s in (sources if isinstance(sources, list) else [sources])]
+    found = {}
+    for given, folder in zip(sources if isinstance(sources, list) else [sources], folders):
+        found[folder] = _tables(folder)
+        if not found[folder]:
+            raise ConfigError(
+                "RUN_DIR", str(given), "a run directory with tables (made by `tracefactory run`) or a release folder"
+            )
     con = duckdb.connect()
-    for name in tables:
-        glob = str(Path(root) / name / "*.parquet").replace("'", "''")
-        con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{glob}')")
-    con.execute(f"SET allowed_directories = ['{root.rstrip('/').replace(chr(39), chr(39) * 2)}/']")
+    several = len(folders) > 1
+    for view in dict.fromkeys(t for tables in found.values() for t in tables):
+        parts = []
+        for folder, label in zip(folders, _labels(folders)):
+            if view in found[folder]:
+                files = "[" + ", ".join(_quote(g) for g in found[folder][view]) + "]"
+                run = f", {_quote(label)} AS run" if several else ""
+                parts.append(f"SELECT *{run} FROM read_parquet({files}, union_by_name = true)")
+        con.execute(f'CREATE VIEW "{view}" AS ' + " UNION ALL BY NAME ".join(parts))
+    allowed = ", ".join(_quote(str(f).rstrip("/") + "/") for f in folders)
+    con.execute(f"SET allowed_directories = [{allowed}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
@@ -40,12 +76,17 @@ def _read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise ConfigError("SQL", statement.query.strip()[:80], "read-only SQL: SELECT (or WITH/SUMMARIZE/EXPLAIN)")
 
 
-def query(run_dir: str | Path, sql: str):
-    """(column names, rows) of `sql` run against the run's views."""
-    con = connect(run_dir)
+def query_arrow(sources: str | Path | list[str | Path], sql: str) -> pa.Table:
+    """The result of `sql` over the sources' views, as an Arrow table."""
+    con = connect(sources)
     try:
         _read_only(con, sql)
-        rel = con.execute(sql)
-        return [d[0] for d in rel.description or []], rel.fetchall()
+        return con.sql(sql).to_arrow_table()
     finally:
         con.close()
+
+
+def query(sources: str | Path | list[str | Path], sql: str):
+    """(column names, rows) of `sql` run against the sources' views."""
+    table = query_arrow(sources, sql)
+    return table.column_names, [tuple(r.values()) for r in table.to_pylist()]

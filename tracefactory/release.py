@@ -9,6 +9,7 @@ The folder (see `build`):
     data/problems/release-0001.parquet     every problem with its pass rate and difficulty (`problems`)
     plots/*.png                            the card's figures
     manifest.json, config.yaml             the run's lineage (input hashes, code version, seeds) and config
+    funnel.parquet                         the run's funnel (the card's table; `tracefactory query` reads it)
     release.json, problem_hashes.parquet   what this release is, and every problem released so far
 
 Releases are incremental: a problem is identified by a hash of its normalised question and gold, and a
@@ -160,6 +161,7 @@ def build(
             "created": manifest.get("created"),
         },
     }
+    tables["funnel"].write_parquet(out / "funnel.parquet", statistics=False)  # the whole run's (for `query`)
     (out / RELEASE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     head = f"# the resolved config of run {manifest.get('name')!r} (config hash {manifest.get('config_hash')})\n"

@@ -19,6 +19,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image, ImageStat
 
 from flows.build_dataset import build_dataset
+from tracefactory.query import query
 
 pytestmark = pytest.mark.vllm
 TOKEN = "hf_tracefactoryTESTtoken0123456789"
@@ -69,6 +70,10 @@ def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["inputs"]["source"]["sha256"] and manifest["code_version"]
     assert yaml.safe_load((folder / "config.yaml").read_text()) == manifest["config"]
+    # DuckDB reads the release folder like a run, and both at once with a run column
+    _, rows = query([run, folder], "SELECT run, count(*) FROM dataset GROUP BY run ORDER BY run")
+    assert rows == [("release", len(dataset)), ("run", len(dataset))]
+    assert query(folder, "SELECT count(*) FROM funnel")[1] == [(len(funnel),)]
 
 
 def _snapshot(hub, folder: Path) -> Path:

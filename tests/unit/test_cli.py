@@ -161,3 +161,37 @@ def test_a_second_run_on_the_same_directory_fails_at_once_and_a_dead_holder_does
     with RunDir(out).lock():  # free again
         with RunDir(out).lock():  # and re-entrant within a process
             pass
+
+
+def test_query_formats_several_runs_and_readable_numbers(tmp_path):
+    import polars as pl
+
+    for name, rates in (("a", [0.9245190620422363, 0.5]), ("b", [0.125])):
+        (tmp_path / name / "problems").mkdir(parents=True)
+        pl.DataFrame({"pass_rate": rates, "n": [12345] * len(rates)}).write_parquet(
+            tmp_path / name / "problems" / "part-0.parquet"
+        )
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    sql = (
+        "SELECT run, count(*) AS problems, avg(pass_rate) AS mean, max(n) AS n FROM problems GROUP BY run ORDER BY run"
+    )
+    table = runner.invoke(app, ["query", *runs, sql])
+    assert table.exit_code == 0 and "0.712" in table.output and "12,345" in table.output
+    assert "0.7122595310211182" not in table.output  # readable, not every digit
+    csv = runner.invoke(app, ["query", *runs, sql, "--format", "csv"])
+    assert csv.output.splitlines() == ["run,problems,mean,n", "a,2,0.7122595310211182,12345", "b,1,0.125,12345"]
+    out = tmp_path / "result.parquet"
+    wrote = runner.invoke(app, ["query", *runs, sql, "--format", "parquet", "--output", str(out)])
+    assert wrote.exit_code == 0 and pl.read_parquet(out)["run"].to_list() == ["a", "b"]
+    lines = runner.invoke(app, ["query", runs[0], "SELECT pass_rate FROM problems ORDER BY 1", "-f", "json"])
+    assert [json.loads(x)["pass_rate"] for x in lines.output.splitlines()] == [0.5, 0.9245190620422363]
+    # one run: no run column
+    single = runner.invoke(app, ["query", runs[0], "SELECT * FROM problems", "-f", "csv"])
+    assert single.output.splitlines()[0] == "pass_rate,n"
+    for args, why in (
+        (["query", runs[0], "SELECT 1", "-f", "parquet"], "--output"),
+        (["query", runs[0], "SELECT 1", "-f", "xml"], "--format"),
+        (["query", "SELECT 1"], "run directories"),
+    ):
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2 and why in bad.output, (args, bad.output)
