@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv lint lock demo test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo release-demo test test-unit teacher demo-data bench clean
 
 PIP := $(BIN)/pip install -q -c constraints.txt
 
@@ -35,6 +35,10 @@ demo: venv
 	  min(curriculum_rank) AS first_rank, round(avg(cot_tokens), 1) AS mean_cot_tokens FROM dataset GROUP BY difficulty ORDER BY first_rank"
 	$(BIN)/tracefactory query $(RUN) "SELECT CASE WHEN rewrite_kind IS NULL THEN 'original' ELSE rewrite_kind END AS problems, \
 	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
+
+# The demo run as a Hugging Face dataset release folder (nothing is uploaded): runs/demo/release/
+release-demo: venv
+	$(BIN)/tracefactory release $(RUN) --repo-id tracefactory/arith-demo --license apache-2.0 --dry-run
 
 lint: venv
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import traceback
+from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
@@ -147,7 +148,7 @@ def _print_table(cols: list[str], rows: list[tuple], title: str | None = None) -
 def _table(cols: list[str], rows: list[tuple], title: str | None = None) -> Table:
     table = Table(title=title)
     for i, c in enumerate(cols):
-        numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in rows)
+        numeric = any(isinstance(r[i], (int, float, Decimal)) and not isinstance(r[i], bool) for r in rows)
         table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         table.add_row(*(readable(v) for v in r))
@@ -160,6 +161,8 @@ def readable(v) -> str:
         return ""
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, Decimal):  # DuckDB's sums of integers
+        v = int(v) if v == v.to_integral_value() else float(v)
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):

@@ -144,3 +144,15 @@ def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
             for p in root.rglob("*"):
                 if p.is_file() and p.stat().st_size < 50_000_000:
                     assert TOKEN.encode() not in p.read_bytes(), p
+
+
+def test_the_release_flow_builds_then_finds_nothing_new_after_it(prefect_harness, demo_run, tmp_path):
+    from flows.release import release_dataset
+
+    run, _ = demo_run
+    first = release_dataset(run_dir=str(run), repo_id=REPO, out=str(tmp_path / "v1"), dry_run=True)
+    assert first["tag"] == "v1" and first["rows"]["default"] == len(pl.read_parquet(run / "dataset"))
+    again = release_dataset(
+        run_dir=str(run), repo_id=REPO, out=str(tmp_path / "v2"), dry_run=True, previous=str(tmp_path / "v1")
+    )
+    assert again["released"] is False and "already in release v1" in again["reason"]
