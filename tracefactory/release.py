@@ -54,7 +54,7 @@ PLOTS = {
     "difficulty": "Problems per difficulty bucket",
     "pass_rate": "Teacher pass rate per problem",
     "cot_length": "Chain-of-thought length (tokens) by difficulty",
-    "tokens_per_trace": "Teacher tokens spent per accepted trace, by difficulty",
+    "tokens_per_trace": "Rollout tokens spent per accepted trace, by difficulty",
 }
 REPO_ID = r"[\w.-]+/[\w.-]+"
 
@@ -224,7 +224,7 @@ def _plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts
         present = [b for b in order if accepted.get(b)]
         total = sum(spent.values()) / max(len(dataset), 1)  # with what unsolved problems cost
         ax.bar([*present, "all (with unsolved)"], [*(per_bucket_tokens[b] / accepted[b] for b in present), total])
-        ax.set_ylabel("teacher tokens / accepted trace")
+        ax.set_ylabel("rollout tokens / accepted trace")
 
     for name, draw in (
         ("difficulty", difficulty),
