@@ -119,6 +119,8 @@ def build(
         pl.struct(QUESTION, ANSWER).map_elements(lambda r: problem_hash(r[QUESTION], r[ANSWER]), pl.String).alias("_h")
     )
     new = problems.filter(~pl.col("_h").is_in(known["hash"].implode()))
+    if again and set(new["_h"]) != set(prev_hashes.filter(pl.col("release") == sequence)["hash"]):
+        raise ConfigError("--tag", tag, f"a new tag: {tag} was released with other problems than this run has")
     if new.is_empty():
         raise NothingNew(f"every problem of {run_dir} is already in release {prev['tag'] if prev else '?'}")
     ids = new[PROBLEM_ID].implode()

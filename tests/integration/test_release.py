@@ -121,6 +121,10 @@ def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
         more.write_text(demo_subset.read_text() + "\n".join(extra) + "\n")
         overrides = {"source.path": str(more), "run.shard_size": 32}
         build_dataset(config=None, out=str(grown), teacher=embedded_teacher, overrides=overrides)
+        # ... and so is the latest tag again from a run with other problems
+        clash = _cli("release", str(grown), "--repo-id", REPO, "--tag", "v1", "--out", str(tmp_path / "x"), env=env)
+        assert clash.returncode == 2 and "v1 was released with other problems" in clash.stdout
+        assert len(repo.commits) == 1
         second = _cli("release", str(grown), "--repo-id", REPO, "--out", str(tmp_path / "v2"), env=env)
         assert second.returncode == 0, second.stderr
         assert len(repo.commits) == 2 and list(repo.tags) == ["v1", "v2"]
@@ -130,6 +134,10 @@ def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
         assert info["added"]["problems"] == len(added) >= 6 and info["previous_tag"] == "v1"
         card = (tmp_path / "v2" / "README.md").read_text()
         assert f"**Added in v2** (since v1): {len(added):,} new problems" in card
+        # a tag names one content: an earlier tag is refused before anything is sent
+        clash = _cli("release", str(grown), "--repo-id", REPO, "--tag", "v1", "--out", str(tmp_path / "x"), env=env)
+        assert clash.returncode == 2 and "a tag not used by an earlier release (v1, v2)" in clash.stdout
+        assert len(repo.commits) == 2
         # the repository now holds both releases' files; every config loads them all
         files = hub.state.repos[REPO].head["files"]
         assert "data/default/release-0001.parquet" in files and "data/default/release-0002.parquet" in files
