@@ -341,7 +341,7 @@ def card(release: Release, info: dict, manifest: dict, funnel: pl.DataFrame, con
         "|---|---|---:|---:|---:|---|---:|",
         *[
             f"| {f['stage']} | {f['unit']} | {_number(f['rows_in'])} | {_number(f['kept'])} |"
-            f" {_number(f['rows_in'] - f['kept'])} | {_reasons(f.get('dropped_by_reason'))} | {_number(f['seconds'])} |"
+            f" {_number(f['rows_in'] - f['kept'])} | {_reasons(f.get('dropped_by_reason'))} | {f['seconds']:,.1f} |"
             for f in funnel.iter_rows(named=True)
         ],
         "",
