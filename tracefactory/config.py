@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tracefactory.answers import DEFAULT_FORMATS, FORMATS
 from tracefactory.errors import ConfigError
 from tracefactory.redact import ALLOW_ENV, key_env_allowed, redact_url
 
@@ -206,10 +207,15 @@ class GradeConfig:
     timeout_s: float = 5.0
     workers: int = 2  # 0 grades in this process (only safe on the main thread)
     drop_truncated: bool = True  # a completion cut at max_tokens is not a trace, even if it has an answer
+    # the final-answer markers the teacher writes (tracefactory.answers.FORMATS); the one nearest the end wins
+    answer_formats: tuple[str, ...] = DEFAULT_FORMATS
 
     def __post_init__(self):
         _positive("grade.timeout_s", self.timeout_s)
         _positive("grade.workers", self.workers, allow_zero=True)
+        unknown = [f for f in self.answer_formats if f not in FORMATS]
+        if not self.answer_formats or unknown:
+            raise ConfigError("grade.answer_formats", list(self.answer_formats), f"a non-empty list of {list(FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,6 @@
 """Final-answer extraction and Math-Verify equivalence, safe to call from any thread.
 
-Extraction order (first hit wins), documented in the README:
-  1. the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced, nesting allowed;
-  2. the last `#### X` line (GSM8K style);
-  3. the last "answer is X" / "Answer: X" phrase (X up to the end of the sentence);
-  otherwise no answer (`None`) — a bare trailing number is *not* taken, it is too often a step.
+Extraction (`tracefactory.answers`): the final-answer marker nearest the end of the text wins.
 
 Math-Verify's own timeouts use `signal.alarm`, which only works on a process's main thread (and
 cannot interrupt long C calls), so grading runs in worker processes with a hard per-pair
@@ -20,56 +16,13 @@ import time
 from functools import lru_cache
 from typing import Iterable
 
+from tracefactory.answers import extract_answer, last_boxed  # noqa: F401  (the grading API)
 from tracefactory.gradepool import GradeFn, GradePool
 from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
 
 log = logging.getLogger(__name__)
 
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####\s*([^\n]+)")
-_ANSWER_IS = re.compile(r"(?:answer is|answer:)\s*:?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
-
-
-_BRACE = re.compile(r"[{}]")
-
-
-def _closing_braces(text: str) -> dict[int, int]:
-    """Position of each '{' that closes -> position of its '}' (one pass: linear in the text)."""
-    closes, stack = {}, []
-    for m in _BRACE.finditer(text):
-        if m.group() == "{":
-            stack.append(m.start())
-        elif stack:
-            closes[stack.pop()] = m.start()
-    return closes
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} in `text` whose braces close (nesting allowed); None if none.
-    Linear in the length of the text, whatever it holds (teacher output is not trusted)."""
-    boxes = list(_BOX.finditer(text))
-    if not boxes:
-        return None
-    closes = _closing_braces(text)
-    for m in reversed(boxes):
-        end = closes.get(m.end() - 1)
-        if end is not None:
-            return text[m.end() : end]
-    return None
-
-
-def _clean(ans: str) -> str:
-    ans = ans.strip().strip("$").strip()
-    return ans.rstrip(".").strip()
-
-
-def extract_answer(text: str | None) -> str | None:
-    if not text:
-        return None
-    for candidate in (last_boxed(text), _last(_HASHES, text), _last(_ANSWER_IS, text)):
-        if candidate is not None and _clean(candidate) and "\\boxed" not in candidate:
-            return _clean(candidate)
-    return None
 
 
 def _last(pattern: re.Pattern, text: str) -> str | None:

@@ -15,11 +15,11 @@ TRUNCATED = "truncated"
 
 def grade(rollouts: pl.DataFrame, cfg: GradeConfig, problems: pl.DataFrame) -> tuple[pl.DataFrame, StageReport]:
     """Adds `pred_answer`, `correct` and `drop_reason` to every completion: `wrong_answer`,
-    `no_answer` (no final-answer marker), `grade_timeout` / `grade_error` (the grader gave up on the
+    `no_answer` (none of `cfg.answer_formats`' markers), `grade_timeout` / `grade_error` (the grader gave up on the
     pair), or `truncated` (cut at max_tokens — not a trace, even if it holds an answer, when
     `drop_truncated`). Golds come from `problems`; each distinct (gold, answer) pair is graded once."""
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
-    preds = [extract_answer(t) for t in rollouts[TEXT].to_list()]
+    preds = [extract_answer(t, cfg.answer_formats) for t in rollouts[TEXT].to_list()]
     pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds)]
     truncated = [cfg.drop_truncated and f == "length" for f in rollouts[FINISH_REASON].to_list()]
     verdicts = grade_pairs([pr for pr, cut in zip(pairs, truncated) if not cut], cfg.workers, cfg.timeout_s)

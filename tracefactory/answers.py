@@ -1,0 +1,132 @@
+"""Final-answer extraction from model-written solutions: the markers real models write.
+
+Every marker a solution uses is found with where its answer starts; **the one nearest the end wins** (a boxed
+intermediate result loses to a later "Final Answer: The final answer is X"). Markers (`FORMATS`, and
+`grade.answer_formats` to restrict them to what a source's teacher writes):
+
+  boxed         `\\boxed{X}` / `\\fbox{X}` (braces balanced); several boxes in the final statement
+                (`\\boxed{(2, 2)} and \\boxed{(6, 2)}`) are one answer, joined with ", "
+  heading       `# Answer` then X on the next non-empty line (PRM800K / MATH style)
+  final_answer  `Final Answer: The final answer is X` (up to ". I hope it is correct")
+  hashes        `#### X` (GSM8K)
+  answer_is     `The answer is X` / `Answer: X` (X up to the end of the sentence)
+  bold          `**Answer:** X` / `**Final Answer:** X`
+  last_number   the last number of the text — not a default: a bare trailing number is too often a step
+
+A marker whose answer holds a box (`The answer is $\\boxed{5}$`) gives the box's content. Linear in
+the length of the text whatever it holds (teacher output is not trusted).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_BETWEEN_BOXES = re.compile(r"[$\s]*(?:,|and|or|;|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)?[$\s.,]*")
+_HEADING = re.compile(r"^#+\s*(?:Final\s+)?Answer\s*:?\s*$\n+^\s*(\S[^\n]*)", re.IGNORECASE | re.MULTILINE)
+_FINAL = re.compile(r"Final Answer\s*:\s*The final answer is\s*(.+?)(?:\.?\s*I hope it is correct|\n|$)", re.IGNORECASE)
+_HASHES = re.compile(r"####\s*([^\n]+)")
+# "the answer is X", "Answer: X" at the start of a line — not "we may check our answer: ..." or "our
+# answer is correct"
+_ANSWER_IS = re.compile(
+    r"(?:\bthe\s+(?:final\s+)?answer\s+is\b|^[ \t>*_]*(?:final\s+)?answer\s*:)\s*:?\s*"
+    r"(?!(?:correct|right|wrong|incorrect|not)\b)(.+?)(?:\.\s|\.$|\n|$)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_BOLD = re.compile(r"\*\*(?:Final\s+)?Answer\s*:?\s*\*\*\s*:?\s*([^\n]+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+Candidate = tuple[int, str]  # (where the marker's answer starts, the answer)
+
+
+def closing_braces(text: str) -> dict[int, int]:
+    """Position of each '{' that closes -> position of its '}' (one pass: linear in the text)."""
+    closes, stack = {}, []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closes[stack.pop()] = m.start()
+    return closes
+
+
+def boxes(text: str) -> list[tuple[int, int, str]]:
+    """Every closed \\boxed{...} of `text`: (start, end, content)."""
+    found = list(_BOX.finditer(text))
+    if not found:
+        return []
+    closes = closing_braces(text)
+    out = []
+    for m in found:
+        end = closes.get(m.end() - 1)
+        if end is not None:
+            out.append((m.start(), end + 1, text[m.end() : end]))
+    return out
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} in `text` whose braces close (nesting allowed); None if none."""
+    found = boxes(text)
+    return found[-1][2] if found else None
+
+
+def _boxed(text: str) -> list[Candidate]:
+    found = [b for b in boxes(text) if b[2].strip()]
+    if not found:
+        return []
+    # the final statement's boxes: the last one and those right before it, separated only by "and", ","
+    group = [found[-1]]
+    for b in reversed(found[:-1]):
+        gap = text[b[1] : group[0][0]]
+        if b[1] > group[0][0] or len(gap) > 20 or not _BETWEEN_BOXES.fullmatch(gap):
+            break
+        group.insert(0, b)
+    return [(group[0][0], ", ".join(c for _, _, c in group))]
+
+
+def _pattern(pattern: re.Pattern) -> Callable[[str], list[Candidate]]:
+    def find(text: str) -> list[Candidate]:
+        return [(m.start(1), m.group(1)) for m in pattern.finditer(text)][-1:]
+
+    return find
+
+
+def _last_number(text: str) -> list[Candidate]:
+    found = [(m.start(), m.group()) for m in _NUMBER.finditer(text)][-1:]
+    return [(s, n) for s, n in found if not n.endswith(",")]
+
+
+FORMATS: dict[str, Callable[[str], list[Candidate]]] = {
+    "boxed": _boxed,
+    "heading": _pattern(_HEADING),
+    "final_answer": _pattern(_FINAL),
+    "hashes": _pattern(_HASHES),
+    "answer_is": _pattern(_ANSWER_IS),
+    "bold": _pattern(_BOLD),
+    "last_number": _last_number,
+}
+DEFAULT_FORMATS = ("boxed", "heading", "final_answer", "hashes", "answer_is", "bold")
+
+
+def clean(answer: str) -> str:
+    answer = answer.strip()
+    answer = re.sub(r"^\$+|\$+$", "", answer).strip()  # $x$ and $$x$$
+    answer = re.sub(r"^\\\[|\\\]$|^\\\(|\\\)$", "", answer).strip()
+    return answer.rstrip(".").strip().rstrip(".").strip()
+
+
+def extract_answer(text: str | None, formats: Iterable[str] = DEFAULT_FORMATS) -> str | None:
+    """The final answer of a solution: the answer of the marker nearest the end (see the module)."""
+    if not text:
+        return None
+    found: list[tuple[int, int, str]] = []
+    for rank, name in enumerate(formats):
+        found.extend((start, -rank, answer) for start, answer in FORMATS[name](text))
+    for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format
+        inner = _boxed(answer)
+        answer = clean(inner[0][1] if inner else answer)
+        if answer and "\\boxed" not in answer:
+            return answer
+    return None
