@@ -59,9 +59,7 @@ def references() -> dict:
     ):
         preds = [(gold, extract_answer(text)) for gold, text, _ in pairs]
         verdicts = grade_pairs(preds)
-        wrong = [
-            {"id": i, "gold": g, "pred": p} for (g, _, i), (_, p) in zip(pairs, preds) if not verdicts[(g, p)][0]
-        ]
+        wrong = [{"id": i, "gold": g, "pred": p} for (g, _, i), (_, p) in zip(pairs, preds) if not verdicts[(g, p)][0]]
         out[name] = {"rows": len(pairs), "correct": len(pairs) - len(wrong), "not_correct": wrong}
     return out
 
@@ -74,10 +72,14 @@ def main() -> None:
     p = prm800k()
     refs = references()
     print(f"PRM800K sample, rows with a final answer: {p['rows']}")
-    print(f"  text path:   agrees with the dataset on {p['agree_text']}/{p['rows']}, no answer extracted: {p['no_answer']}")
+    print(
+        f"  text path:   agrees with the dataset on {p['agree_text']}/{p['rows']}, no answer extracted: {p['no_answer']}"
+    )
     print(f"  direct path: agrees with the dataset on {p['agree_direct']}/{p['rows']}")
     for d in p["disagree_text"][: args.show]:
-        print(f"    text≠dataset {d['id']}: gold {d['gold']!r} ours {d['pred']!r} -> {d['ours']}, dataset {d['dataset']}")
+        print(
+            f"    text≠dataset {d['id']}: gold {d['gold']!r} ours {d['pred']!r} -> {d['ours']}, dataset {d['dataset']}"
+        )
     for name, r in refs.items():
         print(f"{name} reference solutions, text path: {r['correct']}/{r['rows']} correct")
         for w in r["not_correct"][: args.show]:

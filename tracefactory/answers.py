@@ -41,10 +41,11 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 Candidate = tuple[int, str]  # (where the marker's answer starts, the answer)
 
 
-def closing_braces(text: str) -> dict[int, int]:
-    """Position of each '{' that closes -> position of its '}' (one pass: linear in the text)."""
+def closing_braces(text: str, start: int = 0) -> dict[int, int]:
+    """Position of each '{' from `start` on that closes -> position of its '}' (one pass: linear in the
+    text). Braces before `start` cannot change these pairs: a pair closes on its own stack level."""
     closes, stack = {}, []
-    for m in _BRACE.finditer(text):
+    for m in _BRACE.finditer(text, start):
         if m.group() == "{":
             stack.append(m.start())
         elif stack:
@@ -54,10 +55,11 @@ def closing_braces(text: str) -> dict[int, int]:
 
 def boxes(text: str) -> list[tuple[int, int, str]]:
     """Every closed \\boxed{...} of `text`: (start, end, content)."""
-    found = list(_BOX.finditer(text))
-    if not found:
+    first = min((i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0), default=-1)
+    if first < 0:  # the common case, found by a substring search
         return []
-    closes = closing_braces(text)
+    found = list(_BOX.finditer(text, first))
+    closes = closing_braces(text, first)
     out = []
     for m in found:
         end = closes.get(m.end() - 1)
@@ -72,7 +74,7 @@ def last_boxed(text: str) -> str | None:
     return found[-1][2] if found else None
 
 
-def _boxed(text: str) -> list[Candidate]:
+def _boxed(text: str, _low: str = "") -> list[Candidate]:
     found = [b for b in boxes(text) if b[2].strip()]
     if not found:
         return []
@@ -86,25 +88,34 @@ def _boxed(text: str) -> list[Candidate]:
     return [(group[0][0], ", ".join(c for _, _, c in group))]
 
 
-def _pattern(pattern: re.Pattern) -> Callable[[str], list[Candidate]]:
-    def find(text: str) -> list[Candidate]:
-        return [(m.start(1), m.group(1)) for m in pattern.finditer(text)][-1:]
+def _pattern(pattern: re.Pattern, keyword: str) -> Callable[[str, str], list[Candidate]]:
+    """The last match of `pattern`, which always contains `keyword` (lower case): the scan starts a
+    little before the keyword's first occurrence (a substring search), or not at all without one."""
+
+    def find(text: str, low: str) -> list[Candidate]:
+        at = low.find(keyword)
+        if at < 0:
+            return []
+        found = None
+        for found in pattern.finditer(text, max(0, at - 40)):  # noqa: B007 ("the final answer is": words before)
+            pass
+        return [(found.start(1), found.group(1))] if found else []
 
     return find
 
 
-def _last_number(text: str) -> list[Candidate]:
+def _last_number(text: str, _low: str = "") -> list[Candidate]:
     found = [(m.start(), m.group()) for m in _NUMBER.finditer(text)][-1:]
     return [(s, n) for s, n in found if not n.endswith(",")]
 
 
-FORMATS: dict[str, Callable[[str], list[Candidate]]] = {
+FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
     "boxed": _boxed,
-    "heading": _pattern(_HEADING),
-    "final_answer": _pattern(_FINAL),
-    "hashes": _pattern(_HASHES),
-    "answer_is": _pattern(_ANSWER_IS),
-    "bold": _pattern(_BOLD),
+    "heading": _pattern(_HEADING, "answer"),
+    "final_answer": _pattern(_FINAL, "final answer"),
+    "hashes": _pattern(_HASHES, "####"),
+    "answer_is": _pattern(_ANSWER_IS, "answer"),
+    "bold": _pattern(_BOLD, "**"),
     "last_number": _last_number,
 }
 DEFAULT_FORMATS = ("boxed", "heading", "final_answer", "hashes", "answer_is", "bold")
@@ -121,9 +132,10 @@ def extract_answer(text: str | None, formats: Iterable[str] = DEFAULT_FORMATS) -
     """The final answer of a solution: the answer of the marker nearest the end (see the module)."""
     if not text:
         return None
+    low = text.lower()
     found: list[tuple[int, int, str]] = []
     for rank, name in enumerate(formats):
-        found.extend((start, -rank, answer) for start, answer in FORMATS[name](text))
+        found.extend((start, -rank, answer) for start, answer in FORMATS[name](text, low))
     for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format
         inner = _boxed(answer)
         answer = clean(inner[0][1] if inner else answer)

@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+from fractions import Fraction
 from functools import lru_cache
 from typing import Iterable
 
@@ -109,13 +110,51 @@ def is_correct(gold: str, pred: str | None, timeout_s: float | None = 5.0) -> Ve
     return bool(ok), CORRECT if ok else WRONG
 
 
+_PLAIN = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_FRAC = re.compile(r"(-?)\\d?frac\{(\d+)\}\{(\d+)\}")
+
+
+def _number(text: str) -> Fraction | None:
+    """The value of a plain number (`1,250`, `-3.5`) or a simple fraction (`\\frac{3}{4}`), else None."""
+    text = text.strip()
+    if _PLAIN.fullmatch(text):
+        return Fraction(text.replace(",", ""))
+    m = _FRAC.fullmatch(text)
+    if m and int(m.group(3)):
+        return Fraction(int(m.group(2)), int(m.group(3))) * (-1 if m.group(1) else 1)
+    return None
+
+
+def fast_verdict(gold: str, pred: str) -> Verdict | None:
+    """The verdict Math-Verify would give, where it is certain without it: the same text, or two plain
+    numbers that are equal or differ by far more than any rounding Math-Verify allows. None: ask it."""
+    if gold.strip() == pred.strip():
+        return True, CORRECT
+    a, b = _number(gold), _number(pred)
+    if a is None or b is None:
+        return None
+    if a == b:
+        return True, CORRECT
+    if abs(a - b) > Fraction(1, 1000) * max(abs(a), abs(b), 1):
+        return False, WRONG
+    return None
+
+
 def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0) -> dict[Pair, Verdict]:
-    """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}.
+    """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}. Pairs `fast_verdict`
+    is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same.
 
     With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `gradepool`)."""
     unique = list(dict.fromkeys(pairs))
-    todo = [p for p in unique if p[1] is not None]
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
+    todo = []
+    for p in unique:
+        if p[1] is not None:
+            known = fast_verdict(*p)
+            if known is None:
+                todo.append(p)
+            else:
+                out[p] = known
     if workers == 0 or not todo:
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out

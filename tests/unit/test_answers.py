@@ -124,3 +124,26 @@ GOLDS = [
 @pytest.mark.parametrize("gold, answer, accepted", GOLDS)
 def test_gold_equivalences(gold, answer, accepted):
     assert is_correct(gold, answer)[0] is accepted
+
+
+FAST = [
+    # (gold, answer, what the fast path says without Math-Verify: a verdict, or None = ask Math-Verify)
+    ("1250", "1,250", True),
+    ("14", "15", False),
+    ("\\frac{3}{4}", "0.75", True),
+    ("-\\dfrac{1}{2}", "-0.5", True),
+    ("x+1", "x+1", True),  # the same text
+    ("1000000", "1000001", None),  # close: Math-Verify's rounding decides
+    ("2", "x", None),
+    ("12,34", "1234", None),  # not a thousands separator
+]
+
+
+@pytest.mark.parametrize("gold, answer, fast", FAST)
+def test_the_fast_path_decides_only_what_math_verify_would_and_agrees_with_it(gold, answer, fast):
+    from tracefactory.verify import fast_verdict
+
+    got = fast_verdict(gold, answer)
+    assert (None if got is None else got[0]) == fast
+    if got is not None:
+        assert got == is_correct(gold, answer)

@@ -159,7 +159,8 @@ def test_workers_that_die_at_start_up_fail_fast_naming_the_likely_cause(tmp_path
 
     script = tmp_path / "noguard.py"
     script.write_text(
-        'from tracefactory.verify import judge_texts\nprint(judge_texts([("5", "The answer is 5.")], workers=1))\n'
+        "from tracefactory.verify import judge_texts\n"  # a pair only Math-Verify settles (not two numbers)
+        'print(judge_texts([("x+1", "The answer is $1+x$.")], workers=1))\n'
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1
