@@ -73,7 +73,8 @@ def main() -> None:
     refs = references()
     print(f"PRM800K sample, rows with a final answer: {p['rows']}")
     print(
-        f"  text path:   agrees with the dataset on {p['agree_text']}/{p['rows']}, no answer extracted: {p['no_answer']}"
+        f"  text path:   agrees with the dataset on {p['agree_text']}/{p['rows']},"
+        f" no answer extracted: {p['no_answer']}"
     )
     print(f"  direct path: agrees with the dataset on {p['agree_direct']}/{p['rows']}")
     for d in p["disagree_text"][: args.show]:
