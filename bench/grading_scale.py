@@ -99,6 +99,25 @@ def _peak_rss_mib() -> tuple[float, float]:
     return round(own, 1), round(children, 1)
 
 
+def after_grading(graded: pl.DataFrame, problems: pl.DataFrame) -> int:
+    """The stages after grading, as the flow runs them with step scoring off."""
+    from tracefactory.config import CurriculumConfig, DifficultyConfig, SelectConfig
+    from tracefactory.schema import COT_TOKENS, SAMPLE_INDEX
+    from tracefactory.stages.curriculum import curriculum
+    from tracefactory.stages.difficulty import difficulty
+    from tracefactory.stages.select import select
+    from tracefactory.stages.step_score import unscored
+
+    rollouts = unscored(graded).with_columns(
+        (pl.col(TEXT).str.len_chars() // 4).alias(COT_TOKENS),
+        pl.int_range(pl.len()).over(PROBLEM_ID).alias(SAMPLE_INDEX),
+    )
+    chosen, _ = select(rollouts, SelectConfig())
+    tagged, _ = difficulty(problems.with_columns(pl.col(PROBLEM_ID).alias("question")), DifficultyConfig(), chosen)
+    dataset, _ = curriculum(chosen, CurriculumConfig(), tagged)
+    return len(dataset)
+
+
 def plain(gold: str, text: str, finish: str) -> tuple[bool, str | None]:
     """One trace graded with nothing but extraction and Math-Verify (the reference)."""
     if finish == "length":
@@ -124,6 +143,12 @@ def main() -> None:
     rate = len(rollouts) / seconds
     print(f"grade: {seconds:.1f} s, {rate:,.0f} traces/s; {report.dropped_by_reason}")
     print(f"peak RSS (MiB, this process / largest worker): {_peak_rss_mib()}")
+    t = time.perf_counter()
+    kept = after_grading(graded, problems)
+    print(
+        f"after grading (select, difficulty, curriculum): {time.perf_counter() - t:.1f} s, {kept:,} dataset rows;"
+        f" peak RSS now {_peak_rss_mib()[0]} MiB"
+    )
     rng = random.Random(1)
     rows = rng.sample(range(len(rollouts)), min(args.sample, len(rollouts)))
     gold = dict(problems.iter_rows())
@@ -145,6 +170,7 @@ def main() -> None:
         "traces_per_s": round(rate),
         "peak_rss_mib": _peak_rss_mib(),
         "plain_traces_per_s": round(plain_rate),
+        "dataset_rows": kept,
         "sample": len(rows),
         "mismatches": mismatches[:100],
     }
