@@ -3,7 +3,8 @@ the K-th time (default: the first) it reaches `failpoint(NAME)` — no cleanup, 
 an OOM kill or a lost node would end it. Unset (as it is for users) a failpoint is one dict lookup.
 
 Points: `rollout.chunk_committed` (after a chunk of finished requests is on disk), `grade.batch`
-(while the grading pool is working), `write.table` (between the output tables of a run).
+(half-way through a grading batch: its fast verdicts, or the grading pool's pairs), `write.table`
+(between the output tables of a run).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Iterable
 
 from tracefactory.answers import extract_answer, last_boxed  # noqa: F401  (the grading API)
+from tracefactory.failpoints import failpoint
 from tracefactory.gradepool import GradeFn, GradePool
 from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
 
@@ -148,7 +149,9 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
     unique = list(dict.fromkeys(pairs))
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
     todo = []
-    for p in unique:
+    for i, p in enumerate(unique):
+        if i == len(unique) // 2:
+            failpoint("grade.batch")  # half-way through a batch (the pool has its own, for its pairs)
         if p[1] is not None:
             known = fast_verdict(*p)
             if known is None:
