@@ -93,7 +93,9 @@ def load_problems(run: io.RunDir, cfg: FactoryConfig) -> Loaded:
 def rewrite_problems(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tuple[Loaded, StageReport]:
     """The rewrite stage: the loaded problems plus their variants (paraphrases through `teacher`,
     graded with the grading pool)."""
-    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
+    judge = partial(
+        judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s, formats=cfg.grade.answer_formats
+    )
     paraphraser = Paraphraser(teacher, judge, cfg.prompt, cfg.sampling)
     problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite, paraphraser)
     return dataclasses.replace(loaded, problems=problems), report

@@ -166,8 +166,10 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
     return out
 
 
-def judge_texts(pairs: list[tuple[str, str]], workers: int = 0, timeout_s: float = 5.0) -> list[bool]:
-    """For (gold, completion text) pairs: does the text's final answer equal the gold?"""
-    preds = [(gold, extract_answer(text)) for gold, text in pairs]
+def judge_texts(
+    pairs: list[tuple[str, str]], workers: int = 0, timeout_s: float = 5.0, formats: Iterable[str] | None = None
+) -> list[bool]:
+    """For (gold, completion text) pairs: does the text's final answer (`formats`' markers) equal the gold?"""
+    preds = [(gold, extract_answer(text, *([formats] if formats else []))) for gold, text in pairs]
     verdicts = grade_pairs(preds, workers, timeout_s)
     return [verdicts[p][0] for p in preds]

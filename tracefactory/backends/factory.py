@@ -31,6 +31,8 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | Non
         return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len)
     s = cfg.sampling
     params = SamplingConfig(n=sc.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
-    judge = partial(judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s)
+    judge = partial(
+        judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s, formats=cfg.grade.answer_formats
+    )
     reuse = reuse_pool(graded, sc.split, sc.pattern) if graded is not None else None
     return MonteCarloScorer(teacher, judge, cfg.prompt, params, sc.search, reuse, sc.label)

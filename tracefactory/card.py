@@ -1,0 +1,267 @@
+"""The dataset card of a release (`tracefactory release`): a README for a reader — what the data is, how it
+was made (teacher, grading, step filter, selection, rewriting in words), the run's funnel as a table, the
+schema, how to load each config, sources and licences, lineage — and its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from tracefactory.schema import COT_TOKENS, CURRICULUM_RANK, DIFFICULTY, PASS_RATE, PROBLEM_ID, SCHEMA_DIR, UNSOLVED
+
+PLOTS = {
+    "difficulty": "Problems per difficulty bucket",
+    "pass_rate": "Teacher pass rate per problem",
+    "cot_length": "Chain-of-thought length (tokens) by difficulty",
+    "tokens_per_trace": "Rollout tokens spent per accepted trace, by difficulty",
+}
+
+
+def bucket_order(dataset: pl.DataFrame) -> list[str]:
+    """Difficulty buckets in the order the curriculum meets them."""
+    return list(dict.fromkeys(dataset.sort(CURRICULUM_RANK)[DIFFICULTY].to_list()))
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+
+
+def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts: pl.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = [*bucket_order(dataset), *sorted(set(problems[DIFFICULTY].drop_nulls()) - set(dataset[DIFFICULTY]))]
+    counts = dict(problems.group_by(DIFFICULTY).len().iter_rows())
+    spent = dict(rollouts.group_by(PROBLEM_ID).agg(pl.col(COT_TOKENS).sum()).iter_rows())
+    per_bucket_tokens = {
+        b: sum(spent.get(p, 0) for p in problems.filter(pl.col(DIFFICULTY) == b)[PROBLEM_ID]) for b in order
+    }
+    accepted = dict(dataset.group_by(DIFFICULTY).len().iter_rows())
+
+    def save(name: str, draw) -> None:
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        draw(ax)
+        ax.set_title(PLOTS[name])
+        fig.tight_layout()
+        fig.savefig(folder / f"{name}.png", metadata={"Software": None})
+        plt.close(fig)
+
+    def difficulty(ax):
+        ax.bar(order, [counts.get(b, 0) for b in order], color="#4c72b0")
+        ax.set_ylabel("problems")
+
+    def pass_rate(ax):
+        n = max(problems["n_rollouts"].max() or 1, 1)  # pass rates are multiples of 1/n: one bar each
+        edges = [(k - 0.5) / n for k in range(n + 2)]
+        ax.hist(problems[PASS_RATE].drop_nulls().to_list(), bins=edges, color="#55a868", rwidth=0.85)
+        ax.set_xlabel("pass rate")
+        ax.set_ylabel("problems")
+
+    def cot_length(ax):
+        present = [b for b in order if b in accepted]
+        data = [dataset.filter(pl.col(DIFFICULTY) == b)[COT_TOKENS].to_list() for b in present]
+        if present:
+            ax.boxplot(data, tick_labels=present)
+        ax.set_ylabel("tokens")
+
+    def tokens_per_trace(ax):
+        present = [b for b in order if accepted.get(b)]
+        total = sum(spent.values()) / max(len(dataset), 1)  # with what unsolved problems cost
+        ax.bar([*present, "all (with unsolved)"], [*(per_bucket_tokens[b] / accepted[b] for b in present), total])
+        ax.set_ylabel("rollout tokens / accepted trace")
+
+    for name, draw in (
+        ("difficulty", difficulty),
+        ("pass_rate", pass_rate),
+        ("cot_length", cot_length),
+        ("tokens_per_trace", tokens_per_trace),
+    ):
+        save(name, draw)
+
+
+# ---- the card ---------------------------------------------------------------------------------------
+
+
+def _schema_rows(table: str) -> list[tuple[str, str, str]]:
+    spec = json.loads((SCHEMA_DIR / f"{table}.json").read_text())
+    return [(c["name"], c["type"], c.get("description", "")) for c in spec["columns"]]
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def _reasons(raw: str | None) -> str:
+    reasons = json.loads(raw) if raw else {}
+    return ", ".join(f"{k} {v:,}" for k, v in reasons.items() if v) or "-"
+
+
+def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], license: str) -> str:
+    """The README of a release described by `info` (its release.json) for the run of `manifest`."""
+    cfg = manifest["config"]
+    teacher = manifest.get("teacher", {})
+    buckets = [c for c in configs if c not in ("default", "rollouts", "problems")]
+    front = {
+        "license": license,
+        "pretty_name": f"{info['repo_id'].split('/')[-1]} (tracefactory)",
+        "tags": ["reasoning", "chain-of-thought", "distillation", "tracefactory"],
+        "task_categories": ["text-generation"],
+        "configs": [
+            {
+                "config_name": c,
+                "data_files": [{"split": "train", "path": f"data/{c}/*.parquet"}],
+                **({"default": True} if c == "default" else {}),
+            }
+            for c in configs
+        ],
+    }
+    r, tag, previous = info["added"]["rows"], info["tag"], info["previous_tag"]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {info['repo_id']}",
+        "",
+        f"Chain-of-thought traces distilled from **{teacher.get('name', cfg['teacher']['model'])}**, graded against"
+        " gold answers, filtered by a process reward model and ordered easy-to-hard, made with"
+        " tracefactory from the run `"
+        f"{manifest.get('name')}` ({manifest.get('created')}). Release **{tag}**"
+        + (f", after {previous}" if previous else "")
+        + ".",
+        "",
+        f"**Added in {tag}**"
+        + (f" (since {previous})" if previous else "")
+        + f": {info['added']['problems']:,} new problems, {r['default']:,} training rows,"
+        f" {r['rollouts']:,} rollouts. Problems already in an earlier release (same normalised question and"
+        " gold) are not repeated; each release adds its own files, and every config loads all of them.",
+        "",
+        "## Configs",
+        "",
+        "| config | rows in this release | what it is |",
+        "|---|---:|---|",
+        f"| `default` | {r['default']:,} | one row per kept trace: `question`, `cot`, `answer`, in curriculum"
+        " order (`curriculum_rank`) |",
+        *[f"| `{b}` | {r.get(b, 0):,} | the `{b}` difficulty bucket of `default` |" for b in buckets],
+        f"| `rollouts` | {r['rollouts']:,} | every trace the teacher wrote, right or wrong, with its verdict"
+        " (`correct`) and why it was dropped (`drop_reason`): negatives for DPO |",
+        f"| `problems` | {r['problems']:,} | every problem with the teacher's pass rate and its difficulty |",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{info["repo_id"]}")                # default: curriculum order',
+        *[f'{b} = load_dataset("{info["repo_id"]}", "{b}")' for b in buckets[:1]],
+        f'rollouts = load_dataset("{info["repo_id"]}", "rollouts")',
+        "```",
+        "",
+        f'A release is a tag: `load_dataset("{info["repo_id"]}", revision="{tag}")`.',
+        "",
+        "## How it was made",
+        "",
+        f"- **Teacher**: `{teacher.get('name')}` ({teacher.get('kind')}), {cfg['sampling']['n']} samples per problem,"
+        f" temperature {cfg['sampling']['temperature']}, top-p {cfg['sampling']['top_p']},"
+        f" at most {cfg['sampling']['max_tokens']} tokens, seed {cfg['sampling']['seed']}.",
+        "- **Grading**: the final answer extracted from each trace is checked against the gold with Math-Verify"
+        f" ({cfg['grade']['timeout_s']} s budget per answer"
+        + (", truncated traces dropped" if cfg["grade"].get("drop_truncated") else "")
+        + ").",
+        f"- **Step filter**: {_step_filter(cfg)}",
+        f"- **Selection**: the {cfg['select']['keep']} shortest correct trace(s) per problem; **difficulty** from the"
+        f" teacher's pass rate (bucket lower bounds {', '.join(f'{n} ≥ {b}' for n, b in cfg['difficulty']['buckets'])};"
+        f" pass rate 0 is `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
+        f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
+        "",
+        "## Funnel",
+        "",
+        "What each stage of the run kept (the whole run; this release holds its new problems).",
+        "",
+        "| stage | unit | in | kept | dropped | reasons | seconds |",
+        "|---|---|---:|---:|---:|---|---:|",
+        *[
+            f"| {f['stage']} | {f['unit']} | {_number(f['rows_in'])} | {_number(f['kept'])} |"
+            f" {_number(f['rows_in'] - f['kept'])} | {_reasons(f.get('dropped_by_reason'))} | {f['seconds']:,.1f} |"
+            for f in funnel.iter_rows(named=True)
+        ],
+        "",
+        "## Plots",
+        "",
+        *[f"![{title}](plots/{name}.png)\n" for name, title in PLOTS.items()],
+        "## Schema (`default` and the difficulty configs)",
+        "",
+        "| column | type | description |",
+        "|---|---|---|",
+        *[f"| `{n}` | {t} | {d} |" for n, t, d in _schema_rows("dataset")],
+        "",
+        "## Sources and licence",
+        "",
+        f"Released under `{license}`.",
+        "",
+        *_sources(manifest),
+        "",
+        "## Lineage",
+        "",
+        f"`manifest.json` (input hashes, teacher identity, seeds, package versions, code version"
+        f" `{manifest.get('code_version')}`) and `config.yaml` (the resolved config, config hash"
+        f" `{manifest.get('config_hash')}`) are beside the data; `release.json` says what this release added and"
+        " `problem_hashes.parquet` lists every problem released so far.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _problem_stages(cfg: dict) -> str:
+    rewrite, dedup, decon = cfg.get("rewrite", {}), cfg.get("dedup", {}), cfg.get("decontaminate", {})
+    parts = [f"rewriting {', '.join(rewrite['kinds'])}" if rewrite.get("enabled") else "no rewriting"]
+    near = f"duplicates and near-duplicates removed (MinHash, Jaccard ≥ {dedup.get('near_threshold')})"
+    parts.append(near if dedup.get("enabled") else "no dedup")
+    if decon.get("enabled"):
+        names = ", ".join(b["name"] for b in decon.get("benchmarks", []))
+        parts.append(f"questions sharing a {decon.get('ngram')}-gram with {names} removed")
+    else:
+        parts.append("no decontamination")
+    return "; ".join(parts) + "."
+
+
+def _step_filter(cfg: dict) -> str:
+    s = cfg.get("step_score", {})
+    if not s.get("enabled"):
+        return "off (traces are not scored step by step)."
+    if s["scorer"] == "monte_carlo":
+        how = (
+            f"each step scored by Monte-Carlo continuations of the teacher ({s['n']} per step, {s['label']} labels,"
+            f" {s['search']} search, Math-Shepherd style)"
+        )
+    else:
+        how = f"each step scored by the process reward model `{s.get('prm_model')}`"
+    return (
+        f"steps split by {s['split']}; {how}; a trace is kept when the {s['aggregate']} of its step scores is above"
+        f" {s['threshold']} (unscored traces: {s['unscored']})."
+    )
+
+
+def _sources(manifest: dict) -> list[str]:
+    src = manifest.get("inputs", {}).get("source", {})
+    path = src.get("path")
+    name = Path(path).name if path else manifest["config"]["source"].get("path")
+    out = [f"- Problems: `{name}`" + (f" (sha256 `{src['sha256'][:16]}…`)" if src.get("sha256") else "")]
+    if path:  # the licence notes shipped beside the source file
+        folder = Path(path).parent
+        for note in ("SOURCE.md", "LICENSE"):
+            lines = [ln.strip() for ln in (folder / note).read_text().splitlines()] if (folder / note).is_file() else []
+            said = next((ln for ln in lines if "licen" in ln.lower()), next((ln for ln in lines if ln), None))
+            if said:
+                out.append(f"  - {note}: {said.lstrip('# ')}")
+    out.append(
+        "- Traces: written by the teacher above; its licence and terms of use apply to them as well as this one."
+    )
+    return out
