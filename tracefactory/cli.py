@@ -180,7 +180,7 @@ def readable(v) -> str:
 def eval_steps(
     config: Optional[Path] = typer.Argument(None, help="YAML config whose step_score section picks the scorer"),
     data: Path = typer.Option(Path("data/prm800k/phase1_test_labeled_2000.jsonl"), help="labelled steps (PRM800K)"),
-    limit: int = typer.Option(200, help="score at most this many labelled traces"),
+    limit: int = typer.Option(200, help="score a seeded sample of this many labelled traces (both labels kept)"),
     run_dir: Optional[Path] = typer.Option(None, "--run", help="also write the figures into RUN/manifest.json"),
 ) -> None:
     """Agreement of the configured step scorer with human step labels: step AUROC, first-error F1."""

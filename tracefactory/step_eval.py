@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,16 +28,24 @@ class LabelledTrace:
     last_only: bool  # only the last label is informative
 
 
-def load_labelled(path: str | Path, limit: int | None = None) -> list[LabelledTrace]:
+def load_labelled(path: str | Path, limit: int | None = None, seed: int = 0) -> list[LabelledTrace]:
+    """The labelled traces of `path`; with `limit`, a seeded sample of that many that holds both labels in the
+    file's proportion (at least one trace with a bad step and one without, where the file has them) — the
+    first rows of the shipped PRM800K sample are chosen paths without a single negative step — in file order."""
     out = []
     with open(path) as f:
         for line in f:
-            if limit is not None and len(out) >= limit:
-                break
             r = json.loads(line)
             item = StepItem(r["id"], r["problem"], str(r["gold_answer"]), tuple(r["steps"]))
             out.append(LabelledTrace(item, tuple(r["step_labels"]), r["kind"] == "alternative_step"))
-    return out
+    if limit is None or limit >= len(out):
+        return out
+    bad = [i for i, t in enumerate(out) if -1 in t.labels]
+    good = [i for i, t in enumerate(out) if -1 not in t.labels]
+    n_bad = min(len(bad), max(1 if bad else 0, round(limit * len(bad) / len(out))), limit - (1 if good else 0))
+    rng = random.Random(seed)
+    chosen = rng.sample(bad, n_bad) + rng.sample(good, min(len(good), limit - n_bad))
+    return [out[i] for i in sorted(chosen)]
 
 
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:

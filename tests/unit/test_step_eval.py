@@ -88,3 +88,15 @@ def test_eval_steps_command_reports_agreement_and_writes_the_manifest(tmp_path, 
     assert 0.0 <= figures["step_auroc"] <= 1.0 and figures["first_error_f1"] is not None
     bad = CliRunner().invoke(app, ["eval-steps", "--data", str(tmp_path / "missing.jsonl")])
     assert bad.exit_code == 2 and "--data" in bad.output
+
+
+def test_a_limited_evaluation_set_is_a_seeded_sample_holding_both_labels():
+    every = load_labelled(PRM800K)
+    small = load_labelled(PRM800K, limit=20)
+    assert len(small) == 20 and small == load_labelled(PRM800K, limit=20)  # seeded: the same sample
+    assert any(-1 in t.labels for t in small) and any(-1 not in t.labels for t in small)
+    assert all(-1 not in t.labels for t in every[:20])  # what the first 20 rows would have been
+    ids = [t.item.problem_id for t in every]
+    assert [ids.index(t.item.problem_id) for t in small] == sorted(ids.index(t.item.problem_id) for t in small)
+    perfect = evaluate(_Oracle({t.item.problem_id: t.labels for t in small}), small)
+    assert perfect["step_auroc"] == 1.0  # not None: both labels are there
