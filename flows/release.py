@@ -5,7 +5,6 @@ the source, and publishes only the problems no earlier release has."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,7 @@ from tracefactory.config import load_config
 def build_task(
     run_dir: str, repo_id: str, out: str, tag: str | None, license: str, dry_run: bool, previous: str | None
 ):
-    if dry_run:
-        prev = release.read_previous(previous)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            prev = release.fetch_previous(repo_id, Path(tmp))
+    prev = release.previous_release(repo_id, dry_run, previous)
     return release.build(run_dir, out, repo_id, tag=tag, previous=prev, license=license)
 
 

@@ -11,7 +11,16 @@ from typing import Any
 import polars as pl
 import yaml
 
-from tracefactory.schema import COT_TOKENS, CURRICULUM_RANK, DIFFICULTY, PASS_RATE, PROBLEM_ID, SCHEMA_DIR, UNSOLVED
+from tracefactory.schema import (
+    COT_TOKENS,
+    CURRICULUM_RANK,
+    DIFFICULTY,
+    N_ROLLOUTS,
+    PASS_RATE,
+    PROBLEM_ID,
+    SCHEMA_DIR,
+    UNSOLVED,
+)
 
 PLOTS = {
     "difficulty": "Problems per difficulty bucket",
@@ -56,7 +65,7 @@ def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts:
         ax.set_ylabel("problems")
 
     def pass_rate(ax):
-        n = max(problems["n_rollouts"].max() or 1, 1)  # pass rates are multiples of 1/n: one bar each
+        n = max(problems[N_ROLLOUTS].max() or 1, 1)  # pass rates are multiples of 1/n: one bar each
         edges = [(k - 0.5) / n for k in range(n + 2)]
         ax.hist(problems[PASS_RATE].drop_nulls().to_list(), bins=edges, color="#55a868", rwidth=0.85)
         ax.set_xlabel("pass rate")
@@ -133,8 +142,9 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f"# {info['repo_id']}",
         "",
         f"Chain-of-thought traces distilled from **{teacher.get('name', cfg['teacher']['model'])}**, graded against"
-        " gold answers, filtered by a process reward model and ordered easy-to-hard, made with"
-        " tracefactory from the run `"
+        " gold answers, "
+        + ("filtered by their step scores and " if cfg["step_score"]["enabled"] else "")
+        + f"ordered {cfg['curriculum']['order'].replace('_', ' ')}, made with tracefactory from the run `"
         f"{manifest.get('name')}` ({manifest.get('created')}). Release **{tag}**"
         + (f", after {previous}" if previous else "")
         + ".",

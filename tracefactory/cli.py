@@ -243,6 +243,8 @@ def _write_result(result, fmt: str, output: Optional[Path]) -> None:
     import csv
     import io as stdio
 
+    from tracefactory.query import rows_of
+
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -250,18 +252,18 @@ def _write_result(result, fmt: str, output: Optional[Path]) -> None:
         _console().print(f"{result.num_rows:,} rows -> {output}")
         return
     if fmt == "table" and output is None:
-        _print_table(result.column_names, [tuple(r.values()) for r in result.to_pylist()])
+        _print_table(result.column_names, rows_of(result))
         return
     buf = stdio.StringIO()
     if fmt == "csv":
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(result.column_names)
-        writer.writerows(tuple(r.values()) for r in result.to_pylist())
+        writer.writerows(rows_of(result))
     elif fmt == "json":
         for r in result.to_pylist():
             buf.write(json.dumps(r, default=str) + "\n")
     else:  # a table into a file: the same text as on the console
-        Console(file=buf, width=200).print(_table(result.column_names, [tuple(r.values()) for r in result.to_pylist()]))
+        Console(file=buf, width=200).print(_table(result.column_names, rows_of(result)))
     if output is None:
         sys.stdout.write(buf.getvalue())
     else:
@@ -287,7 +289,6 @@ def release(
     tag. Only problems no earlier release of the repository has are added. The token is huggingface_hub's
     (HF_TOKEN or `hf auth login`); it is never written anywhere."""
     import re
-    import tempfile
 
     from tracefactory import release as rel
     from tracefactory.errors import ConfigError
@@ -301,11 +302,7 @@ def release(
                 "--previous", str(previous), "only with --dry-run (an upload reads the Hub's last release)"
             )
         folder = out or run_dir / "release"
-        if dry_run:
-            prev = rel.read_previous(previous)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                prev = rel.fetch_previous(repo_id, Path(tmp))
+        prev = rel.previous_release(repo_id, dry_run, previous)
         made = rel.build(run_dir, folder, repo_id, tag=tag, previous=prev, license=license)
     except rel.NothingNew as exc:
         console.print(f"nothing to release: {exc}")

@@ -19,23 +19,23 @@ import pyarrow as pa
 
 from tracefactory.errors import ConfigError
 from tracefactory.io import RunDir
+from tracefactory.release import FUNNEL, RELEASE_JSON, TABLES
 
 READ_ONLY = {"SELECT", "EXPLAIN"}  # SUMMARIZE and DESCRIBE parse as SELECT
-RELEASE_TABLES = {"dataset": "data/default", "rollouts": "data/rollouts", "problems": "data/problems"}
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _tables(folder: Path) -> dict[str, list[str]]:
-    """{view: parquet globs} of a run directory or a release folder."""
-    if (folder / "release.json").is_file():
-        found = {t: [str(folder / d / "*.parquet")] for t, d in RELEASE_TABLES.items() if any((folder / d).glob("*"))}
-        if (folder / "funnel.parquet").is_file():
-            found["funnel"] = [str(folder / "funnel.parquet")]
+def _tables(folder: Path) -> dict[str, str]:
+    """{view: parquet glob} of a run directory or a release folder."""
+    if (folder / RELEASE_JSON).is_file():
+        found = {t: str(folder / d / "*.parquet") for t, d in TABLES.items() if any((folder / d).glob("*"))}
+        if (folder / FUNNEL).is_file():
+            found["funnel"] = str(folder / FUNNEL)
         return found
-    return {name: [str(folder / name / "*.parquet")] for name in RunDir(folder).tables()}
+    return {name: str(folder / name / "*.parquet") for name in RunDir(folder).tables()}
 
 
 def _labels(folders: list[Path]) -> list[str]:
@@ -44,9 +44,10 @@ def _labels(folders: list[Path]) -> list[str]:
 
 
 def connect(sources: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection:
-    folders = [Path(s).resolve() for s in (sources if isinstance(sources, list) else [sources])]
+    given_as = sources if isinstance(sources, list) else [sources]
+    folders = [Path(s).resolve() for s in given_as]
     found = {}
-    for given, folder in zip(sources if isinstance(sources, list) else [sources], folders):
+    for given, folder in zip(given_as, folders):
         found[folder] = _tables(folder)
         if not found[folder]:
             raise ConfigError(
@@ -58,9 +59,8 @@ def connect(sources: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection
         parts = []
         for folder, label in zip(folders, _labels(folders)):
             if view in found[folder]:
-                files = "[" + ", ".join(_quote(g) for g in found[folder][view]) + "]"
                 run = f", {_quote(label)} AS run" if several else ""
-                parts.append(f"SELECT *{run} FROM read_parquet({files}, union_by_name = true)")
+                parts.append(f"SELECT *{run} FROM read_parquet({_quote(found[folder][view])}, union_by_name = true)")
         con.execute(f'CREATE VIEW "{view}" AS ' + " UNION ALL BY NAME ".join(parts))
     allowed = ", ".join(_quote(str(f).rstrip("/") + "/") for f in folders)
     con.execute(f"SET allowed_directories = [{allowed}]")
@@ -89,4 +89,8 @@ def query_arrow(sources: str | Path | list[str | Path], sql: str) -> pa.Table:
 def query(sources: str | Path | list[str | Path], sql: str):
     """(column names, rows) of `sql` run against the sources' views."""
     table = query_arrow(sources, sql)
-    return table.column_names, [tuple(r.values()) for r in table.to_pylist()]
+    return table.column_names, rows_of(table)
+
+
+def rows_of(table: pa.Table) -> list[tuple]:
+    return [tuple(r.values()) for r in table.to_pylist()]

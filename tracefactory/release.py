@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +42,11 @@ from tracefactory.schema import (
 )
 from tracefactory.textnorm import normalise
 
-log = logging.getLogger("tracefactory")
-
 RELEASE_JSON = "release.json"
 HASHES = "problem_hashes.parquet"
+FUNNEL = "funnel.parquet"
+# a release folder's tables, as `tracefactory query` reads them
+TABLES = {"dataset": "data/default", "rollouts": "data/rollouts", "problems": "data/problems"}
 REPO_ID = r"[\w.-]+/[\w.-]+"
 
 
@@ -64,8 +65,9 @@ class Release:
 
 
 def problem_hash(question: str, answer: str) -> str:
-    """A problem's identity across runs and releases: its normalised question and gold."""
-    return hashlib.sha256(f"{normalise(question)}\x00{normalise(answer)}".encode()).hexdigest()[:32]
+    """A problem's identity across runs and releases: its normalised question and its gold without spaces
+    (not word-normalised: that would make -3 and 3, or 1/2 and 12, one gold)."""
+    return hashlib.sha256(f"{normalise(question)}\x00{''.join(answer.split())}".encode()).hexdigest()[:32]
 
 
 def read_previous(folder: str | Path | None) -> tuple[dict | None, pl.DataFrame | None]:
@@ -89,9 +91,9 @@ def build(
     """Write the release folder for `run_dir` at `out` (replacing it), relative to the `previous` release."""
     run = io.RunDir(run_dir)
     manifest_path = run.root / "manifest.json"
-    if not manifest_path.is_file() or json.loads(manifest_path.read_text()).get("status") != "complete":
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("status") != "complete":
         raise ConfigError("RUN_DIR", str(run_dir), "a finished run (its manifest.json says status: complete)")
-    manifest = json.loads(manifest_path.read_text())
     tables = {t: run.read_table(t) for t in ("problems", "rollouts", "dataset", "funnel")}
 
     prev, prev_hashes = previous
@@ -124,8 +126,7 @@ def build(
     (out / "plots").mkdir(parents=True)
     name = f"release-{sequence:04d}.parquet"
     frames = {"default": dataset}
-    buckets = [b for b in bucket_order(dataset)]
-    frames.update({b: dataset.filter(pl.col(DIFFICULTY) == b) for b in buckets})
+    frames.update({b: dataset.filter(pl.col(DIFFICULTY) == b) for b in bucket_order(dataset)})
     frames.update({"rollouts": rollouts, "problems": problems_out})
     for config, frame in frames.items():
         (out / "data" / config).mkdir(parents=True)
@@ -153,7 +154,7 @@ def build(
             "created": manifest.get("created"),
         },
     }
-    tables["funnel"].write_parquet(out / "funnel.parquet", statistics=False)  # the whole run's (for `query`)
+    tables["funnel"].write_parquet(out / FUNNEL, statistics=False)  # the whole run's (for `query`)
     (out / RELEASE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     head = f"# the resolved config of run {manifest.get('name')!r} (config hash {manifest.get('config_hash')})\n"
@@ -165,6 +166,15 @@ def build(
 
 
 # ---- the Hub ---------------------------------------------------------------------------------------
+
+
+def previous_release(repo_id: str, dry_run: bool, folder: str | Path | None) -> tuple[dict | None, pl.DataFrame | None]:
+    """What a release builds on: with `dry_run`, the release folder `folder` (None: a first release);
+    otherwise the repository's latest release on the Hub."""
+    if dry_run:
+        return read_previous(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        return fetch_previous(repo_id, Path(tmp))
 
 
 def fetch_previous(repo_id: str, folder: Path) -> tuple[dict | None, pl.DataFrame | None]:

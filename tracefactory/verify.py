@@ -17,24 +17,19 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Iterable
 
-from tracefactory.answers import extract_answer, last_boxed  # noqa: F401  (the grading API)
+from tracefactory.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
 from tracefactory.failpoints import failpoint
 from tracefactory.gradepool import GradeFn, GradePool
 from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
 
 log = logging.getLogger(__name__)
 
-_HASHES = re.compile(r"####\s*([^\n]+)")
-
-
-def _last(pattern: re.Pattern, text: str) -> str | None:
-    matches = pattern.findall(text)
-    return matches[-1] if matches else None
-
 
 def gsm8k_gold(solution: str) -> str | None:
     """Gold of a GSM8K solution: the text after the last '####', thousands commas removed."""
-    hit = _last(_HASHES, solution or "")
+    text = solution or ""
+    found = FORMATS["hashes"](text, text.lower())
+    hit = found[0][1] if found else None
     return hit.strip().replace(",", "") if hit and hit.strip() else None
 
 

@@ -60,7 +60,7 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
         unique = list(first.values())
         of = problems[REWRITE_OF].to_list() if REWRITE_OF in problems.columns else [None] * len(ids)
         source = dict(zip(ids, of))
-        families = [_root(ids[i], source) for i in unique]
+        families = [root_of(ids[i], source) for i in unique]
         for j, k in _near([norm[i] for i in unique], families, cfg).items():
             reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]
     out = with_sources_removed(
@@ -69,7 +69,7 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
     return out, StageReport.from_reasons("dedup", "problems", out[REASON])
 
 
-def _root(pid: str, source: dict[str, str | None]) -> str:
+def root_of(pid: str, source: dict[str, str | None]) -> str:
     """The original a variant was made from (a paraphrase of a perturbed variant: through both)."""
     while source.get(pid):
         pid = source[pid]

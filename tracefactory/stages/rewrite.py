@@ -23,6 +23,7 @@ from tracefactory.config import PromptConfig, RewriteConfig, SamplingConfig
 from tracefactory.perturb import Skip, perturb
 from tracefactory.report import StageReport
 from tracefactory.schema import ANSWER, PROBLEM_ID, QUESTION, REWRITE_KIND, REWRITE_OF, SOLUTION
+from tracefactory.stages.dedup import root_of
 
 NO_SOLUTION = "no_solution"
 NOT_ANSWER_PRESERVING = "not_answer_preserving"
@@ -113,11 +114,8 @@ def rewrite(
         made.extend(got)
         reasons.extend(why)
     order = {pid: i for i, pid in enumerate(problems[PROBLEM_ID].to_list())}
-    root = {v[PROBLEM_ID]: v[REWRITE_OF] for v in made}
-    for pid in root:
-        while root[pid] in root:
-            root[pid] = root[root[pid]]
-    made.sort(key=lambda v: order[root[v[PROBLEM_ID]]])  # each problem's variants right after it, by kind
+    source = {v[PROBLEM_ID]: v[REWRITE_OF] for v in made}
+    made.sort(key=lambda v: order[root_of(v[PROBLEM_ID], source)])  # each problem's variants right after it, by kind
     variants = pl.DataFrame(made, schema=problems.schema)
     out = pl.concat([problems, variants]) if len(variants) else problems
     by: dict[str, int] = {}
