@@ -33,6 +33,17 @@ def _start(cmd, env, log: Path, cwd=REPO) -> subprocess.Popen:
     )
 
 
+def _api(client: httpx.Client, method: str, url: str, **kw) -> dict:
+    """A Prefect API call; a 503 (the SQLite-backed server busy while a worker and a deploy hit it on 2 cores)
+    is retried, as Prefect's own client does."""
+    for _ in range(20):
+        response = client.request(method, url, **kw)
+        if response.status_code != 503:
+            return response.raise_for_status().json()
+        time.sleep(2)
+    return response.raise_for_status().json()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -80,7 +91,7 @@ def test_a_deployed_flow_runs_on_a_process_worker_and_its_schedule_is_registered
         )
 
         client = httpx.Client(base_url=api, timeout=30)
-        deployments = {f"{d['name']}": d for d in client.post("/deployments/filter", json={}).raise_for_status().json()}
+        deployments = {f"{d['name']}": d for d in _api(client, "POST", "/deployments/filter", json={})}
         assert set(deployments) == {"demo", "nightly-release", "release"}
         (demo_schedule,) = deployments["demo"]["schedules"]
         assert demo_schedule["schedule"]["cron"] == "0 3 * * *" and demo_schedule["active"]
@@ -95,18 +106,16 @@ def test_a_deployed_flow_runs_on_a_process_worker_and_its_schedule_is_registered
             "rewrite.enabled": False,
             "step_score.enabled": False,
         }
-        run = (
-            client.post(
-                f"/deployments/{deployments['demo']['id']}/create_flow_run",
-                json={"parameters": {"out": str(out), "overrides": small}},
-            )
-            .raise_for_status()
-            .json()
+        run = _api(
+            client,
+            "POST",
+            f"/deployments/{deployments['demo']['id']}/create_flow_run",
+            json={"parameters": {"out": str(out), "overrides": small}},
         )
         deadline = time.time() + 540
         state = None
         while time.time() < deadline:
-            state = client.get(f"/flow_runs/{run['id']}").raise_for_status().json()["state"]
+            state = _api(client, "GET", f"/flow_runs/{run['id']}")["state"]
             if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(3)
