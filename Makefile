@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv lint lock demo release-demo test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo demo-prm prm-labels prm prm-eval release-demo test test-unit teacher demo-data bench clean
 
 PIP := $(BIN)/pip install -q -c constraints.txt
 
@@ -35,6 +35,25 @@ demo: venv
 	  min(curriculum_rank) AS first_rank, round(avg(cot_tokens), 1) AS mean_cot_tokens FROM dataset GROUP BY difficulty ORDER BY first_rank"
 	$(BIN)/tracefactory query $(RUN) "SELECT CASE WHEN rewrite_kind IS NULL THEN 'original' ELSE rewrite_kind END AS problems, \
 	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
+
+# The demo with the shipped PRM (data/prm) as its step filter instead of Monte-Carlo scoring: trains nothing.
+demo-prm: venv
+	$(BIN)/tracefactory run configs/demo-prm.yaml --out runs/demo-prm
+
+# Reproduce the shipped PRM: the demo with Monte-Carlo step labels on every trace, right or wrong answer
+# (the negatives; ~12 min on 2 cores), then train-prm on it (~6 min).
+prm-labels: venv
+	$(BIN)/tracefactory run --out runs/prm-labels --set step_score.scope=all
+
+prm: prm-labels
+	$(BIN)/tracefactory train-prm runs/prm-labels --out data/prm --holdout 0.1 --epochs 6
+
+# The PRM's evaluation set: 300 fresh generator problems (seed 4242), every trace Monte-Carlo scored;
+# then `.venv/bin/python bench/prm_quality.py` (see bench/README.md).
+prm-eval: venv
+	$(BIN)/python -m tracefactory.synth runs/prm-eval-src/problems.jsonl 60 4242
+	$(BIN)/tracefactory run --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
+	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
 
 # The demo run as a Hugging Face dataset release folder (nothing is uploaded): runs/demo/release/
 release-demo: venv

@@ -1,4 +1,4 @@
-"""`tracefactory run | query | release | serve | eval-steps` — the command line."""
+"""`tracefactory run | query | release | serve | eval-steps | train-prm` — the command line."""
 
 from __future__ import annotations
 
@@ -205,6 +205,54 @@ def eval_steps(
     if run_dir:
         manifest = json.loads((run_dir / "manifest.json").read_text())
         io.write_json({**manifest, "step_eval": result}, run_dir / "manifest.json")
+
+
+@app.command("train-prm")
+def train_prm(
+    runs: list[Path] = typer.Argument(..., metavar="RUN_DIR [RUN_DIR ...]", help="runs with Monte-Carlo step scores"),
+    out: Path = typer.Option(..., "--out", "-o", help="model folder to write (Qwen2.5-Math-PRM format)"),
+    labels: str = typer.Option("hard", help="hard (Math-Shepherd's 0/1) or soft (each step's Monte-Carlo value)"),
+    init: Optional[Path] = typer.Option(None, help="causal LM to start from (default: the embedded teacher)"),
+    epochs: int = typer.Option(6, min=1),
+    batch: int = typer.Option(32, min=1),
+    lr: float = typer.Option(5e-4),
+    holdout: float = typer.Option(0.2, min=0.0, max=0.9, help="share of problem families held out for the card"),
+    unsolved: bool = typer.Option(
+        False, "--include-unsolved", help="also train on problems the teacher never solved (their labels are all bad)"
+    ),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train a process reward model on runs' step labels (Math-Shepherd): steps before the first bad one good,
+    that one bad, later ones dropped. Use runs scored with `--set step_score.scope=all` (the wrong-answer
+    traces hold most bad steps); the model loads with `step_score: {scorer: prm, prm_model: OUT}`."""
+    from tracefactory.config import EMBEDDED_TEACHER
+    from tracefactory.errors import ConfigError
+    from tracefactory.prm_train import main_train
+
+    try:
+        if labels not in ("hard", "soft"):
+            raise ConfigError("--labels", labels, "hard or soft")
+        command = "tracefactory train-prm " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train-prm"] else None
+        record = main_train(
+            runs,
+            out,
+            labels,
+            init or EMBEDDED_TEACHER,
+            epochs=epochs,
+            batch=batch,
+            lr=lr,
+            holdout=holdout,
+            seed=seed,
+            command=command,
+        )
+    except TraceFactoryError as exc:
+        _fail(exc)
+    auc = record["held_out_auroc_vs_labels"]
+    _console().print(
+        f"trained on {record['train_traces']:,} traces ({record['train_steps']['bad']:,} bad steps) in "
+        f"{record['train_seconds']} s; held-out step AUROC vs Monte-Carlo labels "
+        f"{'n/a' if auc is None else f'{auc:.3f}'}  ->  {out}"
+    )
 
 
 @app.command("query")

@@ -265,6 +265,8 @@ class StepScoreConfig:
     threshold: float = 0.0  # keep a trace when its aggregate score is above this
     max_steps: int = 64  # longer traces are not scored (null scores)
     unscored: Literal["keep", "drop"] = "keep"  # traces that could not be scored: keep (null scores) or drop
+    # all: wrong-answer traces are scored too (a PRM's negatives, for train-prm); only correct ones are filtered
+    scope: Literal["correct", "all"] = "correct"
     eval_set: str | None = None  # human-labelled steps (PRM800K format): agreement goes into the manifest
     eval_limit: int | None = 200
 
@@ -408,6 +410,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             candidate = (path.parent / src["path"]).resolve()
             if candidate.exists():
                 src["path"] = str(candidate)
+    step = data.get("step_score") if isinstance(data, dict) else None
+    if isinstance(step, dict) and isinstance(step.get("prm_model"), str) and step["prm_model"].startswith("."):
+        step["prm_model"] = str((path.parent / step["prm_model"]).resolve())  # a local PRM beside the config
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

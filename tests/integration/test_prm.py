@@ -1,35 +1,43 @@
-"""A tiny PRM with Qwen2.5-Math-PRM's architecture under vLLM's CPU pooling runner."""
+"""The shipped PRM (data/prm, Qwen2.5-Math-PRM's format) under vLLM's CPU pooling runner, train-prm, demo-prm."""
 
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
 import pytest
 
 from tracefactory.backends.scorers import StepItem
-from tracefactory.config import EMBEDDED_TEACHER
+from tracefactory.config import EMBEDDED_TEACHER, REPO_ROOT
 from tracefactory.errors import ConfigError
 
 pytestmark = pytest.mark.vllm
+SHIPPED = REPO_ROOT / "data" / "prm"
+ITEMS = [
+    StepItem("a", "What is 1+2?", "3", ("1 + 2 = 3", "The answer is \\boxed{3}.")),
+    StepItem("b", "Ann has 5 pens.", "9", ("5 + 2 = 7", "7 + 2 = 9", "9 - 0 = 9", "The answer is 9.")),
+    StepItem("c", "q", "1", ("The answer is 1.",)),
+]
 
 
 @pytest.fixture(scope="module")
-def prm(tmp_path_factory):
+def prm():
     from tracefactory.backends.prm import VLLMPRMScorer
-    from tracefactory.tiny_prm import build
 
-    scorer = VLLMPRMScorer(str(build(tmp_path_factory.mktemp("prm") / "tiny-prm")), system=None, max_model_len=256)
+    scorer = VLLMPRMScorer(str(SHIPPED), system=None, max_model_len=256)
     yield scorer
     scorer.close()
 
 
 def test_one_score_per_step_for_a_batch_of_different_lengths(prm):
-    items = [
-        StepItem("a", "What is 1+2?", "3", ("1 + 2 = 3", "The answer is \\boxed{3}.")),
-        StepItem("b", "Ann has 5 pens.", "9", ("5 + 2 = 7", "7 + 2 = 9", "9 - 0 = 9", "The answer is 9.")),
-        StepItem("c", "q", "1", ("The answer is 1.",)),
-    ]
-    results = prm.score(items)
+    results = prm.score(ITEMS)
     assert [len(r.scores) for r in results] == [2, 4, 1]
-    assert all(0.0 <= s <= 1.0 for r in results for s in r.scores)
-    again = prm.score(items[1:2])[0].scores
-    assert again == pytest.approx(results[1].scores, abs=1e-3)  # batching does not change a trace's scores
+    assert all(0.0 < s < 1.0 for r in results for s in r.scores)
+    again = prm.score(ITEMS[1:2])[0].scores
+    assert again == pytest.approx(results[1].scores, abs=1e-5)  # batching does not change a trace's scores
 
 
 def test_too_long_and_separator_inside_a_step_are_skipped_not_crashed(prm):
@@ -48,3 +56,135 @@ def test_a_model_without_the_separator_fails_before_scoring():
     with pytest.raises(ConfigError, match="prm_separator"):
         scorer.score([StepItem("a", "q", "1", ("s",))])
     assert scorer._llm is None  # the engine never started
+
+
+def test_a_checkpoint_without_the_heads_biases_is_refused_before_vllm_loads_it(tmp_path):
+    """vLLM leaves a missing linear bias uninitialised (no error): NaN or saturated scores by process."""
+    from safetensors.torch import load_file, save_file
+
+    from tracefactory.backends.prm import VLLMPRMScorer
+
+    broken = tmp_path / "prm"
+    shutil.copytree(SHIPPED, broken)
+    weights = load_file(str(SHIPPED / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "score.2.bias"}, str(broken / "model.safetensors"))
+    scorer = VLLMPRMScorer(str(broken))
+    with pytest.raises(ConfigError, match="score.2.bias"):
+        scorer.score(ITEMS[:1])
+    assert scorer._llm is None
+
+
+SCORE_IN_A_FRESH_PROCESS = """
+import json, sys
+from tracefactory.backends.prm import VLLMPRMScorer
+from tracefactory.backends.scorers import StepItem
+items = [StepItem(*row[:3], tuple(row[3])) for row in json.loads(sys.argv[2])]
+scorer = VLLMPRMScorer(sys.argv[1])
+print("SCORES", json.dumps([r.scores for r in scorer.score(items)]))
+scorer.close()
+"""
+
+
+def test_the_same_inputs_score_the_same_in_two_fresh_processes():
+    rows = json.dumps([[it.problem_id, it.question, it.gold, list(it.steps)] for it in ITEMS])
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", SCORE_IN_A_FRESH_PROCESS, str(SHIPPED), rows],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO_ROOT,
+        )
+        line = [ln for ln in done.stdout.splitlines() if ln.startswith("SCORES ")]
+        assert done.returncode == 0 and line, done.stderr[-2000:]
+        runs.append(json.loads(line[0][len("SCORES ") :]))
+    assert runs[0] == runs[1]
+    flat = [s for r in runs[0] for s in r]
+    assert len(flat) == 7 and all(0.0 < s < 1.0 for s in flat)  # finite, not saturated
+
+
+def _plant(solution: list[str], at: int, rng: random.Random) -> list[str]:
+    """A slip in equation `at` (its result off by a few), carried into the next equation as a model that erred would."""
+    out = list(solution)
+    lhs, result = out[at].rsplit(" = ", 1)
+    wrong = str(int(result) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    out[at] = f"{lhs} = {wrong}"
+    if at + 1 < len(out) - 1:
+        a, rest = out[at + 1].split(" ", 1)
+        out[at + 1] = f"{wrong} {rest}" if a == result else out[at + 1]
+    return out
+
+
+def test_the_shipped_prm_scores_a_planted_slip_below_the_reference_step(prm):
+    """On demo problems it was not trained on: the reference solution's step vs the same step with its result
+    off by a few (the kind of slip the teacher makes)."""
+    info = json.loads((SHIPPED / "training.json").read_text())
+    held = set(info["held_out_families"])
+    problems = [
+        r for r in map(json.loads, (REPO_ROOT / "data/demo/problems.jsonl").read_text().splitlines()) if r["id"] in held
+    ]
+    rng = random.Random(0)
+    clean, slipped, where = [], [], []
+    for r in problems:
+        steps = r["solution"].splitlines()
+        at = rng.randrange(len(steps) - 1)
+        clean.append(StepItem(r["id"], r["question"], r["answer"], tuple(steps)))
+        slipped.append(StepItem(r["id"], r["question"], r["answer"], tuple(_plant(steps, at, rng))))
+        where.append(at)
+    ok, bad = prm.score(clean), prm.score(slipped)
+    lower = [b.scores[i] < c.scores[i] for c, b, i in zip(ok, bad, where)]
+    assert len(problems) >= 40 and sum(lower) / len(lower) >= 0.9
+
+
+def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(demo_run, tmp_path):
+    from tracefactory.backends.prm import VLLMPRMScorer
+    from tracefactory.prm_train import data_hash, examples_from_runs
+
+    run, _ = demo_run
+    out = tmp_path / "prm"
+    done = subprocess.run(
+        [sys.executable, "-m", "tracefactory.cli", "train-prm", str(run), "--out", str(out), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "trained on" in done.stdout
+    info = json.loads((out / "training.json").read_text())
+    assert info["data_sha256"] == data_hash(examples_from_runs([run]))
+    assert info["data_sha256"] in (out / "README.md").read_text()
+    assert info["train_traces"] > 0 and info["optimizer_steps"] >= 1
+    scorer = VLLMPRMScorer(str(out), max_model_len=256)
+    try:
+        results = scorer.score(ITEMS)
+    finally:
+        scorer.close()
+    assert [len(r.scores) for r in results] == [2, 4, 1]
+
+
+def test_demo_prm_config_filters_with_the_shipped_prm(demo_run, embedded_teacher, demo_subset, tmp_path):
+    """configs/demo-prm.yaml over the demo run's rollouts (a copy; generations reused): the PRM's step_score row."""
+    from flows.build_dataset import build_dataset
+    from tracefactory.query import query
+
+    run, _ = demo_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    build_dataset(
+        config=str(REPO_ROOT / "configs" / "demo-prm.yaml"),
+        out=str(out),
+        teacher=embedded_teacher,
+        overrides={"source.path": str(demo_subset), "run.shard_size": 32},
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["step_score"]["scorer"] == "prm"
+    assert Path(manifest["config"]["step_score"]["prm_model"]) == SHIPPED
+    _, rows = query(out, "SELECT rows_in, kept, dropped_by_reason, tokens FROM funnel WHERE stage = 'step_score'")
+    ((rows_in, kept, dropped, tokens),) = rows
+    assert rows_in == pl.read_parquet(out / "rollouts").filter(pl.col("correct"))["correct"].len() and tokens == 0
+    scored = pl.read_parquet(out / "rollouts").filter(pl.col("step_scores").is_not_null())
+    assert len(scored) == rows_in
+    assert scored["step_scores"].explode().is_between(0.0, 1.0, closed="none").all()
+    low = scored.filter(pl.col("prm_min") <= 0.5)
+    assert (low["drop_reason"] == "low_step_score").all() and rows_in - kept == len(low)

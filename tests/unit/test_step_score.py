@@ -234,3 +234,33 @@ def test_step_scores_are_persisted_block_by_block():
     again.calls = 10  # a healthy engine: only the 2 unscored traces are scored
     results = CachedScorer(again, cache, block=3).score(items)
     assert again.calls == 11 and len(results) == len(items) == 8
+
+
+def test_scope_all_scores_wrong_answer_traces_without_filtering_them():
+    cfg = load_config(None, {"sampling.n": 4})
+    problems = pl.DataFrame(
+        [
+            {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
+            for p in generate(4, seed=7, levels=(2, 3))
+        ]
+    )
+    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.3))
+    graded, _ = grade(gens, GradeConfig(workers=0), problems)
+    wrong = graded["drop_reason"] == "wrong_answer"
+    assert wrong.any() and graded["correct"].any()
+    runs = {}
+    for scope in ("correct", "all"):
+        scfg = StepScoreConfig(enabled=True, n=3, search="scan", scope=scope)
+        scorer = _scorer(FakeTeacher(slip_rate=0.0), reuse=reuse_pool(graded, scfg.split, scfg.pattern), n=3)
+        runs[scope] = step_score(graded, scfg, problems, scorer)
+    (narrow, r1), (wide, r2) = runs["correct"], runs["all"]
+    assert narrow.filter(wrong)["step_scores"].is_null().all()
+    scored_wrong = wide.filter(wrong)
+    assert scored_wrong["step_scores"].is_not_null().all()
+    # a wrong answer has a bad step somewhere, and the teacher that slips never finishes from it
+    assert scored_wrong["first_bad_step"].is_not_null().all()
+    assert (scored_wrong["drop_reason"] == "wrong_answer").all()  # still dropped as before, not low_step_score
+    # the correct traces and the funnel row are the same either way
+    assert wide.filter(~wrong).equals(narrow.filter(~wrong))
+    assert (r1.rows_in, r1.kept, r1.dropped_by_reason) == (r2.rows_in, r2.kept, r2.dropped_by_reason)
+    assert r2.tokens > r1.tokens

@@ -28,7 +28,8 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | Non
     if sc.scorer == "prm":
         from tracefactory.backends.prm import VLLMPRMScorer
 
-        return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len)
+        # first_bad_step: the first step at or below the filter's threshold (what `aggregate: min` drops on)
+        return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len, bad_below=sc.threshold)
     s = cfg.sampling
     params = SamplingConfig(n=sc.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
     judge = partial(

