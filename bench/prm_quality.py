@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--eval-run", type=Path, default=ROOT / "runs" / "prm-eval")
     ap.add_argument("--eval-problems", type=Path, default=ROOT / "runs" / "prm-eval-src" / "problems.jsonl")
     ap.add_argument("--cost-sample", type=int, default=300, help="distinct correct traces timed for the cost")
+    ap.add_argument("--exact-prm", type=Path, default=None, help="keep the exact-label PRM here (reused if there)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "prm_quality.json")
     args = ap.parse_args()
     info = json.loads((args.prm / "training.json").read_text())
@@ -178,6 +179,7 @@ def main() -> None:
     trained, cost = prm_scores(args.prm, evals, sample)
     rows["PRM trained on Monte-Carlo labels"] = metrics(evals, trained) | cost
     with tempfile.TemporaryDirectory() as tmp:
+        exact_dir = args.exact_prm or Path(tmp) / "exact"
         refs = labelled_traces(args.train_run, ROOT / "data" / "demo" / "problems.jsonl")
         weight: dict = {}
         for t in refs:
@@ -196,10 +198,11 @@ def main() -> None:
             for (pid, steps), t in first.items()
         ]
         keep = dict(epochs=info["epochs"], batch=info["batch"], lr=info["lr"], seed=info["seed"], holdout=0.0)
-        t0 = time.time()
-        train(exact, Path(tmp) / "exact", ROOT / info["init"], **keep)  # ROOT / an absolute path is that path
-        print(f"exact-label PRM: {len(exact)} distinct traces, trained in {time.time() - t0:.0f} s", flush=True)
-        upper, cost = prm_scores(Path(tmp) / "exact", evals, sample)
+        if not (exact_dir / "training.json").is_file():
+            t0 = time.time()
+            train(exact, exact_dir, ROOT / info["init"], **keep)  # ROOT / an absolute path is that path
+            print(f"exact-label PRM: {len(exact)} distinct traces, trained in {time.time() - t0:.0f} s", flush=True)
+        upper, cost = prm_scores(exact_dir, evals, sample)
         rows["PRM trained on exact labels (upper bound)"] = metrics(evals, upper) | cost
 
     def f(x, fmt="{:.2f}"):

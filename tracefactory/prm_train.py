@@ -237,13 +237,15 @@ def train(
     import torch
     from safetensors.torch import save_file
 
+    from tracefactory.backends.prm import load_tokenizer
     from tracefactory.step_eval import auroc
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tok = build_tokenizer(out)
+    build_tokenizer(out)
+    tok = load_tokenizer(str(out))  # exactly as `scorer: prm` will load it
     cfg, net = PRM.build(init, len(tok), seed)
     train_ex = [e for e in examples if not held_out(e.family, holdout, seed)]
     eval_ex = [e for e in examples if held_out(e.family, holdout, seed)]

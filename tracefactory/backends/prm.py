@@ -36,6 +36,19 @@ def prm_text(tok, question: str, steps: Sequence[str], separator: str, system: s
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 
 
+def load_tokenizer(model: str):
+    """The PRM's tokenizer exactly as its `tokenizer.json` defines it. transformers' AutoTokenizer builds the class
+    it maps the config's model type to (`qwen2` -> Qwen2Tokenizer, byte-level), which silently drops every space
+    and newline of a vocabulary that has no byte-level tokens (the character-level PRM `train-prm` makes); for
+    a real Qwen2.5-Math-PRM both give the same ids."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(model)
+    if (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(model)
+    return AutoTokenizer.from_pretrained(model)
+
+
 HEAD_PARAMETERS = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")
 
 
@@ -104,13 +117,11 @@ class VLLMPRMScorer:
         if self._llm is not None:
             return
         ensure_model_available(self.model, "step_score.prm_model")
-        from transformers import AutoTokenizer
-
         vllm = import_vllm()
         from vllm.config import PoolerConfig
         from vllm.platforms import current_platform
 
-        self._tok = AutoTokenizer.from_pretrained(self.model)
+        self._tok = load_tokenizer(self.model)
         sid = self._separator_id(self._tok)  # before the engine loads: fail fast
         check_head(self.model)
         kw: dict = dict(
@@ -139,13 +150,12 @@ class VLLMPRMScorer:
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
         self.start()
         limit = self._llm.llm_engine.model_config.max_model_len
-        texts = [self.format(it) for it in items]
-        fits = [len(self._tok(t, add_special_tokens=False)["input_ids"]) <= limit for t in texts]
-        outs = iter(
-            self._llm.encode([t for t, ok in zip(texts, fits) if ok], pooling_task="token_classify", use_tqdm=False)
-            if any(fits)
-            else []
-        )
+        # token ids, not text: vLLM would tokenize with the class transformers maps the model type to (see
+        # load_tokenizer), which for a small vocabulary is not the tokenizer the PRM was trained with
+        ids = [self._tok(self.format(it), add_special_tokens=False)["input_ids"] for it in items]
+        fits = [len(x) <= limit for x in ids]
+        prompts = [{"prompt_token_ids": x} for x, ok in zip(ids, fits) if ok]
+        outs = iter(self._llm.encode(prompts, pooling_task="token_classify", use_tqdm=False) if prompts else [])
         results = []
         for item, ok in zip(items, fits):
             if not ok:
