@@ -194,6 +194,7 @@ def main() -> None:
                 steps,
                 tuple(float(x == 1) for x in exact_labels(t["steps"], t["truth"])),
                 weight[(pid, steps)],
+                t["correct"],  # the threshold is calibrated on the correct-answer traces
             )
             for (pid, steps), t in first.items()
         ]

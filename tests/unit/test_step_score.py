@@ -127,16 +127,22 @@ def test_rollout_completions_sharing_a_prefix_are_reused():
     assert reused.tokens < fresh.tokens
 
 
-def test_single_step_and_stage_filter_annotate_before_dropping():
-    cfg = load_config(None, {"sampling.n": 4})
+def _graded(count: int, seed: int, levels: tuple[int, ...], n: int, slip_rate: float = 0.0):
+    """`count` generated problems per level, rolled out `n` times by the fake teacher and graded."""
+    cfg = load_config(None, {"sampling.n": n})
     problems = pl.DataFrame(
         [
             {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
-            for p in generate(3, seed=5, levels=(3, 4))
+            for p in generate(count, seed=seed, levels=levels)
         ]
     )
-    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.0))
+    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=slip_rate))
     graded, _ = grade(gens, GradeConfig(workers=0), problems)
+    return problems, graded
+
+
+def test_single_step_and_stage_filter_annotate_before_dropping():
+    problems, graded = _graded(3, seed=5, levels=(3, 4), n=4)
     # plant a slip in the middle of one correct trace: it still "looks" finished but its step 1 is wrong
     text = plant(graded["text"][0].splitlines(), 1)
     graded = graded.with_columns(
@@ -178,15 +184,7 @@ def test_a_teacher_that_fails_for_good_leaves_the_trace_unscored_as_teacher_erro
 @pytest.mark.parametrize("policy", ["keep", "drop"])
 @pytest.mark.parametrize("max_steps,why", [(64, "too_long"), (5, "too_many_steps")])
 def test_unscorable_traces_are_kept_or_dropped_with_their_reason(policy, max_steps, why):
-    cfg = load_config(None, {"sampling.n": 2})
-    problems = pl.DataFrame(
-        [
-            {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
-            for p in generate(2, seed=9, levels=(1, 5))
-        ]
-    )
-    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.0))
-    graded, _ = grade(gens, GradeConfig(workers=0), problems)
+    problems, graded = _graded(2, seed=9, levels=(1, 5), n=2)
     level = dict(problems.select("problem_id", "level").iter_rows())
     room = max(len(q) for q, lvl in problems.select("question", "level").iter_rows() if lvl == "1") + 40
     assert all(len(q) > room for q, lvl in problems.select("question", "level").iter_rows() if lvl == "5")
@@ -237,15 +235,7 @@ def test_step_scores_are_persisted_block_by_block():
 
 
 def test_scope_all_scores_wrong_answer_traces_without_filtering_them():
-    cfg = load_config(None, {"sampling.n": 4})
-    problems = pl.DataFrame(
-        [
-            {"problem_id": p.id, "question": p.question, "answer": p.answer, "source": "t", "level": str(p.level)}
-            for p in generate(4, seed=7, levels=(2, 3))
-        ]
-    )
-    gens, _ = rollout(problems, cfg.rollout, FakeTeacher(slip_rate=0.3))
-    graded, _ = grade(gens, GradeConfig(workers=0), problems)
+    problems, graded = _graded(4, seed=7, levels=(2, 3), n=4, slip_rate=0.3)
     wrong = graded["drop_reason"] == "wrong_answer"
     assert wrong.any() and graded["correct"].any()
     runs = {}

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import polars as pl
 
-from tracefactory.backends.scorers import StepItem, StepScorer, StepScores
+from tracefactory.backends.scorers import MonteCarloScorer, StepItem, StepScorer, StepScores
 from tracefactory.config import StepScoreConfig
 from tracefactory.outcomes import WRONG
 from tracefactory.report import StageReport
@@ -80,7 +80,7 @@ def step_score(
     scored = scorer.score(items)
     results = {}  # row -> its StepScores, for the rows that got scores
     for i, r in zip(todo, scored):
-        if r.scores and not rollouts[CORRECT][i]:
+        if r.scores and not rollouts[CORRECT][i] and scorer.name == MonteCarloScorer.name:
             results[i] = _wrong_at_the_end(r)
         elif r.scores:
             results[i] = r
@@ -118,8 +118,8 @@ def step_score(
 
 
 def _wrong_at_the_end(r: StepScores) -> StepScores:
-    """A wrong-answer trace's last step is bad whatever its prefixes scored: the whole trace is a continuation
-    that missed the gold (the scorer never probes the full trace)."""
+    """A wrong-answer trace's last step has Monte-Carlo value 0 whatever its prefixes scored: the whole trace is a
+    continuation that missed the gold (the scorer never probes the full trace). A PRM's scores stay its own."""
     if r.first_bad_step is not None:
         return r
     return replace(r, scores=[*r.scores[:-1], 0.0], first_bad_step=len(r.scores) - 1)
