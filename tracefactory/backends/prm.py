@@ -39,8 +39,8 @@ def prm_text(tok, question: str, steps: Sequence[str], separator: str, system: s
 def load_tokenizer(model: str):
     """The PRM's tokenizer exactly as its `tokenizer.json` defines it. transformers' AutoTokenizer builds the class
     it maps the config's model type to (`qwen2` -> Qwen2Tokenizer, byte-level), which silently drops every space
-    and newline of a vocabulary that has no byte-level tokens (the character-level PRM `train-prm` makes); for
-    a real Qwen2.5-Math-PRM both give the same ids."""
+    and newline of a vocabulary that has no byte-level tokens (the character-level PRM `train-prm` makes). A real
+    Qwen2.5-Math-PRM's `tokenizer.json` is that byte-level pipeline itself (not checked here: no hub access)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(model)
