@@ -34,13 +34,11 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from step_filter_quality import true_first_bad  # noqa: E402
 
 from tracefactory.backends.scorers import StepItem, StepScores  # noqa: E402
 from tracefactory.prm_train import Example, train  # noqa: E402
-from tracefactory.step_eval import LabelledTrace, auroc, first_error_f1  # noqa: E402
+from tracefactory.step_eval import LabelledTrace, auroc, first_error_f1, reference_first_bad  # noqa: E402
 
 PROBLEMS = ROOT / "data" / "demo" / "problems.jsonl"
 
@@ -57,7 +55,7 @@ def labelled_traces(run: Path, problems: Path, skip_questions: set[str] = frozen
         pid = r["problem_id"]
         if pid not in ref or ref[pid]["question"] != questions[pid] or ref[pid]["question"] in skip_questions:
             continue  # a variant (no reference chain), or a question the other run also has
-        truth = true_first_bad(r["steps"], ref[pid]["solution"].splitlines())
+        truth = reference_first_bad(r["steps"], ref[pid]["solution"].splitlines())
         out.append(r | {"question": ref[pid]["question"], "gold": ref[pid]["answer"], "truth": truth})
     return out
 

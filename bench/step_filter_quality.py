@@ -15,13 +15,9 @@ from pathlib import Path
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def true_first_bad(steps: list[str], reference: list[str]) -> int | None:
-    for i, (a, b) in enumerate(zip(steps, reference)):
-        if a.strip() != b.strip():
-            return i
-    return None if len(steps) == len(reference) else min(len(steps), len(reference))
+from tracefactory.step_eval import reference_first_bad  # noqa: E402
 
 
 def quality(run: Path, problems: Path) -> dict:
@@ -31,14 +27,16 @@ def quality(run: Path, problems: Path) -> dict:
     for pid, steps, reason, first_bad in rows.select(
         "problem_id", "steps", "drop_reason", "first_bad_step"
     ).iter_rows():
-        truth = true_first_bad(steps, ref[pid])
+        if pid not in ref:  # a rewritten variant: it has no reference chain
+            continue
+        truth = reference_first_bad(steps, ref[pid])
         flagged = reason == "low_step_score"
         tp, fp = tp + (flagged and truth is not None), fp + (flagged and truth is None)
         fn, tn = fn + (not flagged and truth is not None), tn + (not flagged and truth is None)
         exact += flagged and truth is not None and first_bad == truth
     return {
         "run": str(run),
-        "scored": len(rows),
+        "scored": tp + fp + fn + tn,  # the originals' correct traces (variants have no reference)
         "wrong_step_traces": tp + fn,
         "flagged": tp + fp,
         "precision": tp / max(1, tp + fp),

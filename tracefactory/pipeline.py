@@ -19,6 +19,7 @@ import polars as pl
 from tracefactory import io
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.factory import make_scorer
+from tracefactory.backends.identity import model_fingerprint
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
@@ -288,10 +289,15 @@ def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, t
 # ---- step_score (persisted block by block) --------------------------------------------------------
 
 
+STEP_SCORES_VERSION = 2  # 2: a wrong-answer trace's last step is bad when no prefix was (scope: all)
+
+
 def _step_key(cfg: FactoryConfig, teacher: Teacher) -> str:
     sc = cfg.step_score
     scorer = [sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps]
-    return digest([cfg.rollout_hash(), teacher_key(teacher), scorer])
+    if sc.scorer == "prm":  # retrained weights score again; its first bad step is the first at or below threshold
+        scorer += [model_fingerprint(sc.prm_model), sc.threshold]
+    return digest([cfg.rollout_hash(), teacher_key(teacher), scorer, STEP_SCORES_VERSION])
 
 
 def score_steps(

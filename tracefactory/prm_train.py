@@ -6,20 +6,15 @@ Training data: every trace of the runs that has step scores (`step_score.scope: 
 wrong-answer traces too — they hold most of the bad steps). Labels as in Math-Shepherd: steps before the
 first bad one are positive, the first bad one negative, later ones dropped (`labels: hard`), or each
 kept step's Monte-Carlo value as a soft target (`labels: soft`). Identical (question, steps) traces
-count once. A seeded share of problem families (an original with its variants) is held out and the
-model's agreement with the Monte-Carlo labels on them is reported in the model folder's card.
-
-The model is Qwen2.5-Math-PRM's format at the embedded teacher's size: a Qwen2 backbone initialised
-from the teacher's weights (Llama layers are Qwen2 layers with zero q/k/v biases), the `<extra_0>`
-separator after each step, and a two-class head (`score.0`, ReLU, `score.2`, with biases) read at the
-separators — `scorer: prm` loads it through vLLM's pooling runner. Needs torch and transformers.
+are one example weighted by their count. A seeded share of problem families (an original with its
+variants) is held out and the model's agreement with the Monte-Carlo labels on them is reported in the model
+folder's card.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import random
 import time
@@ -30,8 +25,18 @@ from typing import Callable, Literal, Sequence
 import polars as pl
 
 from tracefactory.errors import ConfigError
+from tracefactory.io import RunDir
+from tracefactory.schema import (
+    CORRECT,
+    FIRST_BAD_STEP,
+    N_CORRECT,
+    PROBLEM_ID,
+    QUESTION,
+    REWRITE_OF,
+    STEP_SCORES,
+    STEPS,
+)
 
-log = logging.getLogger(__name__)
 SEPARATOR = "<extra_0>"
 Labels = Literal["hard", "soft"]
 
@@ -70,15 +75,16 @@ def examples_from_runs(runs: Sequence[str | Path], labels: Labels = "hard", unso
     for run in map(Path, runs):
         if not (run / "rollouts").exists() or not (run / "problems").exists():
             raise ConfigError("RUN_DIR", str(run), "a finished run directory (with rollouts/ and problems/)")
-        problems = pl.read_parquet(run / "problems")
-        source = dict(problems.select("problem_id", "rewrite_of").iter_rows())
-        question = dict(problems.select("problem_id", "question").iter_rows())
-        scored = pl.read_parquet(run / "rollouts").filter(pl.col("step_scores").is_not_null())
+        problems = RunDir(run).read_table("problems")
+        source = dict(problems.select(PROBLEM_ID, REWRITE_OF).iter_rows())
+        question = dict(problems.select(PROBLEM_ID, QUESTION).iter_rows())
+        scored = RunDir(run).read_table("rollouts").filter(pl.col(STEP_SCORES).is_not_null())
         if not unsolved:
-            solved = problems.filter(pl.col("n_correct") > 0)["problem_id"]
-            scored = scored.filter(pl.col("problem_id").is_in(solved.implode()))
-        cols = ("problem_id", "steps", "step_scores", "first_bad_step", "correct")
-        for pid, steps, scores, bad, correct in scored.select(*cols).iter_rows():
+            solved = problems.filter(pl.col(N_CORRECT) > 0)[PROBLEM_ID]
+            scored = scored.filter(pl.col(PROBLEM_ID).is_in(solved.implode()))
+        for pid, steps, scores, bad, correct in scored.select(
+            PROBLEM_ID, STEPS, STEP_SCORES, FIRST_BAD_STEP, CORRECT
+        ).iter_rows():
             if bad is None and not correct:  # a wrong answer: its last step missed the gold, whatever came before
                 bad = len(steps) - 1
             key = (question[pid], tuple(steps))
@@ -145,7 +151,7 @@ class PRM:
             num_key_value_heads=t.num_key_value_heads,
             max_position_embeddings=t.max_position_embeddings,
             rms_norm_eps=t.rms_norm_eps,
-            rope_theta=10000.0,
+            rope_theta=(t.rope_parameters or {}).get("rope_theta", 10000.0),
             tie_word_embeddings=False,
             bos_token_id=t.bos_token_id,
             eos_token_id=t.eos_token_id,
@@ -283,9 +289,8 @@ def train(
             if progress:
                 progress(step, steps_total, loss.item())
     seconds = time.time() - t0
-    weights = {f"model.{k}": v for k, v in net["model"].state_dict().items()}
-    weights |= {f"score.{k}": v for k, v in net["score"].state_dict().items()}
-    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in weights.items()}
+    # the ModuleDict's names are the checkpoint's: model.* (backbone) and score.* (head)
+    weights = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in net.state_dict().items()}
     save_file(weights, str(out / "model.safetensors"))
     config = cfg.to_dict() | {
         "architectures": ["Qwen2ForProcessRewardModel"],

@@ -48,6 +48,15 @@ def load_labelled(path: str | Path, limit: int | None = None, seed: int = 0) -> 
     return [out[i] for i in sorted(chosen)]
 
 
+def reference_first_bad(steps: Sequence[str], reference: Sequence[str]) -> int | None:
+    """The exact first bad step of a trace of a problem with one reference chain (the demo generator's): the first
+    line that departs from the reference, or where one of the two ends early; None if the trace is the reference."""
+    for i, (a, b) in enumerate(zip(steps, reference)):
+        if a.strip() != b.strip():
+            return i
+    return None if len(steps) == len(reference) else min(len(steps), len(reference))
+
+
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
     """P(score of a random positive > score of a random negative), ties counting half."""
     if not pos or not neg:

@@ -127,7 +127,7 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
     chain (good while the trace follows it; the first departure bad; later steps left out). Most of these problems
     were in the PRM's training run, so this checks that the shipped weights load and score under vLLM as trained
     (held-out figures: bench/prm_quality.py), not how well it generalises."""
-    from tracefactory.step_eval import auroc
+    from tracefactory.step_eval import auroc, reference_first_bad
 
     run, _ = demo_run
     ref = {r["id"]: r for r in map(json.loads, (REPO_ROOT / "data/demo/problems.jsonl").read_text().splitlines())}
@@ -138,10 +138,7 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
         reference = ref[pid]["solution"].splitlines()
         if steps:
             items.append(StepItem(pid, ref[pid]["question"], ref[pid]["answer"], tuple(steps)))
-            first_bad = next((i for i, (a, b) in enumerate(zip(steps, reference)) if a != b), None)
-            if first_bad is None and len(steps) != len(reference):
-                first_bad = min(len(steps), len(reference))
-            truth.append(first_bad)
+            truth.append(reference_first_bad(steps, reference))
     pos, neg = [], []
     for result, bad in zip(prm.score(items), truth):
         for i, s in enumerate(result.scores[: len(result.scores) if bad is None else bad + 1]):

@@ -36,6 +36,7 @@ class StepItem:
     gold: str
     steps: tuple[str, ...]
     seed: int = 0
+    reached_gold: bool = True  # False for a wrong-answer trace (scored with step_score.scope: all)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class _Search:
             return StepScores([], None, self.probes, self.tokens, note=self.note)
         last = len(self.item.steps) - 1
         bad = min((i for i, v in self.values.items() if v == 0), default=None)
+        if bad is None and not self.item.reached_gold:
+            bad = last  # the full trace is a continuation that missed the gold, whatever its prefixes scored
         scores = []
         for i in range(last + 1):
             if bad is not None and i >= bad:

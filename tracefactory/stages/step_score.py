@@ -4,7 +4,8 @@ Runs between grade and select on the completions that reached the gold. Adds `st
 `step_scores`, `prm_min`, `prm_mean`, `prm_last`, `first_bad_step`; a trace whose aggregate is
 not above the threshold is annotated `low_step_score` (and stays queryable in `rollouts`).
 With `scope: all` the wrong-answer traces are scored as well (Math-Shepherd's training data for a PRM:
-`tracefactory train-prm`); they are already dropped and nothing here changes that.
+`tracefactory train-prm`; the Monte-Carlo scorer marks a wrong answer's last step bad when no earlier step is);
+they are already dropped and nothing here changes that.
 Traces that cannot be scored (no steps, more than `max_steps` steps, longer than the scorer's
 context, a scorer failure) get null scores; they are kept, or with `unscored: drop` dropped as
 `unscored_<why>` (e.g. `unscored_too_long`). Either way their count by reason is logged.
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import replace
 
 import polars as pl
 
-from tracefactory.backends.scorers import MonteCarloScorer, StepItem, StepScorer, StepScores
+from tracefactory.backends.scorers import StepItem, StepScorer
 from tracefactory.config import StepScoreConfig
 from tracefactory.outcomes import WRONG
 from tracefactory.report import StageReport
@@ -74,15 +74,14 @@ def step_score(
             golds[rollouts[PROBLEM_ID][i]],
             tuple(steps[i]),
             int(rollouts[SEED][i] or 0),
+            bool(rollouts[CORRECT][i]),
         )
         for i in todo
     ]
     scored = scorer.score(items)
     results = {}  # row -> its StepScores, for the rows that got scores
     for i, r in zip(todo, scored):
-        if r.scores and not rollouts[CORRECT][i] and scorer.name == MonteCarloScorer.name:
-            results[i] = _wrong_at_the_end(r)
-        elif r.scores:
+        if r.scores:
             results[i] = r
         elif rollouts[CORRECT][i]:
             unscorable[i] = r.note or "no_scores"
@@ -115,14 +114,6 @@ def step_score(
     )
     tokens = sum(r.tokens for r in scored)
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
-
-
-def _wrong_at_the_end(r: StepScores) -> StepScores:
-    """A wrong-answer trace's last step has Monte-Carlo value 0 whatever its prefixes scored: the whole trace is a
-    continuation that missed the gold (the scorer never probes the full trace). A PRM's scores stay its own."""
-    if r.first_bad_step is not None:
-        return r
-    return replace(r, scores=[*r.scores[:-1], 0.0], first_bad_step=len(r.scores) - 1)
 
 
 def _reason(i: int, why: str | None, low: bool, unscorable: dict[int, str], cfg: StepScoreConfig) -> str | None:
