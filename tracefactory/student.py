@@ -181,7 +181,7 @@ def finetune(
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from tracefactory.teacher_train import _example, lr_at
+    from tracefactory.teacher_train import _example, lr_at, optimizer_step, pad_batch
 
     torch.manual_seed(seed)
     tok = PreTrainedTokenizerFast.from_pretrained(base)
@@ -200,14 +200,7 @@ def finetune(
         seen_tokens += tokens
         for group in opt.param_groups:
             group["lr"] = lr_at(step, settings.steps, settings.lr, settings.warmup)
-        ids, labels, mask = _pad(batch, tok.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, opt, *pad_batch(batch, tok.pad_token_id)))
         if tick:
             tick()
     out.mkdir(parents=True, exist_ok=True)
@@ -220,18 +213,6 @@ def finetune(
         "epochs": round(cursor / len(encoded), 2),
         "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
     }
-
-
-def _pad(rows, pad_id: int):
-    import torch
-
-    width = max(len(x) for x, _ in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    labels = torch.full((len(rows), width), -100)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return ids, labels, mask
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------

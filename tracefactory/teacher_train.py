@@ -104,20 +104,37 @@ def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[in
 
 
 def encode_batch(tok, rng: random.Random, batch: int, drill_share: float = 0.0):
-    import torch
-
     if rng.random() < drill_share:
         rows = drills(tok, rng, batch * 4)
     else:
         rows = word_problems(tok, rng, batch)
-    batch = len(rows)
+    return pad_batch(rows, tok.pad_token_id)
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """(input ids, labels) rows -> padded ids, labels (-100 on padding) and attention mask tensors."""
+    import torch
+
     width = max(len(r[0]) for r in rows)
-    ids = torch.full((batch, width), tok.pad_token_id)
-    labels = torch.full((batch, width), -100)
-    mask = torch.zeros((batch, width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
         ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
     return ids, labels, mask
+
+
+def optimizer_step(model, opt, ids, labels, mask) -> float:
+    """One bf16-autocast step on a padded batch (gradients clipped at 1.0); answers the loss."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
@@ -140,14 +157,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        ids, labels, mask = encode_batch(tok, rng, batch, drill_share)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(optimizer_step(model, opt, *encode_batch(tok, rng, batch, drill_share)))
         if step % 100 == 0 or step == steps - 1:
             log.info(
                 "step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]), time.time() - t0
