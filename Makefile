@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv lint lock demo demo-prm prm-labels prm prm-eval release-demo test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo demo-prm prm-labels prm prm-eval release-demo student-data student test test-unit teacher demo-data bench clean
 
 PIP := $(BIN)/pip install -q -c constraints.txt
 
@@ -54,6 +54,16 @@ prm-eval: venv
 	$(BIN)/python -m tracefactory.synth runs/prm-eval-src/problems.jsonl 60 4242
 	$(BIN)/tracefactory run --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
 	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
+
+# The student benchmark's training data: the demo recipe on 200 fresh generator problems per level
+# (seed 3131; 1000 originals + 1000 rewritten variants; ~12 min on 2 cores), then `make student`
+# (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; ~30 min).
+student-data: venv
+	$(BIN)/python -m tracefactory.synth runs/student-src/problems.jsonl 200 3131
+	$(BIN)/tracefactory run --out runs/student-data --set source.path=runs/student-src/problems.jsonl --set name=student-data
+
+student: venv
+	$(BIN)/python bench/student.py --run runs/student-data
 
 # The demo run as a Hugging Face dataset release folder (nothing is uploaded): runs/demo/release/
 release-demo: venv

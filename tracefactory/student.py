@@ -177,12 +177,23 @@ def base_checkpoint(out: Path, steps: int, seed: int) -> Path:
 def finetune(
     base: Path, rows: Sequence[Row], out: Path, settings: TrainSettings, seed: int, tick: Callable | None = None
 ) -> dict:
-    """Fine-tune the base on `rows`, in their order (epoch after epoch), loss on the targets only."""
+    """Fine-tune the base on `rows`, in their order (epoch after epoch), loss on the targets only. A student
+    already in `out` from the same base, rows, settings and seed is reused (an interrupted bench resumes)."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from tracefactory.teacher_train import _example, lr_at, optimizer_step, pad_batch
 
+    key = _student_key(base, rows, settings, seed)
+    made = out / "student.json"
+    if made.exists() and (out / "model.safetensors").exists():
+        info = json.loads(made.read_text())
+        if info.get("key") == key:
+            if tick:
+                for _ in range(settings.steps):
+                    tick()
+            return info["trained"]
+    made.unlink(missing_ok=True)  # written again only once the new weights are saved
     torch.manual_seed(seed)
     tok = PreTrainedTokenizerFast.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -206,13 +217,24 @@ def finetune(
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    return {
+    trained = {
         "rows": len(rows),
         "target_tokens": sum(r.tokens for r in rows),
         "tokens_trained": seen_tokens,
         "epochs": round(cursor / len(encoded), 2),
         "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
     }
+    made.write_text(json.dumps({"key": key, "trained": trained}, indent=2))
+    return trained
+
+
+def _student_key(base: Path, rows: Sequence[Row], settings: TrainSettings, seed: int) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update((base / "model.safetensors").read_bytes())
+    h.update(json.dumps([asdict(settings), seed, [(r.question, r.target) for r in rows]]).encode())
+    return h.hexdigest()
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
@@ -337,9 +359,7 @@ def summary(arm: str, scored: Sequence[Sequence[Scored]], trained: Sequence[dict
         "arm": arm,
         "what": ARMS.get(arm, arm),
         "seeds": len(scored),
-        "rows": [t.get("rows") for t in trained],
-        "target_tokens": [t.get("target_tokens") for t in trained],
-        "tokens_trained": [t.get("tokens_trained") for t in trained],
+        "trained": list(trained),  # per seed: rows, target tokens, tokens trained, epochs, final loss
         "accuracy_by_level": {
             str(lv): sum(s.correct for run in scored for s in run if s.level == lv)
             / sum(1 for run in scored for s in run if s.level == lv)
@@ -349,6 +369,9 @@ def summary(arm: str, scored: Sequence[Sequence[Scored]], trained: Sequence[dict
         "accuracy_per_seed": [sum(c) / len(c) for c in correct],
         "ci95": [lo, hi],
         "mean_answer_tokens": sum(s.tokens for run in scored for s in run) / n,
+        # per seed, per held-out problem in order (compact: one string per seed)
+        "correct": ["".join("1" if s.correct else "0" for s in run) for run in scored],
+        "answer_tokens": [" ".join(str(s.tokens) for s in run) for run in scored],
     }
 
 
