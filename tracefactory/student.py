@@ -300,8 +300,25 @@ class Evaluator:
             out.append(Scored(p.id, p.level, pred is not None and clean(pred) == p.answer, c.tokens if c else 0))
         return out
 
+    def arithmetic(self, weights: Path, drills: Sequence[tuple[str, str]]) -> float:
+        """Share of bare equations (`9 + 8`) whose answer's first line is the whole equation (`9 + 8 = 17`):
+        whether a model still computes, apart from reading word problems."""
+        self.load(weights)
+        results = self.teacher.generate([[{"role": "user", "content": q}] for q, _ in drills], 1, self.params)
+        first = [(r.completions[0].text.strip().splitlines() or [""])[0] if r.completions else "" for r in results]
+        return sum(got == line for got, (_, line) in zip(first, drills)) / len(drills)
+
     def close(self) -> None:
         self.teacher.close()
+
+
+def drill_problems(n: int, seed: int) -> list[tuple[str, str]]:
+    """`n` equation lines of level-1/2 generator problems, asked bare: (`9 + 8`, `9 + 8 = 17`)."""
+    from tracefactory.synth import make_problem
+
+    rng = random.Random(seed)
+    lines = [rng.choice(make_problem(rng, rng.randint(1, 2), "drill").solution.splitlines()[:-1]) for _ in range(n)]
+    return [(line.split(" = ")[0], line) for line in lines]
 
 
 def held_out_problems(n_per_level: int, seed: int, exclude: set[str]) -> tuple[list[Problem], int]:

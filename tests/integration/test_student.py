@@ -105,6 +105,7 @@ def test_bench_end_to_end_and_reload_equals_a_fresh_engine(demo_run, tmp_path):
         assert rows[arm]["ci95"][0] <= rows[arm]["accuracy"] <= rows[arm]["ci95"][1]
     assert {c["arms"] for c in result["claims"]} == {"d-a", "d-b", "d-c", "b-a", "d-e", "f-d"}
     assert rows["teacher"]["accuracy"] > rows["base"]["accuracy"]  # the base has never seen a word problem
+    assert rows["teacher"]["arithmetic"] > 0.8 > rows["base"]["arithmetic"]  # a 5-step base cannot add yet
 
     # a rerun reuses a student trained from the same base, rows, settings and seed; other rows retrain it
     student = tmp_path / "work" / "d-s1"
