@@ -16,16 +16,16 @@ batch size (in target tokens) and learning rate for every arm, once per seed:
     f  the whole `dataset`, rewritten variants included, in curriculum order
 
 Each student answers held-out generator problems (a seed no training data came from, minus any question the run
-holds) greedily under vLLM: one engine, each student's weights reloaded in place. The table gives training
-tokens, accuracy by level, accuracy with a 95% bootstrap interval (training seeds and problems resampled), mean
-answer length, and `arithmetic` — the share of 100 bare level-1/2 equations (`9 + 8`) a model completes right,
-i.e. whether fine-tuning left the base's arithmetic intact; the drills-only base and the teacher are reference rows; paired differences (same seeds and
-problems resampled for both arms) answer the recipe's claims. The seed changes which rows a budget keeps and the
-order of the shuffled arms (a, b, c, e) and the initialisation of nothing (one base): an arm whose pool fits the
-budget whole in a fixed order (d, f) trains the same way under every seed, so its interval comes from the
-evaluation problems alone. Results: `--out` (JSON) and a plot beside it (needs matplotlib: the `release`
-extra). Students are kept under `--work` and reused when their base, rows, settings and seed match (a rerun
-after an interruption only trains what is missing).
+holds) greedily under vLLM: one engine, each student's weights reloaded in place. The table gives training tokens,
+accuracy by level, accuracy with a 95% bootstrap interval (training seeds and problems resampled), mean answer
+length, and `arithmetic` — the share of 100 bare level-1/2 equations (`9 + 8`) a model completes right, i.e.
+whether fine-tuning left the base's arithmetic intact; the drills-only base and the teacher are reference rows;
+paired differences (same seeds and problems resampled for both arms) answer the recipe's claims. The seed decides
+which rows a budget keeps and the order of the shuffled arms (a, b, c, e);
+every student starts from the same base. An arm whose pool fits the budget whole in a fixed order (d, f) trains
+the same way under every seed, so its interval comes from the evaluation problems alone. Results: `--out` (JSON)
+and a plot beside it (needs matplotlib: the `release` extra). Students are kept under `--work` and reused when
+their base, rows, settings and seed match (a rerun after an interruption only trains what is missing).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tracefactory import console  # noqa: E402
+from tracefactory.errors import ConfigError  # noqa: E402
 from tracefactory.student import (  # noqa: E402
     ARMS,
     Evaluator,
@@ -55,6 +56,7 @@ from tracefactory.student import (  # noqa: E402
 )
 
 TEACHER = ROOT / "data" / "teacher"
+BASE_SEED = 5
 # (better arm, worse arm, the claim it tests)
 CLAIMS = [
     ("d", "a", "correct-only, shortest, step-filtered beats all rollouts"),
@@ -105,7 +107,11 @@ def main(argv=None) -> dict:
     with contextlib.nullcontext() if args.verbose else console.quiet(log):
         if not args.verbose:
             print(f"(vLLM's and the libraries' logs: {log})", file=console.err())
-        result = measure(args, argv)
+        try:
+            result = measure(args, argv)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=console.err())
+            raise SystemExit(2) from None
     print(table(result), file=console.out())
     try:
         plot(result, args.out.with_suffix(".png"))
@@ -131,7 +137,7 @@ def measure(args: argparse.Namespace, argv) -> dict:
     for arm in args.arms:
         print(f"  {arm}: {len(pools[arm])} rows  ({ARMS[arm]})", file=console.err())
 
-    base = base_checkpoint(args.work / "base", args.base_steps, seed=5)
+    base = base_checkpoint(args.work / "base", args.base_steps, seed=BASE_SEED)
     t_base = time.perf_counter()
 
     trained: dict[str, list[dict]] = {arm: [] for arm in args.arms}
@@ -179,7 +185,7 @@ def measure(args: argparse.Namespace, argv) -> dict:
         "command": "python bench/student.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "run": str(args.run),
         "budget_target_tokens": budget,
-        "settings": {**settings.__dict__, "base_steps": args.base_steps, "seeds": args.seeds},
+        "settings": {**settings.__dict__, "base_steps": args.base_steps, "base_seed": BASE_SEED, "seeds": args.seeds},
         "held_out": {
             "seed": args.eval_seed,
             "per_level": args.eval_per_level,
