@@ -56,8 +56,9 @@ prm-eval: venv
 	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
 
 # The student benchmark's training data: the demo recipe on 200 fresh generator problems per level
-# (seed 3131; 1000 originals + 1000 rewritten variants; ~12 min on 2 cores), then `make student`
-# (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; ~30 min).
+# (seed 3131; 1000 originals + 955 rewritten variants; 7 min on 2 cores), then `make student`
+# (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; 46 min here,
+# ~5 min when rerun with its students kept in runs/student/).
 student-data: venv
 	$(BIN)/python -m tracefactory.synth runs/student-src/problems.jsonl 200 3131
 	$(BIN)/tracefactory run --out runs/student-data --set source.path=runs/student-src/problems.jsonl --set name=student-data

@@ -167,11 +167,22 @@ def test_workers_that_die_at_start_up_fail_fast_naming_the_likely_cause(tmp_path
     assert "failed to start 3 times in a row" in done.stderr and "__main__" in done.stderr
 
 
+class _SlowToStart:
+    """A grading function that takes 2 s to arrive in a worker: unpickling it sleeps (then gives None)."""
+
+    def __reduce__(self):
+        import time
+
+        return (time.sleep, (2.0,))
+
+
 def test_a_worker_that_never_says_ready_is_timed_out():
     from tracefactory.errors import BackendError
     from tracefactory.gradepool import GradePool
 
-    pool = GradePool(is_correct, workers=1, timeout_s=5, start_timeout_s=0.001)  # no spawn is that quick
+    # A bare spawn can say ready within the pool's first 50 ms wait on a fast, idle machine, so the worker is made
+    # slow to start for sure.
+    pool = GradePool(_SlowToStart(), workers=1, timeout_s=5, start_timeout_s=0.001)
     with pytest.raises(BackendError, match=r"not ready after 0.001 s"):
         pool.grade([("1", "1")])
     assert pool.slots == []  # nothing left running
