@@ -128,14 +128,10 @@ def measure(args: argparse.Namespace, argv) -> dict:
     t0 = time.perf_counter()
 
     # One budget for every arm and seed: the smallest arm's under any seed (or --budget, if smaller).
-    budget = args.budget
-    for seed in args.seeds:
-        _, budget = training_sets(args.run, args.arms, seed, count, budget)
-    sets = {seed: training_sets(args.run, args.arms, seed, count, budget)[0] for seed in args.seeds}
-    pools = {arm: sets[args.seeds[0]][arm] for arm in args.arms}
+    sets, budget = training_sets(args.run, args.arms, args.seeds, count, args.budget)
     print(f"run {args.run}: budget {budget} target tokens per arm", file=console.err())
     for arm in args.arms:
-        print(f"  {arm}: {len(pools[arm])} rows  ({ARMS[arm]})", file=console.err())
+        print(f"  {arm}: {len(sets[args.seeds[0]][arm])} rows  ({ARMS[arm]})", file=console.err())
 
     base = base_checkpoint(args.work / "base", args.base_steps, seed=BASE_SEED)
     t_base = time.perf_counter()

@@ -130,20 +130,27 @@ def cut_to_budget(pool: Sequence[Row], budget: int, seed: int, arm: str) -> list
 
 
 def training_sets(
-    run: str | Path, arms: Sequence[str], seed: int, count: Callable[[str], int], budget: int | None = None
-) -> tuple[dict[str, list[Row]], int]:
-    """The arms' training sets at one budget of target tokens: `budget`, or the smallest arm's total."""
+    run: str | Path, arms: Sequence[str], seeds: Sequence[int], count: Callable[[str], int], budget: int | None = None
+) -> tuple[dict[int, dict[str, list[Row]]], int]:
+    """Each seed's training sets of `arms` at one budget of target tokens: `budget`, or the smallest arm's total
+    under any seed, whichever is smaller. Answers ({seed: {arm: rows}}, the budget)."""
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise ConfigError("--arms", ",".join(unknown), f"arms among {', '.join(ARMS)}")
-    every = pools(run, seed)
-    candidates = {arm: with_tokens(every[arm], count) for arm in arms}
-    empty = [arm for arm, rows in candidates.items() if not rows]
-    if empty:
-        raise ConfigError("RUN_DIR", str(run), f"a run with rows for every arm (none for: {', '.join(empty)})")
-    smallest = min(sum(r.tokens for r in rows) for rows in candidates.values())
+    candidates = {}
+    for seed in seeds:
+        every = pools(run, seed)
+        candidates[seed] = {arm: with_tokens(every[arm], count) for arm in arms}
+        empty = [arm for arm, rows in candidates[seed].items() if not rows]
+        if empty:
+            raise ConfigError("RUN_DIR", str(run), f"a run with rows for every arm (none for: {', '.join(empty)})")
+    smallest = min(sum(r.tokens for r in rows) for by_arm in candidates.values() for rows in by_arm.values())
     budget = min(budget or smallest, smallest)
-    return {arm: cut_to_budget(rows, budget, seed, arm) for arm, rows in candidates.items()}, budget
+    sets = {
+        seed: {arm: cut_to_budget(rows, budget, seed, arm) for arm, rows in by_arm.items()}
+        for seed, by_arm in candidates.items()
+    }
+    return sets, budget
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -314,11 +321,10 @@ class Evaluator:
 
 def drill_problems(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` equation lines of level-1/2 generator problems, asked bare: (`9 + 8`, `9 + 8 = 17`)."""
-    from tracefactory.synth import make_problem
+    from tracefactory.teacher_train import drill
 
     rng = random.Random(seed)
-    lines = [rng.choice(make_problem(rng, rng.randint(1, 2), "drill").solution.splitlines()[:-1]) for _ in range(n)]
-    return [(line.split(" = ")[0], line) for line in lines]
+    return [drill(rng, max_level=2) for _ in range(n)]
 
 
 def held_out_problems(n_per_level: int, seed: int, exclude: set[str]) -> tuple[list[Problem], int]:

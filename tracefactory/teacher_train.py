@@ -98,9 +98,15 @@ def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[in
     """
     rows = []
     for _ in range(batch):
-        line = rng.choice(make_problem(rng, rng.randint(1, 5), "train").solution.splitlines()[:-1])
-        rows.append(_example(tok, line.split(" = ")[0], line))
+        question, line = drill(rng)
+        rows.append(_example(tok, question, line))
     return rows
+
+
+def drill(rng: random.Random, max_level: int = 5) -> tuple[str, str]:
+    """One equation line of a random generator problem (levels 1..max_level), asked bare: (`9 + 8`, `9 + 8 = 17`)."""
+    line = rng.choice(make_problem(rng, rng.randint(1, max_level), "train").solution.splitlines()[:-1])
+    return line.split(" = ")[0], line
 
 
 def encode_batch(tok, rng: random.Random, batch: int, drill_share: float = 0.0):

@@ -61,7 +61,8 @@ def test_arms_hold_what_they_claim(demo_run):
 
 def test_every_arm_is_cut_to_one_budget(demo_run):
     run, _ = demo_run
-    sets, budget = training_sets(run, list("abcdef"), seed=1, count=words)
+    by_seed, budget = training_sets(run, list("abcdef"), seeds=[1], count=words)
+    sets = by_seed[1]
     totals = {arm: sum(r.tokens for r in rows) for arm, rows in sets.items()}
     smallest = min(sum(words(r.target) for r in rows) for rows in pools(run, seed=1).values())
     assert budget == smallest
@@ -70,11 +71,11 @@ def test_every_arm_is_cut_to_one_budget(demo_run):
         assert budget - longest < total <= budget, arm  # greedy fill: short of the budget by less than one row
     # a cut keeps the arm's order: d stays in curriculum order
     ranks = {r.target: i for i, r in enumerate(pools(run, seed=1)["d"])}
-    cut, _ = training_sets(run, ["d"], seed=1, count=words, budget=budget // 2)
+    cut = training_sets(run, ["d"], seeds=[1], count=words, budget=budget // 2)[0][1]
     assert [ranks[r.target] for r in cut["d"]] == sorted(ranks[r.target] for r in cut["d"])
     assert sum(r.tokens for r in cut["d"]) <= budget // 2
     with pytest.raises(ConfigError, match="arms among"):
-        training_sets(run, ["z"], seed=1, count=words)
+        training_sets(run, ["z"], seeds=[1], count=words)
 
 
 def test_missing_tables_are_a_clear_error(tmp_path):
@@ -110,7 +111,7 @@ def test_bench_end_to_end_and_reload_equals_a_fresh_engine(demo_run, tmp_path):
     # a rerun reuses a student trained from the same base, rows, settings and seed; other rows retrain it
     student = tmp_path / "work" / "d-s1"
     settings = TrainSettings(steps=3, batch_tokens=256)
-    sets, _ = training_sets(run, ["d"], 1, bench.token_counter(bench.TEACHER), result["budget_target_tokens"])
+    sets = training_sets(run, ["d"], [1], bench.token_counter(bench.TEACHER), result["budget_target_tokens"])[0][1]
     made = (student / "model.safetensors").stat().st_mtime_ns
     assert finetune(tmp_path / "work" / "base", sets["d"], student, settings, 1) == rows["d"]["trained"][0]
     assert (student / "model.safetensors").stat().st_mtime_ns == made
