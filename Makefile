@@ -41,12 +41,12 @@ demo-prm: venv
 	$(BIN)/tracefactory run configs/demo-prm.yaml --out runs/demo-prm
 
 # Reproduce the shipped PRM: the demo with Monte-Carlo step labels on every trace, right or wrong answer
-# (the negatives; ~12 min on 2 cores), then train-prm on it (~6 min).
+# (the negatives; ~12 min on 2 cores), then train-prm on it (~2 min).
 prm-labels: venv
 	$(BIN)/tracefactory run --out runs/prm-labels --set step_score.scope=all
 
 prm: prm-labels
-	$(BIN)/tracefactory train-prm runs/prm-labels --out data/prm --holdout 0.1 --epochs 6
+	$(BIN)/tracefactory train-prm runs/prm-labels --out data/prm --holdout 0.1 --epochs 6 --layers 2
 
 # The PRM's evaluation set: 300 fresh generator problems (seed 4242), every trace Monte-Carlo scored;
 # then `.venv/bin/python bench/prm_quality.py` (see bench/README.md).

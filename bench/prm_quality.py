@@ -19,12 +19,17 @@ training. On its traces:
 Rows: Monte-Carlo (scan, hard, n=8), the PRM trained on Monte-Carlo labels (`--prm`, made by `make prm` from
 the demo run), and a PRM trained the same way on the exact labels of the same run's original problems (an
 upper bound for what better labels would give).
+
+With `make student-data`'s run there (`--filter-run`: 1,000 more fresh problems, seed 3131, Monte-Carlo scored by
+the demo recipe), the filter's flagged / precision (95% Wilson interval) / recall on its correct-answer traces
+too: about four times as many traces with a wrong step as the evaluation run's 26.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -65,6 +70,31 @@ def exact_labels(steps: list[str], truth: int | None) -> tuple[int, ...]:
     return tuple(-1 if i == truth else 1 for i in range(kept))
 
 
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a proportion hits/n."""
+    if not n:
+        return None
+    p = hits / n
+    mid, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (mid - half) / (1 + z * z / n), (mid + half) / (1 + z * z / n)
+
+
+def filter_metrics(traces: list[dict], results: list[StepScores]) -> dict:
+    """The trace filter on the correct-answer traces: flagged, precision (with its 95% interval), recall."""
+    tp = fp = fn = 0
+    for t, r in zip(traces, results):
+        if t["correct"] and r.scores:
+            flagged, wrong = r.first_bad_step is not None, t["truth"] is not None
+            tp, fp, fn = tp + (flagged and wrong), fp + (flagged and not wrong), fn + (wrong and not flagged)
+    return {
+        "flagged": tp + fp,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "precision_ci": wilson(tp, tp + fp),
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "wrong_step_traces": tp + fn,
+    }
+
+
 def metrics(traces: list[dict], results: list[StepScores]) -> dict:
     pos, neg = [], []
     labelled, scored = [], []
@@ -78,19 +108,7 @@ def metrics(traces: list[dict], results: list[StepScores]) -> dict:
             LabelledTrace(StepItem(t["problem_id"], t["question"], t["gold"], tuple(t["steps"])), labels, False)
         )
         scored.append(r)
-    tp = fp = fn = 0
-    for t, r in zip(traces, results):
-        if t["correct"] and r.scores:
-            flagged, wrong = r.first_bad_step is not None, t["truth"] is not None
-            tp, fp, fn = tp + (flagged and wrong), fp + (flagged and not wrong), fn + (wrong and not flagged)
-    return {
-        "step_auroc": auroc(pos, neg),
-        **first_error_f1(labelled, scored),
-        "flagged": tp + fp,
-        "precision": tp / (tp + fp) if tp + fp else None,
-        "recall": tp / (tp + fn) if tp + fn else None,
-        "wrong_step_traces": tp + fn,
-    }
+    return {"step_auroc": auroc(pos, neg), **first_error_f1(labelled, scored), **filter_metrics(traces, results)}
 
 
 def distinct_items(traces: list[dict]) -> list[StepItem]:
@@ -109,12 +127,14 @@ def timed(scorer, items: list[StepItem]) -> tuple[list[StepScores], float]:
     return res, time.perf_counter() - t0
 
 
-def prm_scores(model: Path, traces: list[dict], sample: list[StepItem]) -> tuple[list[StepScores], dict]:
+def prm_scores(
+    model: Path, traces: list[dict], sample: list[StepItem], dtype: str = "auto"
+) -> tuple[list[StepScores], dict]:
     """The PRM's scores of `traces`, its first bad step the first at or below its calibrated threshold."""
     from tracefactory.backends.prm import VLLMPRMScorer
 
     threshold = json.loads((model / "training.json").read_text())["threshold"]
-    scorer = VLLMPRMScorer(str(model), system=None, bad_below=threshold)
+    scorer = VLLMPRMScorer(str(model), system=None, bad_below=threshold, dtype=dtype)
     try:
         scorer.start()
         scorer.score(sample[:8])  # warm-up
@@ -155,6 +175,13 @@ def main() -> None:
     ap.add_argument("--train-run", type=Path, default=ROOT / "runs" / "prm-labels", help="the run the PRM learnt from")
     ap.add_argument("--eval-run", type=Path, default=ROOT / "runs" / "prm-eval")
     ap.add_argument("--eval-problems", type=Path, default=ROOT / "runs" / "prm-eval-src" / "problems.jsonl")
+    ap.add_argument(
+        "--filter-run",
+        type=Path,
+        default=ROOT / "runs" / "student-data",
+        help="a larger run for the filter's precision and recall (`make student-data`: 1,000 fresh problems)",
+    )
+    ap.add_argument("--filter-problems", type=Path, default=ROOT / "runs" / "student-src" / "problems.jsonl")
     ap.add_argument("--cost-sample", type=int, default=300, help="distinct correct traces timed for the cost")
     ap.add_argument("--exact-prm", type=Path, default=None, help="keep the exact-label PRM here (reused if there)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "prm_quality.json")
@@ -162,6 +189,9 @@ def main() -> None:
     info = json.loads((args.prm / "training.json").read_text())
     seen = set(pl.read_parquet(args.train_run / "problems")["question"])
     evals = labelled_traces(args.eval_run, args.eval_problems, seen)
+    large = []
+    if (args.filter_run / "rollouts").exists() and args.filter_problems.is_file():
+        large = [t for t in labelled_traces(args.filter_run, args.filter_problems, seen) if t["correct"]]
     sample = distinct_items([t for t in evals if t["correct"]])
     sample = sample[:: max(1, len(sample) // args.cost_sample)][: args.cost_sample]
     print(
@@ -171,11 +201,16 @@ def main() -> None:
         f"cost timed on {len(sample)} distinct correct-answer traces",
         flush=True,
     )
-    rows = {}
-    mc = [StepScores(t["step_scores"], t["first_bad_step"]) for t in evals]
-    rows["Monte-Carlo (scan, hard, n=8)"] = metrics(evals, mc) | mc_cost(args.eval_run, sample)
-    trained, cost = prm_scores(args.prm, evals, sample)
-    rows["PRM trained on Monte-Carlo labels"] = metrics(evals, trained) | cost
+    rows, larger = {}, {}
+
+    def add(name: str, results: list[StepScores], cost: dict) -> None:
+        rows[name] = metrics(evals, results[: len(evals)]) | cost
+        larger[name] = filter_metrics(large, results[len(evals) :])
+
+    mc = [StepScores(t["step_scores"], t["first_bad_step"]) for t in evals + large]
+    add("Monte-Carlo (scan, hard, n=8)", mc, mc_cost(args.eval_run, sample))
+    add("PRM trained on Monte-Carlo labels", *prm_scores(args.prm, evals + large, sample))
+    bf16 = prm_scores(args.prm, [t for t in evals if t["correct"]], sample, dtype="bfloat16")[1]
     with tempfile.TemporaryDirectory() as tmp:
         exact_dir = args.exact_prm or Path(tmp) / "exact"
         refs = labelled_traces(args.train_run, ROOT / "data" / "demo" / "problems.jsonl")
@@ -197,12 +232,12 @@ def main() -> None:
             for (pid, steps), t in first.items()
         ]
         keep = dict(epochs=info["epochs"], batch=info["batch"], lr=info["lr"], seed=info["seed"], holdout=0.0)
+        keep["layers"] = info.get("layers")  # the same depth as the PRM it bounds
         if not (exact_dir / "training.json").is_file():
             t0 = time.time()
             train(exact, exact_dir, ROOT / info["init"], **keep)  # ROOT / an absolute path is that path
             print(f"exact-label PRM: {len(exact)} distinct traces, trained in {time.time() - t0:.0f} s", flush=True)
-        upper, cost = prm_scores(exact_dir, evals, sample)
-        rows["PRM trained on exact labels (upper bound)"] = metrics(evals, upper) | cost
+        add("PRM trained on exact labels (upper bound)", *prm_scores(exact_dir, evals + large, sample))
 
     def f(x, fmt="{:.2f}"):
         return "–" if x is None else fmt.format(x)
@@ -214,6 +249,27 @@ def main() -> None:
             f"| {name} | {f(m['step_auroc'])} | {f(m['first_error_f1'])} | {m['flagged']} | {f(m['precision'])} | "
             f"{f(m['recall'])} | {m['per_trace']:,.0f} {m['unit']} | {m['ms_per_trace']:.1f} |"
         )
+    mc_ms = rows["Monte-Carlo (scan, hard, n=8)"]["ms_per_trace"]
+    fp32_ms = rows["PRM trained on Monte-Carlo labels"]["ms_per_trace"]
+    print(
+        f"\nPRM wall-clock per trace against Monte-Carlo's: float32 (the scorer's default on CPU) "
+        f"{mc_ms / fp32_ms:.1f}x less; bfloat16 {bf16['ms_per_trace']:.1f} ms, {mc_ms / bf16['ms_per_trace']:.1f}x less"
+    )
+    if large:
+        print(
+            f"\nThe filter on {args.filter_run.name}'s {len(large):,} correct-answer traces of "
+            f"{len({t['problem_id'] for t in large}):,} fresh problems the teacher solved "
+            f"({sum(t['truth'] is not None for t in large)} with a wrong step; Monte-Carlo scores as that run "
+            "made them):\n"
+        )
+        print("| scorer | flagged | precision (95% CI) | recall |\n|---|---|---|---|")
+        for name, m in larger.items():
+            ci = m["precision_ci"]
+            print(
+                f"| {name} | {m['flagged']} | {f(m['precision'])} ({f(ci and ci[0])}–{f(ci and ci[1])}) | "
+                f"{f(m['recall'])} |"
+            )
+    rows = {name: m | {"larger_run": larger[name]} for name, m in rows.items()} | {"bf16_cost": bf16}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

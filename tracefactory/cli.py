@@ -220,6 +220,9 @@ def train_prm(
     unsolved: bool = typer.Option(
         False, "--include-unsolved", help="also train on problems the teacher never solved (their labels are all bad)"
     ),
+    layers: Optional[int] = typer.Option(
+        None, min=1, help="keep only the initial model's first N layers (default: all; data/prm keeps 2 of 4)"
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Train a process reward model on runs' step labels (Math-Shepherd): steps before the first bad one good,
@@ -243,6 +246,7 @@ def train_prm(
             lr=lr,
             holdout=holdout,
             seed=seed,
+            layers=layers,
             command=command,
         )
     except TraceFactoryError as exc:

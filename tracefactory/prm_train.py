@@ -134,7 +134,7 @@ class PRM:
     """Qwen2 backbone + Qwen2.5-Math-PRM's two-layer head, as a torch module (built lazily: torch is optional)."""
 
     @staticmethod
-    def build(init: str | Path, vocab_size: int, seed: int):
+    def build(init: str | Path, vocab_size: int, seed: int, layers: int | None = None):
         import torch
         from torch import nn
         from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2Model
@@ -142,11 +142,13 @@ class PRM:
         torch.manual_seed(seed)
         teacher = AutoModelForCausalLM.from_pretrained(str(init), dtype=torch.float32)
         t = teacher.config
+        if layers is not None and not 1 <= layers <= t.num_hidden_layers:
+            raise ConfigError("--layers", str(layers), f"1 to {t.num_hidden_layers} (the layers of {init})")
         cfg = Qwen2Config(
             vocab_size=vocab_size,
             hidden_size=t.hidden_size,
             intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers,
+            num_hidden_layers=layers or t.num_hidden_layers,
             num_attention_heads=t.num_attention_heads,
             num_key_value_heads=t.num_key_value_heads,
             max_position_embeddings=t.max_position_embeddings,
@@ -159,6 +161,8 @@ class PRM:
         )
         backbone = Qwen2Model(cfg)
         state = {k.removeprefix("model."): v for k, v in teacher.state_dict().items() if k.startswith("model.")}
+        kept = layers or t.num_hidden_layers  # the teacher's first `layers` layers (and its final norm)
+        state = {k: v for k, v in state.items() if not k.startswith("layers.") or int(k.split(".")[1]) < kept}
         emb = state["embed_tokens.weight"]
         extra = emb.mean(0, keepdim=True).repeat(vocab_size - emb.shape[0], 1)  # the separator starts as the mean
         state["embed_tokens.weight"] = torch.cat([emb, extra])
@@ -234,6 +238,7 @@ def train(
     seed: int = 0,
     holdout: float = 0.2,
     max_len: int = 512,
+    layers: int | None = None,
     describe: dict | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict:
@@ -252,7 +257,7 @@ def train(
     rng = random.Random(seed)
     build_tokenizer(out)
     tok = load_tokenizer(str(out))  # exactly as `scorer: prm` will load it
-    cfg, net = PRM.build(init, len(tok), seed)
+    cfg, net = PRM.build(init, len(tok), seed, layers)
     train_ex = [e for e in examples if not held_out(e.family, holdout, seed)]
     eval_ex = [e for e in examples if held_out(e.family, holdout, seed)]
     rows = encode(tok, train_ex, max_len)
@@ -326,6 +331,7 @@ def train(
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in net.parameters()),
+        "layers": cfg.num_hidden_layers,
         **(describe or {}),
     }
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -375,8 +381,9 @@ folder>}}` (vLLM's pooling runner).
 
 ## How it was made
 
-`{r.get("command", "tracefactory train-prm")}` — initialised from `{r["init"]}` (Llama layers copied into Qwen2
-layers, zero q/k/v biases, the separator's embedding the mean of the others; new head), fine-tuned for
+`{r.get("command", "tracefactory train-prm")}` — initialised from `{r["init"]}`, its first {r.get("layers", "")}
+layers (Llama layers copied into Qwen2 layers, zero q/k/v biases, the separator's embedding the mean of the
+others; new head), fine-tuned for
 {r["epochs"]} epochs ({r["optimizer_steps"]} optimizer steps, batch {r["batch"]}, AdamW lr {r["lr"]}, seed
 {r["seed"]}) in {r["train_seconds"]} s on CPU; final loss {r["final_loss"]:.4f}.
 

@@ -48,7 +48,8 @@ def test_vllm_scores_what_the_training_code_scores(prm):
     from tracefactory.prm_train import PRM, Example, encode, step_probabilities
 
     tok = load_tokenizer(str(SHIPPED))
-    _, net = PRM.build(EMBEDDED_TEACHER, len(tok), seed=0)
+    layers = json.loads((SHIPPED / "config.json").read_text())["num_hidden_layers"]
+    _, net = PRM.build(EMBEDDED_TEACHER, len(tok), seed=0, layers=layers)
     net.load_state_dict({k: v.float() for k, v in load_file(str(SHIPPED / "model.safetensors")).items()})
     examples = [Example(it.problem_id, "", it.question, it.steps, (1.0,) * len(it.steps)) for it in ITEMS]
     trained = step_probabilities(net, encode(tok, examples, 512), tok.pad_token_id)
@@ -154,7 +155,8 @@ def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(demo_ru
     run, _ = demo_run
     out = tmp_path / "prm"
     done = subprocess.run(
-        [sys.executable, "-m", "tracefactory.cli", "train-prm", str(run), "--out", str(out), "--epochs", "1"],
+        [sys.executable, "-m", "tracefactory.cli", "train-prm", str(run), "--out", str(out), "--epochs", "1"]
+        + ["--layers", "2"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -165,6 +167,7 @@ def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(demo_ru
     assert info["data_sha256"] == data_hash(examples_from_runs([run]))
     assert info["data_sha256"] in (out / "README.md").read_text()
     assert info["train_traces"] > 0 and info["optimizer_steps"] >= 1
+    assert info["layers"] == json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     scorer = VLLMPRMScorer(str(out), max_model_len=256)
     try:
         results = scorer.score(ITEMS)
