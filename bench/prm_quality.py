@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 
 from tracefactory.backends.scorers import StepItem, StepScores  # noqa: E402
-from tracefactory.prm_train import Example, train  # noqa: E402
+from tracefactory.prm_train import Example, data_hash, train  # noqa: E402
 from tracefactory.step_eval import LabelledTrace, auroc, first_error_f1, reference_first_bad  # noqa: E402
 
 PROBLEMS = ROOT / "data" / "demo" / "problems.jsonl"
@@ -210,7 +210,7 @@ def main() -> None:
     mc = [StepScores(t["step_scores"], t["first_bad_step"]) for t in evals + large]
     add("Monte-Carlo (scan, hard, n=8)", mc, mc_cost(args.eval_run, sample))
     add("PRM trained on Monte-Carlo labels", *prm_scores(args.prm, evals + large, sample))
-    bf16 = prm_scores(args.prm, [t for t in evals if t["correct"]], sample, dtype="bfloat16")[1]
+    bf16 = prm_scores(args.prm, [], sample, dtype="bfloat16")[1]  # its timing only
     with tempfile.TemporaryDirectory() as tmp:
         exact_dir = args.exact_prm or Path(tmp) / "exact"
         refs = labelled_traces(args.train_run, ROOT / "data" / "demo" / "problems.jsonl")
@@ -233,7 +233,9 @@ def main() -> None:
         ]
         keep = dict(epochs=info["epochs"], batch=info["batch"], lr=info["lr"], seed=info["seed"], holdout=0.0)
         keep["layers"] = info.get("layers")  # the same depth as the PRM it bounds
-        if not (exact_dir / "training.json").is_file():
+        made = json.loads((exact_dir / "training.json").read_text()) if (exact_dir / "training.json").is_file() else {}
+        if made.get("data_sha256") != data_hash(exact) or any(made.get(k) != v for k, v in keep.items()):
+            # a kept --exact-prm is reused only when it was trained on these examples with these settings
             t0 = time.time()
             train(exact, exact_dir, ROOT / info["init"], **keep)  # ROOT / an absolute path is that path
             print(f"exact-label PRM: {len(exact)} distinct traces, trained in {time.time() - t0:.0f} s", flush=True)

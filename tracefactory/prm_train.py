@@ -144,11 +144,12 @@ class PRM:
         t = teacher.config
         if layers is not None and not 1 <= layers <= t.num_hidden_layers:
             raise ConfigError("--layers", str(layers), f"1 to {t.num_hidden_layers} (the layers of {init})")
+        kept = layers or t.num_hidden_layers  # the teacher's first `kept` layers (and its final norm)
         cfg = Qwen2Config(
             vocab_size=vocab_size,
             hidden_size=t.hidden_size,
             intermediate_size=t.intermediate_size,
-            num_hidden_layers=layers or t.num_hidden_layers,
+            num_hidden_layers=kept,
             num_attention_heads=t.num_attention_heads,
             num_key_value_heads=t.num_key_value_heads,
             max_position_embeddings=t.max_position_embeddings,
@@ -161,7 +162,6 @@ class PRM:
         )
         backbone = Qwen2Model(cfg)
         state = {k.removeprefix("model."): v for k, v in teacher.state_dict().items() if k.startswith("model.")}
-        kept = layers or t.num_hidden_layers  # the teacher's first `layers` layers (and its final norm)
         state = {k: v for k, v in state.items() if not k.startswith("layers.") or int(k.split(".")[1]) < kept}
         emb = state["embed_tokens.weight"]
         extra = emb.mean(0, keepdim=True).repeat(vocab_size - emb.shape[0], 1)  # the separator starts as the mean
@@ -381,7 +381,7 @@ folder>}}` (vLLM's pooling runner).
 
 ## How it was made
 
-`{r.get("command", "tracefactory train-prm")}` — initialised from `{r["init"]}`, its first {r.get("layers", "")}
+`{r.get("command", "tracefactory train-prm")}` — initialised from `{r["init"]}`, its first {r["layers"]}
 layers (Llama layers copied into Qwen2 layers, zero q/k/v biases, the separator's embedding the mean of the
 others; new head), fine-tuned for
 {r["epochs"]} epochs ({r["optimizer_steps"]} optimizer steps, batch {r["batch"]}, AdamW lr {r["lr"]}, seed
