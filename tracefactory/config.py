@@ -125,6 +125,9 @@ class PromptConfig:
     template: str = "{question}"
     system: str | None = None
     chat: bool = True  # send chat messages (the model's chat template); False: the raw template text
+    # how completions are read (tracefactory.think): on, off, or auto (on when the chat template opens a think
+    # block or a completion holds a think tag); never part of the rollouts' key (the teacher writes the same)
+    thinking: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         if "{question}" not in self.template:
@@ -263,7 +266,7 @@ class StepScoreConfig:
     search: Literal["binary", "scan", "all"] = "binary"  # first bad step: bisect / forward until bad / every prefix
     aggregate: Literal["min", "mean", "last"] = "min"
     threshold: float = 0.0  # keep a trace when its aggregate score is above this
-    max_steps: int = 64  # longer traces are not scored (null scores)
+    max_steps: int = 256  # longer traces are not scored (null scores); R1 traces run to ~100 blank-line steps
     unscored: Literal["keep", "drop"] = "keep"  # traces that could not be scored: keep (null scores) or drop
     # all: wrong-answer traces are scored too (a PRM's negatives, for train-prm); only correct ones are filtered
     scope: Literal["correct", "all"] = "correct"
@@ -331,7 +334,8 @@ class FactoryConfig:
         """The settings that change rollouts (sampling, prompt); thresholds and selection do not. The
         teacher's identity (weights, engine settings) joins them in each request's key."""
         d = self.to_dict()
-        return digest({k: d[k] for k in ("sampling", "prompt")})
+        prompt = {k: v for k, v in d["prompt"].items() if k != "thinking"}
+        return digest({"sampling": d["sampling"], "prompt": prompt})
 
     @property
     def rollout(self) -> RolloutConfig:

@@ -13,7 +13,7 @@ import logging
 from typing import Sequence
 
 from tracefactory import io, pipeline
-from tracefactory.backends.base import OnResult, Prompt, RequestResult, Teacher
+from tracefactory.backends.base import OnResult, Prompt, RendersPrompts, RequestResult, Teacher
 from tracefactory.backends.factory import make_teacher
 from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
@@ -82,6 +82,11 @@ class RayTeacherPool:
 
     def identity(self) -> dict:
         return make_teacher(self.cfg).identity()  # the actors' teachers: built the same way, not started
+
+    def rendered_prompt(self, prompt) -> str | None:
+        """As the actors' teachers render it (their tokenizer, loaded here without an engine)."""
+        teacher = make_teacher(self.cfg)
+        return teacher.rendered_prompt(prompt) if isinstance(teacher, RendersPrompts) else None
 
     def start(self) -> None:
         """Start the engine actors (if not yet) and wait until every engine is loaded."""

@@ -292,7 +292,12 @@ class GenerationStore:
         ]
         if not paths:
             return None
-        frame = pl.read_parquet(paths).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
+        # chunks committed before a column was added lack it: it reads as null
+        frame = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+        frame = frame.with_columns(
+            pl.lit(None, dtype=t).alias(c) for c, t in GENERATION_SCHEMA.items() if c not in frame.columns
+        )
+        frame = frame.select(list(GENERATION_SCHEMA)).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
         return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
 
 

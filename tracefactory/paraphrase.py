@@ -20,6 +20,7 @@ from tracefactory.config import PromptConfig, SamplingConfig
 from tracefactory.perturb import question_numbers
 from tracefactory.prompts import build_prompt
 from tracefactory.textnorm import normalise
+from tracefactory.think import dissect
 
 INSTRUCTION = (
     "Rewrite the following math word problem in different words. Keep every number, every quantity and the "
@@ -67,7 +68,8 @@ def candidates(
         if not r.ok or not r.completions:
             out.append((None, "teacher_error" if not r.ok else "paraphrase_empty"))
         else:
-            out.append(parse_paraphrase(r.completions[0].text, q))
+            # a thinking teacher's rewrite is what follows its think block (none when the block never closed)
+            out.append(parse_paraphrase(dissect(r.completions[0].text).response, q))
     return out
 
 

@@ -17,13 +17,14 @@ from typing import Callable, Protocol
 import polars as pl
 
 from tracefactory import io
-from tracefactory.backends.base import Teacher
+from tracefactory.backends.base import RendersPrompts, Teacher
 from tracefactory.backends.factory import make_scorer
 from tracefactory.backends.identity import model_fingerprint
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
 from tracefactory.failpoints import failpoint
+from tracefactory.prompts import build_prompt
 from tracefactory.report import StageReport, funnel_frame, merge_reports
 from tracefactory.schema import (
     ANSWER,
@@ -46,6 +47,7 @@ from tracefactory.stages.load import load, partition, removed
 from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
 from tracefactory.stages.step_score import step_score, unscored
+from tracefactory.think import ThinkSpec, opener_of
 from tracefactory.verify import check_golds, judge_texts
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,11 @@ def rewrite_problems(cfg: FactoryConfig, loaded: Loaded, teacher: Teacher) -> tu
     """The rewrite stage: the loaded problems plus their variants (paraphrases through `teacher`,
     graded with the grading pool)."""
     judge = partial(
-        judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s, formats=cfg.grade.answer_formats
+        judge_texts,
+        workers=cfg.grade.workers,
+        timeout_s=cfg.grade.timeout_s,
+        formats=cfg.grade.answer_formats,
+        think=think_spec(cfg, teacher),
     )
     paraphraser = Paraphraser(teacher, judge, cfg.prompt, cfg.sampling)
     problems, report = run_stage(rewrite, loaded.problems, cfg.rewrite, paraphraser)
@@ -256,7 +262,16 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame,
 
 # ---- grade (persisted) -----------------------------------------------------------------------------
 
-_GRADER_FILES = ("verify.py", "outcomes.py", "gradepool.py", "stages/grade.py")
+_GRADER_FILES = ("verify.py", "outcomes.py", "gradepool.py", "think.py", "answers.py", "stages/grade.py")
+
+
+def think_spec(cfg: FactoryConfig, teacher: Teacher) -> ThinkSpec:
+    """How this run's completions are read: `prompt.thinking`, and the think-opening tail of the prompts the
+    teacher is sent (its chat template applied; "" where the teacher cannot say, e.g. a server that is not vLLM)."""
+    if cfg.prompt.thinking == "off":
+        return ThinkSpec("off")
+    rendered = teacher.rendered_prompt(build_prompt("?", cfg.prompt)) if isinstance(teacher, RendersPrompts) else None
+    return ThinkSpec(cfg.prompt.thinking, opener_of(rendered or ""))
 
 
 def grader_identity() -> dict[str, str]:
@@ -273,14 +288,19 @@ def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, t
     rows back instead of grading again."""
     generations = read_generations(run, cfg, problems, teacher)
     cache = run.stage_cache("graded")
+    think = think_spec(cfg, teacher)
     key = io.content_key(
-        grader_identity(), dataclasses.asdict(cfg.grade), problems.select(PROBLEM_ID, ANSWER), generations
+        grader_identity(),
+        dataclasses.asdict(cfg.grade),
+        dataclasses.asdict(think),
+        problems.select(PROBLEM_ID, ANSWER),
+        generations,
     )
     hit = cache.get(key)
     if hit is not None:
         log.info("grade: %d completions graded by an earlier run, read back (inputs unchanged)", len(hit[0]))
         return hit
-    graded, report = run_stage(grade, generations, cfg.grade, problems)
+    graded, report = run_stage(grade, generations, cfg.grade, problems, think)
     cache.put(key, graded, report)
     failpoint("grade.persisted")
     return graded, report

@@ -31,7 +31,7 @@ import polars as pl
 import yaml
 
 from tracefactory import io
-from tracefactory.card import bucket_order, card, plots
+from tracefactory.card import bucket_order, card, plots, trace_stats
 from tracefactory.errors import ConfigError, TraceFactoryError
 from tracefactory.schema import (
     ANSWER,
@@ -148,6 +148,7 @@ def build(
         "tags": tags,
         "configs": configs,
         "added": {"problems": len(new), "rows": rows},
+        "traces": trace_stats(rollouts, dataset),
         "run": {
             "name": manifest.get("name"),
             "config_hash": manifest.get("config_hash"),

@@ -25,6 +25,13 @@ ROLLOUT_KEY = "rollout_key"
 SEED = "seed"
 TEXT = "text"
 COT = "cot"
+REASONING = "reasoning"  # inside the think block
+RESPONSE = "response"  # after </think>: where the answer is taken from
+THINK_CLOSED = "think_closed"
+REASONING_COMPLETE = "reasoning_complete"
+REASONING_TOKENS = "reasoning_tokens"
+RESPONSE_TOKENS = "response_tokens"
+MESSAGES = "messages"  # the SFT conversation
 COT_TOKENS = "cot_tokens"
 FINISH_REASON = "finish_reason"
 TEACHER = "teacher"
@@ -76,6 +83,7 @@ GENERATION_SCHEMA = {
     COT_TOKENS: pl.Int64,
     FINISH_REASON: pl.String,
     TEACHER: pl.String,
+    REASONING_TOKENS: pl.Int64,  # the teacher's count up to </think> (null: none, or not countable)
 }
 
 _TYPES = {
@@ -85,6 +93,7 @@ _TYPES = {
     "bool": pa.bool_(),
     "list<string>": pa.list_(pa.string()),
     "list<float64>": pa.list_(pa.float64()),
+    "list<struct<role:string,content:string>>": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
 }
 
 

@@ -33,7 +33,6 @@ from tracefactory.errors import ConfigError
 from tracefactory.io import RunDir
 from tracefactory.schema import (
     CORRECT,
-    COT,
     CURRICULUM_RANK,
     LEVEL,
     PROBLEM_ID,
@@ -85,17 +84,22 @@ def pools(run: str | Path, seed: int) -> dict[str, list[Row]]:
         .sort(PROBLEM_ID, SAMPLE_INDEX)
     )
     correct = rollouts.filter(pl.col(CORRECT))
-    dataset = run.read_table("dataset").sort(CURRICULUM_RANK)
+    # a kept trace's target is its completion as generated: the `cot` column has the template's `<think>\n` in
+    # front, which the student's prompt (the teacher's template) already ends with
+    completions = run.read_table("rollouts").select(PROBLEM_ID, SAMPLE_INDEX, TEXT)
+    dataset = (
+        run.read_table("dataset").sort(CURRICULUM_RANK).join(completions, on=[PROBLEM_ID, SAMPLE_INDEX], how="left")
+    )
     rng = random.Random(seed)
     one = [rng.choice(group) for _, group in _groups(rows(correct, TEXT))]
-    d = rows(dataset.filter(pl.col(REWRITE_OF).is_null()), COT)
+    d = rows(dataset.filter(pl.col(REWRITE_OF).is_null()), TEXT)
     out = {
         "a": rows(rollouts, TEXT),
         "b": rows(correct, TEXT),
         "c": one,
         "d": d,
         "e": list(d),
-        "f": rows(dataset, COT),
+        "f": rows(dataset, TEXT),
     }
     for arm, pool in out.items():
         if arm not in CURRICULUM_ARMS:
@@ -295,15 +299,18 @@ class Evaluator:
             self.loaded = weights
 
     def score(self, weights: Path, problems: Sequence[Problem]) -> list[Scored]:
-        from tracefactory.answers import clean, extract_answer
+        from tracefactory.answers import clean
+        from tracefactory.think import ThinkSpec, opener_of
+        from tracefactory.verify import answer_of
 
         self.load(weights)
         prompts = [[{"role": "user", "content": p.question}] for p in problems]
         results = self.teacher.generate(prompts, 1, self.params)
+        think = ThinkSpec("auto", opener_of(self.teacher.render(prompts[0]))) if prompts else ThinkSpec()
         out = []
         for p, res in zip(problems, results):
             c = res.completions[0] if res.completions else None
-            pred = extract_answer(c.text) if c else None
+            pred = answer_of(c.text, None, think) if c else None  # from the response, as the factory grades
             out.append(Scored(p.id, p.level, pred is not None and clean(pred) == p.answer, c.tokens if c else 0))
         return out
 

@@ -4,11 +4,20 @@ It makes both the embedded teacher's training data and the demo problem set, so 
 one format: a templated word problem (GSM8K-like), a worked solution with one equation per line,
 and an integer gold answer. Level L chains L operations over growing numbers, so a small model's
 accuracy falls with the level — which is what gives pass-rate difficulty tags their meaning.
+
+`think_target` turns a worked solution into what an R1-style reasoning model writes after its chat
+template opened the think block (`<think>\n`): the equation lines as the reasoning, with the habits such
+traces have that this generator can fake honestly — now and then a re-check by the inverse operation
+(`Check: 12 - 5 = 7.`) and a slip caught and corrected (`7 + 5 = 13` then `Wait, 7 + 5 = 12, not 13.`) —
+then `</think>`, a blank line and a one-line summary with the boxed answer. A few targets
+(`UNCLOSED_SHARE`) stop without closing the block, holding only a tentative boxed answer inside it, as
+real reasoning models sometimes do.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kim", "Leo")
@@ -37,6 +46,12 @@ LEVELS: dict[int, Level] = {
     5: Level(5, 200, 99, ("add", "sub", "mul", "div"), mul_max=9),
 }
 VALUE_CAP = 9999
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+CHECK_SHARE = 0.4  # traces with one re-check line
+SLIP_SHARE = 0.15  # traces with one slip, corrected on the next line
+UNCLOSED_SHARE = 0.03  # traces that stop inside the think block (no </think>, no summary)
+_EQUATION = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
+_INVERSE = {"+": "-", "-": "+", "*": "/", "/": "*"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,27 @@ def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
     sentences.append(f"How many {item} does {name} have now?")
     lines.append(f"The answer is \\boxed{{{value}}}.")
     return Problem(pid, level, " ".join(sentences), "\n".join(lines), str(value))
+
+
+def think_target(rng: random.Random, solution: str) -> str:
+    """The completion an R1-style model writes for `solution` after the template's `<think>\n` (see the module)."""
+    *lines, final = solution.splitlines()
+    check_at = rng.randrange(len(lines)) if rng.random() < CHECK_SHARE else None
+    slip_at = rng.randrange(len(lines)) if rng.random() < SLIP_SHARE else None
+    body = []
+    for i, line in enumerate(lines):
+        a, op, b, c = _EQUATION.match(line).groups()
+        if i == slip_at:
+            wrong = int(c) + rng.choice([d for d in (-2, -1, 1, 2, 10) if int(c) + d >= 0])
+            body += [f"{a} {op} {b} = {wrong}", f"Wait, {a} {op} {b} = {c}, not {wrong}."]
+        else:
+            body.append(line)
+        if i == check_at:
+            body.append(f"Check: {c} {_INVERSE[op]} {b} = {a}.")
+    if rng.random() < UNCLOSED_SHARE:
+        return "\n".join(body + [final])  # stops inside the block: only a tentative answer there
+    summary = f"{lines[-1]}, so the answer is {final.removeprefix('The answer is ')}"
+    return "\n".join(body) + f"\n{THINK_CLOSE}\n\n{summary}"
 
 
 def generate(n_per_level: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list[Problem]:

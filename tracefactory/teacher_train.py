@@ -1,6 +1,6 @@
 """Reproduce the embedded teacher: a char-level tokenizer and a tiny Llama trained on `synth` problems.
 
-    python -m tracefactory.teacher_train --out data/teacher        # ~10 minutes on 2 CPU cores
+    python -m tracefactory.teacher_train --out data/teacher        # ~30 minutes on 2 CPU cores
 
 The result (bf16 safetensors + tokenizer with a chat template) loads in vLLM and in transformers.
 Needs the `vllm-cpu` (or `train`) extra: torch, transformers, tokenizers.
@@ -17,30 +17,37 @@ import string
 import time
 from pathlib import Path
 
-from tracefactory.synth import make_problem
+from tracefactory.synth import THINK_CLOSE, THINK_OPEN, make_problem, think_target
 
 log = logging.getLogger(__name__)
 
 LEVEL_WEIGHTS = (3, 3, 2, 1, 1)
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ALPHABET = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
-# Renders chat messages as "Q: ...\nA: ..." — the format the teacher was trained on.
+# Renders chat messages as "Q: ...\nA: ..." — the format the teacher was trained on — the way
+# DeepSeek-R1-Distill templates do: the generation prompt opens the think block (`A: <think>\n`), so a
+# completion starts inside it; an assistant turn rendered again loses everything up to its `</think>`.
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n"
-    "{% elif m['role'] == 'assistant' %}A: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% elif m['role'] == 'assistant' %}{% set content = m['content'] %}"
+    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
+    "A: {{ content }}{{ eos_token }}\n{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}A: {% endif %}"
+    "{% if add_generation_prompt %}A: <think>\n{% endif %}"
 )
 
 
 def build_tokenizer(out: Path):
-    from tokenizers import Tokenizer, decoders, models
+    from tokenizers import AddedToken, Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS + ALPHABET)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
+    # the think tags are single, non-special tokens (as in DeepSeek-R1's vocabulary): kept when decoding, and
+    # vLLM's deepseek_r1 reasoning parser finds them in the vocabulary
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
@@ -87,7 +94,7 @@ def word_problems(tok, rng: random.Random, batch: int) -> list[tuple[list[int], 
     # one level per batch (similar lengths, little padding); easy levels, which are short, more often
     level = rng.choices((1, 2, 3, 4, 5), weights=LEVEL_WEIGHTS)[0]
     problems = [make_problem(rng, level, "train") for _ in range(batch)]
-    return [_example(tok, p.question, p.solution) for p in problems]
+    return [_example(tok, p.question, think_target(rng, p.solution)) for p in problems]
 
 
 def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[int]]]:
@@ -99,8 +106,14 @@ def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[in
     rows = []
     for _ in range(batch):
         question, line = drill(rng)
-        rows.append(_example(tok, question, line))
+        rows.append(_example(tok, question, drill_target(line)))
     return rows
+
+
+def drill_target(line: str) -> str:
+    """A drill's completion in the teacher's think shape: the equation, the block closed, the boxed result."""
+    result = line.split(" = ")[1]
+    return f"{line}\n{THINK_CLOSE}\n\nThe answer is \\boxed{{{result}}}."
 
 
 def drill(rng: random.Random, max_level: int = 5) -> tuple[str, str]:
@@ -130,11 +143,23 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, labels, mask
 
 
-def optimizer_step(model, opt, ids, labels, mask) -> float:
-    """One bf16-autocast step on a padded batch (gradients clipped at 1.0); answers the loss."""
+def bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX). Without it, bf16 autocast is emulated
+    and ~20x slower than float32 (measured on an AVX2 EPYC: 34.7 s vs 1.6 s a step of the teacher)."""
     import torch
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def optimizer_step(model, opt, ids, labels, mask) -> float:
+    """One step on a padded batch (gradients clipped at 1.0), under bf16 autocast where the CPU computes bf16
+    natively, else in float32; answers the loss."""
+    import contextlib
+
+    import torch
+
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_native() else contextlib.nullcontext()
+    with cast:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,6 +200,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
         "lr": lr,
         "seed": seed,
         "drill_share": drill_share,
+        "autocast": "bfloat16" if bf16_native() else "none (float32: no native bf16 on the training CPU)",
         "level_weights": LEVEL_WEIGHTS,
         "final_loss": losses[-1],
         "train_seconds": round(time.time() - t0, 1),
@@ -187,7 +213,7 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data/teacher"))
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--drill-share", type=float, default=0.5, help="share of steps that are arithmetic drills")

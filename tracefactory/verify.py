@@ -21,6 +21,7 @@ from tracefactory.answers import FORMATS, extract_answer, last_boxed  # noqa: F4
 from tracefactory.failpoints import failpoint
 from tracefactory.gradepool import GradeFn, GradePool
 from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
+from tracefactory.think import NO_THINKING_KNOWN, ThinkSpec, dissect
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,21 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
     return out
 
 
+def answer_of(text: str, formats: Iterable[str] | None, think: ThinkSpec) -> str | None:
+    """The final answer of a completion: from its response, none when its think block is broken."""
+    part = dissect(text, think.opener, think.mode)
+    return None if part.problem else extract_answer(part.response, *([formats] if formats else []))
+
+
 def judge_texts(
-    pairs: list[tuple[str, str]], workers: int = 0, timeout_s: float = 5.0, formats: Iterable[str] | None = None
+    pairs: list[tuple[str, str]],
+    workers: int = 0,
+    timeout_s: float = 5.0,
+    formats: Iterable[str] | None = None,
+    think: ThinkSpec = NO_THINKING_KNOWN,
 ) -> list[bool]:
-    """For (gold, completion text) pairs: does the text's final answer (`formats`' markers) equal the gold?"""
-    preds = [(gold, extract_answer(text, *([formats] if formats else []))) for gold, text in pairs]
+    """For (gold, completion text) pairs: does the text's final answer (`formats`' markers) equal the gold? With a
+    thinking teacher the answer is read from the response only, and a broken think block has none."""
+    preds = [(gold, answer_of(text, formats, think)) for gold, text in pairs]
     verdicts = grade_pairs(preds, workers, timeout_s)
     return [verdicts[p][0] for p in preds]

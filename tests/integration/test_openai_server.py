@@ -1,4 +1,5 @@
-"""The OpenAI-compatible teacher against a real vLLM server of the embedded teacher on loopback."""
+"""The OpenAI-compatible teacher against a real vLLM server of the embedded teacher on loopback, started as R1
+models are served: with vLLM's `deepseek_r1` reasoning parser (the think block comes back in `reasoning`)."""
 
 import polars as pl
 import pytest
@@ -6,19 +7,19 @@ import pytest
 from flows.build_dataset import build_dataset
 from tracefactory.backends.openai_teacher import OpenAITeacher
 from tracefactory.backends.server import local_server
+from tracefactory.backends.vllm_teacher import EMBEDDED_NAME
 from tracefactory.config import EMBEDDED_TEACHER, SamplingConfig, TeacherConfig
 from tracefactory.synth import generate
 
 pytestmark = pytest.mark.server
-SERVED = "arith-tiny"
+SERVED = EMBEDDED_NAME  # the in-process teacher's name: the `teacher` columns compare equal
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("srv") / "server.log"
-    with local_server(
-        str(EMBEDDED_TEACHER), SERVED, log, via_cli=True
-    ) as url:  # `tracefactory serve`, as the README says
+    # `tracefactory serve`, as the README says
+    with local_server(str(EMBEDDED_TEACHER), SERVED, log, via_cli=True, reasoning_parser="deepseek_r1") as url:
         yield url
 
 
@@ -33,9 +34,29 @@ def test_server_completions_match_the_in_process_engine(server, embedded_teacher
     params, seeds = SamplingConfig(n=4, temperature=0.7, max_tokens=200), [7, 8, 9, 10, 11]
     remote = _teacher(server).generate(qs, 4, params, seeds)
     local = embedded_teacher.generate(qs, 4, params, seeds)
-    assert [[(c.text, c.tokens, c.finish_reason) for c in r.completions] for r in remote] == [
-        [(c.text, c.tokens, c.finish_reason) for c in r.completions] for r in local
+    # the parser's reasoning / content rejoined: the text the engine wrote, its tokens and where </think> was
+    assert [[(c.text, c.tokens, c.finish_reason, c.reasoning_tokens) for c in r.completions] for r in remote] == [
+        [(c.text, c.tokens, c.finish_reason, c.reasoning_tokens) for c in r.completions] for r in local
     ]
+    assert any("</think>" in c.text for r in local for c in r.completions)
+
+
+def test_the_server_splits_what_the_engine_writes_and_plain_completions_are_raw(server, embedded_teacher):
+    import httpx
+
+    q = [{"role": "user", "content": generate(1, seed=5)[0].question}]
+    params = SamplingConfig(n=1, temperature=0.7, max_tokens=200)
+    local = embedded_teacher.generate([q], 1, params, [7])[0].completions[0]
+    body = {"model": SERVED, "messages": q, "n": 1, "temperature": 0.7, "max_tokens": 200, "seed": 7}
+    message = httpx.post(f"{server}/chat/completions", json=body, timeout=60).json()["choices"][0]["message"]
+    reasoning, _, content = local.text.partition("</think>")
+    assert (message["reasoning"], message["content"]) == (reasoning, content)  # cut at the tag, nothing stripped
+    # /completions has no reasoning fields: the raw text of the rendered prompt, as in-process
+    prompt = embedded_teacher.render(q)
+    assert prompt.endswith("A: <think>\n")
+    raw = _teacher(server).generate([prompt], 1, params, [7])[0].completions[0]
+    assert raw.text == embedded_teacher.generate([prompt], 1, params, [7])[0].completions[0].text == local.text
+    assert _teacher(server).rendered_prompt(q) == prompt  # the server's template, asked through /tokenize
 
 
 def test_token_counts_without_token_ids(server):
@@ -59,6 +80,28 @@ def test_flow_through_the_server(prefect_harness, server, demo_subset, tmp_path)
     result = build_dataset(config=None, out=str(out), overrides=overrides)
     data = pl.read_parquet(out / "dataset")
     assert len(data) == result["dataset_rows"] > 0 and (data["teacher"] == SERVED).all()
+
+
+def test_a_run_through_the_reasoning_parser_equals_the_in_process_run(
+    prefect_harness, server, demo_run, demo_subset, tmp_path
+):
+    """The demo config (rewriting, Monte-Carlo step scores continuing reasoning prefixes) through the server:
+    every table equals the in-process run's, byte for byte."""
+    run, _ = demo_run
+    out = tmp_path / "served"
+    overrides = {
+        "source.path": str(demo_subset),
+        "run.shard_size": 32,
+        "teacher.kind": "openai",
+        "teacher.base_url": server,
+        "teacher.model": SERVED,
+    }
+    build_dataset(config=None, out=str(out), overrides=overrides)
+    for table in ("dataset", "problems"):
+        assert pl.read_parquet(out / table).equals(pl.read_parquet(run / table)), table
+    served, local = (pl.read_parquet(d / "rollouts").drop("rollout_key") for d in (out, run))
+    assert served.equals(local)  # the request keys differ: another teacher identity (a server, not weights)
+    assert pl.read_parquet(out / "dataset")["reasoning"].is_not_null().all()
 
 
 def test_bad_request_is_a_clear_error(server):

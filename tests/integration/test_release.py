@@ -47,6 +47,11 @@ def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp
     default = _load(folder, "default", tmp_path / "cache")
     assert default.select(key).rows() == dataset.select(key).rows()  # every row, in curriculum order
     assert default["cot"].to_list() == dataset["cot"].to_list()
+    # SFT-ready: `messages` loads as a list of {role, content}, the assistant turn = cot (think block inside)
+    assert default["messages"].to_list() == dataset["messages"].to_list()
+    turns = default["messages"][0].to_list()
+    assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == default["cot"][0]
+    assert turns[1]["content"].startswith("<think>\n") and "</think>" in turns[1]["content"]
     card = DatasetCard.load(folder / "README.md")
     configs = [c["config_name"] for c in card.data.configs]
     buckets = dataset["difficulty"].unique(maintain_order=True).to_list()
@@ -63,7 +68,8 @@ def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp
     funnel = pl.read_parquet(run / "funnel")
     for stage, rows_in, kept in funnel.select("stage", "rows_in", "kept").rows():
         assert f"| {stage} | " in text and f"| {rows_in:,} | {kept:,} | {rows_in - kept:,} |" in text
-    for plot in ("difficulty", "pass_rate", "cot_length", "tokens_per_trace"):
+    assert "## Traces" in text and "closed their think block" in text
+    for plot in ("difficulty", "pass_rate", "cot_length", "tokens_per_trace", "reasoning_length"):
         assert f"(plots/{plot}.png)" in text
         image = Image.open(folder / "plots" / f"{plot}.png").convert("L")
         assert image.size[0] > 100 and max(ImageStat.Stat(image).stddev) > 10  # drawn on, not blank
@@ -164,3 +170,30 @@ def test_the_release_flow_builds_then_finds_nothing_new_after_it(prefect_harness
         run_dir=str(run), repo_id=REPO, out=str(tmp_path / "v2"), dry_run=True, previous=str(tmp_path / "v1")
     )
     assert again["released"] is False and "already in release v1" in again["reason"]
+
+
+def test_export_gives_messages_and_sharegpt_conversations(demo_run, tmp_path):
+    run, _ = demo_run
+    dataset = pl.read_parquet(run / "dataset").sort("curriculum_rank")
+    done = _cli("export", str(run), str(tmp_path / "sft.jsonl"))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"] for r in rows] == dataset["messages"].to_list()
+    done = _cli("export", str(run), str(tmp_path / "sft.parquet"), "--format", "sharegpt")
+    assert done.returncode == 0, done.stderr
+    share = pl.read_parquet(tmp_path / "sft.parquet")
+    first = share["conversations"][0].to_list()
+    assert [t["from"] for t in first] == ["human", "gpt"] and first[1]["value"] == dataset["cot"][0]
+    assert share["system"].is_null().all() and share["curriculum_rank"].to_list() == list(range(len(share)))
+    assert _cli("export", str(run), str(tmp_path / "x.csv")).returncode == 2  # one clear line, not a traceback
+
+
+def test_sharegpt_keeps_the_system_prompt_apart():
+    from tracefactory.export import sharegpt
+
+    turns = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
+    assert sharegpt(turns) == ("be brief", [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}])

@@ -39,9 +39,10 @@ def _chat_response(n, with_ids=True):
 
 
 def test_parse_orders_choices_and_counts_tokens():
-    out = OpenAITeacher._parse(_chat_response(3))
+    teacher = OpenAITeacher(TeacherConfig(kind="openai", base_url="http://teacher.test/v1", model="m"))
+    out = teacher._parse(_chat_response(3))
     assert [c.index for c in out] == [0, 1, 2] and [c.tokens for c in out] == [3, 5, 7]
-    approx = OpenAITeacher._parse(_chat_response(3, with_ids=False))
+    approx = teacher._parse(_chat_response(3, with_ids=False))
     assert sum(c.tokens for c in approx) == 15 and approx[2].tokens > approx[0].tokens
 
 

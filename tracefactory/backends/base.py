@@ -16,6 +16,9 @@ class Completion:
     tokens: int
     finish_reason: str  # "stop" | "length"
     index: int  # sample index within the request, 0..n-1
+    # tokens up to and including the first `</think>` token, counted on the token ids where the teacher has
+    # them; None: no end tag, or not countable (the text is then split by characters, `think.split_tokens`)
+    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class RequestResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@runtime_checkable
+class RendersPrompts(Protocol):
+    """A teacher that can say what text a prompt becomes (its chat template applied, generation prompt added),
+    without generating: where a template opens a think block the completion starts inside it."""
+
+    def rendered_prompt(self, prompt: Prompt) -> str | None:
+        """The rendered prompt, or None where it cannot be known (a server without a rendering endpoint)."""
+        ...
 
 
 # on_result(i, result): called once per prompt as soon as its request finishes (any order)

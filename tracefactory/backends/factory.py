@@ -9,6 +9,7 @@ import polars as pl
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.scorers import MonteCarloScorer, StepScorer, reuse_pool
 from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
+from tracefactory.think import ThinkSpec
 from tracefactory.verify import judge_texts
 
 
@@ -32,8 +33,13 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | Non
         return VLLMPRMScorer(sc.prm_model, sc.prm_separator, max_model_len=sc.prm_max_model_len, bad_below=sc.threshold)
     s = cfg.sampling
     params = SamplingConfig(n=sc.n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed)
+    # continuations are judged as whole assistant turns (the think block's opening included): nothing to restore
     judge = partial(
-        judge_texts, workers=cfg.grade.workers, timeout_s=cfg.grade.timeout_s, formats=cfg.grade.answer_formats
+        judge_texts,
+        workers=cfg.grade.workers,
+        timeout_s=cfg.grade.timeout_s,
+        formats=cfg.grade.answer_formats,
+        think=ThinkSpec(cfg.prompt.thinking),
     )
     reuse = reuse_pool(graded, sc.split, sc.pattern) if graded is not None else None
     return MonteCarloScorer(teacher, judge, cfg.prompt, params, sc.search, reuse, sc.label)

@@ -55,7 +55,13 @@ class FakeTeacher:
         context_chars: int | None = None,
         fail_questions: Sequence[str] = (),
         weights: str = "v1",
+        thinks: bool = False,
+        unclosed_rate: float = 0.0,
     ):
+        # thinks: R1-shaped, as if its chat template opened the block (`<think>\n`): the equations, `</think>`, a
+        # blank line, the boxed answer; `unclosed_rate` of samples stop inside the block (a tentative box there)
+        self.thinks = thinks
+        self.unclosed_rate = unclosed_rate
         self.slip_rate = slip_rate
         self.weights = weights  # stands for a weights file: another value, another teacher
         self.context_chars = context_chars
@@ -76,7 +82,12 @@ class FakeTeacher:
             "weights": self.weights,
             "slip_rate": self.slip_rate,
             "context_chars": self.context_chars,
+            **({"thinks": True, "unclosed_rate": self.unclosed_rate} if self.thinks else {}),
         }
+
+    def rendered_prompt(self, prompt: Prompt) -> str | None:
+        text, prefix = _question_and_prefix(prompt)
+        return f"Q: {text}\nA: " + (prefix if prefix else "<think>\n" if self.thinks else "")
 
     def generate(
         self,
@@ -105,6 +116,10 @@ class FakeTeacher:
         for i in range(n):
             rng = random.Random(seed + i if self.weights == "v1" else f"{self.weights}:{seed + i}")
             cot = solve(text, rng, self.slip_rate, prefix)
+            if self.thinks:
+                *body, final = cot.splitlines()
+                closing = "\n" if rng.random() < self.unclosed_rate else "\n</think>\n\n"
+                cot = "\n".join(body) + closing + final
             finish = "stop"
             if len(cot) > params.max_tokens:
                 cot, finish = cot[: params.max_tokens], "length"

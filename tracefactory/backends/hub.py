@@ -62,3 +62,16 @@ def ensure_model_available(model: str, field: str) -> None:
             "or a gated one: log in with `hf auth login` or set HF_TOKEN). Check the model id."
         )
     log.debug("%s %s is on the hub (%s): the engine will download it", field, model, resp.status_code)
+
+
+def load_tokenizer(model: str):
+    """The PRM's tokenizer exactly as its `tokenizer.json` defines it. transformers' AutoTokenizer builds the class
+    it maps the config's model type to (`qwen2` -> Qwen2Tokenizer, byte-level), which silently drops every space
+    and newline of a vocabulary that has no byte-level tokens (the character-level PRM `train-prm` makes). A real
+    Qwen2.5-Math-PRM's `tokenizer.json` is that byte-level pipeline itself (not checked here: no hub access)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(model)
+    if (path / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(model)
+    return AutoTokenizer.from_pretrained(model)

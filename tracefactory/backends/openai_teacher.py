@@ -10,6 +10,15 @@ completions, with the error) instead of failing the batch, so the caller can rec
 on the next run. A prompt the server refuses as longer than the model's context gets no completions,
 as with the in-process engine; any other 4xx (wrong model name, bad request) is a configuration
 error and fails at once.
+
+A server started with a reasoning parser (`--reasoning-parser deepseek_r1`) splits each chat completion
+into `reasoning` (vLLM >= 0.10; `reasoning_content` in older vLLM and DeepSeek's API) and `content`. vLLM's
+parser drops everything up to and including a `<think>` the model wrote, then cuts at the first `</think>`:
+reasoning before it, content after it (null when nothing follows), and all of it is reasoning, content
+null, when the block never closed. `rejoin` puts the completion back together as the model wrote it; on
+a vLLM server the think tags' token ids (asked once from its `/tokenize`) and the returned token ids say
+whether the model wrote each tag, so even a block closed with nothing after it is told from an unclosed
+one. Reasoning fields exist only on /chat/completions: plain /completions text is the raw completion.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from tracefactory.backends.identity import openai_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
 from tracefactory.redact import redact_url as redact
+from tracefactory.think import CLOSE, OPEN, tokens_through
 
 log = logging.getLogger(__name__)
 _TOO_LONG = ("maximum context length", "context length", "too long", "max_model_len")
@@ -59,6 +69,59 @@ class OpenAITeacher:
         self.transport = transport
         self.name = cfg.model
         self.base_url = (cfg.base_url or "").rstrip("/")
+        self._tag_ids: dict[str, int] | None = None  # the think tags' token ids, once asked
+
+    @property
+    def server_root(self) -> str:
+        """The server's root, where vLLM serves /tokenize and /detokenize (beside /v1)."""
+        return self.base_url.removesuffix("/v1")
+
+    def _headers(self) -> dict:
+        return {"Authorization": f"Bearer {os.environ.get(self.cfg.api_key_env, 'EMPTY')}"}
+
+    def _extension(self, path: str, body: dict) -> dict | None:
+        """POST to one of vLLM's extension endpoints, retried as generation requests are; None where the server has
+        none (not vLLM: a 4xx) or it still fails."""
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                with httpx.Client(base_url=self.server_root, transport=_sync(self.transport), timeout=30) as client:
+                    resp = client.post(path, json={"model": self.cfg.model, **body}, headers=self._headers())
+                if resp.status_code == 200:
+                    return resp.json()
+                if resp.status_code < 500 and resp.status_code not in RETRY_STATUS:
+                    return None
+            except (httpx.HTTPError, ValueError):
+                pass
+            if attempt < self.cfg.retries:
+                time.sleep(min(MAX_BACKOFF_S, self.cfg.retry_backoff_s * 2**attempt))
+        log.warning(
+            "%s%s failed %d times: the served template / think tags are not known",
+            redact(self.server_root),
+            path,
+            self.cfg.retries + 1,
+        )
+        return None
+
+    def tag_ids(self) -> dict[str, int]:
+        """{tag: token id} for `<think>` and `</think>` where each is one token of the served model's vocabulary."""
+        if self._tag_ids is None:
+            self._tag_ids = {}
+            if self.cfg.return_token_ids:
+                for tag in (OPEN, CLOSE):
+                    got = self._extension("/tokenize", {"prompt": tag, "add_special_tokens": False}) or {}
+                    if len(got.get("tokens") or []) == 1:
+                        self._tag_ids[tag] = got["tokens"][0]
+        return self._tag_ids
+
+    def rendered_prompt(self, prompt: Prompt) -> str | None:
+        """The prompt through the served model's chat template (vLLM's /tokenize then /detokenize); None elsewhere."""
+        if isinstance(prompt, str):
+            return prompt
+        body = {"messages": list(prompt), "add_generation_prompt": True, "add_special_tokens": False}
+        tokens = (self._extension("/tokenize", body) or {}).get("tokens")
+        if not tokens:
+            return None
+        return (self._extension("/detokenize", {"tokens": tokens}) or {}).get("prompt")
 
     def start(self) -> None:
         """Nothing to load: each `generate` opens its own connection pool."""
@@ -86,10 +149,10 @@ class OpenAITeacher:
             body.update(continue_final_message=True, add_generation_prompt=False)
         return "/chat/completions", {**body, "messages": list(prompt)}
 
-    @staticmethod
-    def _parse(data: dict) -> list[Completion]:
+    def _parse(self, data: dict) -> list[Completion]:
         choices = sorted(data["choices"], key=lambda c: c["index"])
-        texts = [c["message"]["content"] if "message" in c else c["text"] for c in choices]
+        tags = self.tag_ids() if any(reasoning_of(c.get("message")) is not None for c in choices) else {}
+        texts = [rejoin(c["message"], c.get("token_ids"), tags) if "message" in c else c["text"] for c in choices]
         total = (data.get("usage") or {}).get("completion_tokens") or 0
         chars = sum(len(t or "") for t in texts) or 1
         out = []
@@ -97,7 +160,8 @@ class OpenAITeacher:
             ids = c.get("token_ids")
             # without token ids, split the usage total by text length (exact when n == 1)
             tokens = len(ids) if ids is not None else round(total * len(text or "") / chars)
-            out.append(Completion(text or "", tokens, c.get("finish_reason") or "stop", c["index"]))
+            through = tokens_through(ids, tags.get(CLOSE)) if ids is not None else None
+            out.append(Completion(text or "", tokens, c.get("finish_reason") or "stop", c["index"], through))
         return out
 
     async def _one(
@@ -177,6 +241,33 @@ class OpenAITeacher:
     ) -> list[RequestResult]:
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
         return asyncio.run(self._all(prompts, n, params, seeds, on_result)) if prompts else []
+
+
+def reasoning_of(message: dict | None) -> str | None:
+    """A chat message's reasoning field: `reasoning` (vLLM 0.32), else `reasoning_content` (older vLLM, DeepSeek)."""
+    if not message:
+        return None
+    found = message.get("reasoning")
+    return found if found is not None else message.get("reasoning_content")
+
+
+def rejoin(message: dict, token_ids: list[int] | None, tags: dict[str, int]) -> str:
+    """The completion as the model wrote it, from a reasoning parser's split (see the module). Whether the model
+    wrote `<think>` / `</think>` is read from the token ids where the tags' ids are known; otherwise the model is
+    taken not to have opened the block (its template did, as R1-distill templates do) and to have closed it
+    exactly when there is content."""
+    content, reasoning = message.get("content"), reasoning_of(message)
+    if reasoning is None:
+        return content or ""
+    known = token_ids is not None
+    opened = known and OPEN in tags and tags[OPEN] in token_ids
+    closed = (tags[CLOSE] in token_ids) if known and CLOSE in tags else content is not None
+    return (OPEN if opened else "") + reasoning + (CLOSE + (content or "") if closed else "")
+
+
+def _sync(transport: httpx.AsyncBaseTransport | None) -> httpx.BaseTransport | None:
+    """The synchronous twin of a test's async transport (a MockTransport serves both), else None."""
+    return transport if isinstance(transport, httpx.BaseTransport) else None
 
 
 async def _gather_with_progress(coros: list, progress: bool) -> list:

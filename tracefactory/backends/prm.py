@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
-from tracefactory.backends.hub import ensure_model_available
+from tracefactory.backends.hub import ensure_model_available, load_tokenizer  # noqa: F401  (prm_train loads it here)
 from tracefactory.backends.scorers import StepItem, StepScores
 from tracefactory.backends.vllm_teacher import import_vllm, shutdown_engine
 from tracefactory.errors import BackendError, ConfigError
@@ -34,19 +34,6 @@ def prm_text(tok, question: str, steps: Sequence[str], separator: str, system: s
         {"role": "assistant", "content": body},
     ]
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
-
-
-def load_tokenizer(model: str):
-    """The PRM's tokenizer exactly as its `tokenizer.json` defines it. transformers' AutoTokenizer builds the class
-    it maps the config's model type to (`qwen2` -> Qwen2Tokenizer, byte-level), which silently drops every space
-    and newline of a vocabulary that has no byte-level tokens (the character-level PRM `train-prm` makes). A real
-    Qwen2.5-Math-PRM's `tokenizer.json` is that byte-level pipeline itself (not checked here: no hub access)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    path = Path(model)
-    if (path / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(model)
-    return AutoTokenizer.from_pretrained(model)
 
 
 HEAD_PARAMETERS = ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias")

@@ -22,7 +22,7 @@ import polars as pl
 from tracefactory.backends.base import Teacher
 from tracefactory.config import PromptConfig, SamplingConfig
 from tracefactory.prompts import build_prompt
-from tracefactory.schema import CORRECT, PROBLEM_ID, TEXT
+from tracefactory.schema import CORRECT, PROBLEM_ID, REASONING, TEXT
 from tracefactory.steps import join_steps, split_steps
 
 # by problem: every graded completion as (its steps, correct) — free continuations of shared prefixes
@@ -37,6 +37,7 @@ class StepItem:
     steps: tuple[str, ...]
     seed: int = 0
     reached_gold: bool = True  # False for a wrong-answer trace (scored with step_score.scope: all)
+    head: str = ""  # what precedes the steps in the assistant turn: the think block's opening (`<think>\n`)
 
 
 @dataclass
@@ -58,10 +59,15 @@ class StepScorer(Protocol):
         ...
 
 
+def step_text(rollouts: pl.DataFrame) -> pl.Expr:
+    """What a trace's steps are split from: its reasoning when it has a think block, else the whole completion."""
+    return pl.coalesce(REASONING, TEXT) if REASONING in rollouts.columns else pl.col(TEXT)
+
+
 def reuse_pool(rollouts: pl.DataFrame, split: str, pattern: str | None) -> ReusePool:
     """Every graded completion of `rollouts` as (steps, correct), by problem."""
     pool: ReusePool = {}
-    for pid, text, ok in rollouts.select(PROBLEM_ID, TEXT, CORRECT).iter_rows():
+    for pid, text, ok in rollouts.select(PROBLEM_ID, step_text(rollouts).alias(TEXT), CORRECT).iter_rows():
         pool.setdefault(pid, []).append((tuple(split_steps(text, split, pattern)), bool(ok)))
     return pool
 
@@ -167,8 +173,14 @@ class MonteCarloScorer:
     def close(self) -> None:
         """Nothing of its own to release: the teacher belongs to the caller."""
 
+    @staticmethod
+    def _prefix(item: StepItem, i: int) -> str:
+        """The assistant turn up to step i (the think block's opening first): continued by the teacher, and the
+        front of every continuation's text when it is judged."""
+        return item.head + join_steps(list(item.steps[: i + 1]))
+
     def _prefix_prompt(self, item: StepItem, i: int):
-        prefix = join_steps(list(item.steps[: i + 1]))
+        prefix = self._prefix(item, i)
         base = build_prompt(item.question, self.prompt)
         if isinstance(base, str):
             return base + prefix
@@ -220,7 +232,7 @@ class MonteCarloScorer:
                 if not completions:  # the teacher could not take the prefix prompt, or failed for good
                     p.skipped = "too_long" if result.ok else "teacher_error"
                     continue
-                prefix = join_steps(list(p.search.item.steps[: p.step + 1]))
+                prefix = self._prefix(p.search.item, p.step)
                 texts[j] = [prefix + c.text for c in completions]
                 p.search.tokens += sum(c.tokens for c in completions)
         pairs = [(j, (p.search.item.gold, t)) for j, (p, _) in enumerate(todo) for t in texts.get(j, [])]

@@ -58,7 +58,12 @@ def server_command(
 
 @contextlib.contextmanager
 def local_server(
-    model: str, served_name: str, log_path: Path, timeout_s: float = 300, via_cli: bool = False
+    model: str,
+    served_name: str,
+    log_path: Path,
+    timeout_s: float = 300,
+    via_cli: bool = False,
+    reasoning_parser: str | None = None,
 ) -> Iterator[str]:
     """Yields the server's /v1 base URL once /health answers; stops the server on exit. `via_cli`
     starts it the way the README tells a person to: `tracefactory serve`."""
@@ -67,6 +72,7 @@ def local_server(
     if via_cli:
         cmd = [sys.executable, "-m", "tracefactory.cli", "serve", "--model", model, "--port", str(port)]
         cmd += ["--served-name", served_name, "--kv-cache-gib", "1"]
+    cmd += ["--reasoning-parser", reasoning_parser] if reasoning_parser else []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

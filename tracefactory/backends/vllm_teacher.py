@@ -10,10 +10,11 @@ from typing import Sequence
 
 from tracefactory import console
 from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResult
-from tracefactory.backends.hub import ensure_model_available
+from tracefactory.backends.hub import ensure_model_available, load_tokenizer
 from tracefactory.backends.identity import vllm_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
+from tracefactory.think import CLOSE, tokens_through
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GIB = 2.0
@@ -64,6 +65,23 @@ def _explain_cpu_settings(kw: dict) -> None:
     )
 
 
+def render(tok, prompt: Prompt) -> str:
+    """The text the engine is sent: chat messages through the chat template with the generation prompt; a
+    final assistant message is continued (step prefixes), rendered as vLLM's server does with
+    `continue_final_message`, so both teacher paths see the same text."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = list(prompt)
+    if messages and messages[-1]["role"] == "assistant":
+        return tok.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def think_end_id(tok) -> int | None:
+    """The id of `</think>` where it is one token of the vocabulary (as in R1-style tokenizers), else None."""
+    return tok.get_vocab().get(CLOSE)
+
+
 class VLLMTeacher:
     """Wraps `vllm.LLM`; the engine is created on first use and lives as long as this object."""
 
@@ -72,6 +90,7 @@ class VLLMTeacher:
         self.progress = progress
         self.name = teacher_name(cfg)
         self._llm = None
+        self._tokenizer = None
 
     def engine_kwargs(self, on_cpu: bool) -> dict:
         c = self.cfg
@@ -126,14 +145,21 @@ class VLLMTeacher:
         """Stop the engine's processes now rather than at interpreter exit."""
         self._llm = shutdown_engine(self._llm)
 
+    def tokenizer(self):
+        """The teacher's tokenizer, loaded on its own (rendering a prompt needs no engine)."""
+        if self._tokenizer is None:
+            if self._llm is not None:
+                self._tokenizer = self._llm.get_tokenizer()
+            else:
+                ensure_model_available(self.cfg.model_path, "teacher.model")
+                self._tokenizer = load_tokenizer(self.cfg.model_path)
+        return self._tokenizer
+
     def render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        messages, partial = list(prompt), ""
-        if messages and messages[-1]["role"] == "assistant":  # continue a partial answer (step prefixes)
-            messages, partial = messages[:-1], messages[-1]["content"]
-        tok = self.llm.get_tokenizer()
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + partial
+        return render(self.tokenizer(), prompt)
+
+    def rendered_prompt(self, prompt: Prompt) -> str | None:
+        return self.render(prompt)
 
     def generate(
         self,
@@ -148,10 +174,10 @@ class VLLMTeacher:
         if not prompts:
             return []
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
-        texts = [self.render(p) for p in prompts]
+        tok = self.llm.get_tokenizer()
+        texts = [render(tok, p) for p in prompts]
         # a prompt longer than the context would fail the whole batch: it gets no completions instead
         limit = self.llm.llm_engine.model_config.max_model_len
-        tok = self.llm.get_tokenizer()
         fits = [len(tok(t, add_special_tokens=False)["input_ids"]) < limit for t in texts]
         if not all(fits):
             log.warning("%d prompt(s) longer than the teacher's context (%d tokens) skipped", fits.count(False), limit)
@@ -170,11 +196,18 @@ class VLLMTeacher:
             ids = self.llm.enqueue([texts[i] for i in sent], sps, use_tqdm=False)
             # enqueue() answers the engine's internal ids ("<id>-<random>"); outputs carry "<id>"
             index = {**{rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, sent)}, **dict(zip(ids, sent))}
+            end = think_end_id(tok)
             for request_id, out in self._run(len(sent) * n):
                 i = index[request_id]
                 results[i] = RequestResult.of(
                     [
-                        Completion(o.text, len(o.token_ids), o.finish_reason or "stop", o.index)
+                        Completion(
+                            o.text,
+                            len(o.token_ids),
+                            o.finish_reason or "stop",
+                            o.index,
+                            tokens_through(o.token_ids, end),
+                        )
                         for o in sorted(out.outputs, key=lambda o: o.index)
                     ]
                 )

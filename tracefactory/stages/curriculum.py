@@ -9,32 +9,47 @@ from __future__ import annotations
 
 import polars as pl
 
-from tracefactory.config import CurriculumConfig
+from tracefactory.config import CurriculumConfig, PromptConfig
+from tracefactory.prompts import build_prompt
 from tracefactory.report import StageReport
 from tracefactory.schema import (
     COT,
     COT_TOKENS,
     CURRICULUM_RANK,
+    MESSAGES,
     PASS_RATE,
     PASS_RATE_LOW,
     PROBLEM_ID,
+    QUESTION,
     SAMPLE_INDEX,
-    TEXT,
     columns,
 )
 from tracefactory.stages.select import selected
 
 NO_PROBLEM = "no_problem"
+MESSAGES_TYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def messages(question: str, cot: str, prompt: PromptConfig) -> list[dict]:
+    """The SFT conversation of a trace: the turns the teacher was sent (system, user) as built for it, then the
+    assistant turn = `cot` as stored — never re-rendered through a chat template (R1-distill templates drop
+    everything up to `</think>` from assistant turns they render)."""
+    sent = build_prompt(question, prompt)
+    turns = list(sent) if isinstance(sent, list) else [{"role": "user", "content": sent}]
+    return [{"role": m["role"], "content": m["content"]} for m in turns] + [{"role": "assistant", "content": cot}]
 
 
 def curriculum(
-    rollouts: pl.DataFrame, cfg: CurriculumConfig, problems: pl.DataFrame
+    rollouts: pl.DataFrame, cfg: CurriculumConfig, problems: pl.DataFrame, prompt: PromptConfig | None = None
 ) -> tuple[pl.DataFrame, StageReport]:
-    """The `dataset` table: every surviving trace of `rollouts` (its text as `cot`) with its problem's
-    tags from `problems`, ordered and numbered by `curriculum_rank`. A trace without a problem row
-    (never expected) is dropped as `no_problem`."""
-    picked = selected(rollouts).rename({TEXT: COT})
+    """The `dataset` table: every surviving trace of `rollouts` (its `cot` and anatomy, and `messages` built with
+    the run's `prompt` settings) with its problem's tags from `problems`, ordered and numbered by
+    `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`."""
+    prompt = prompt or PromptConfig()
+    picked = selected(rollouts)
     joined = picked.join(problems, on=PROBLEM_ID, how="inner")
+    turns = [messages(q, c, prompt) for q, c in joined.select(QUESTION, COT).iter_rows()]
+    joined = joined.with_columns(pl.Series(MESSAGES, turns, dtype=MESSAGES_TYPE))
     easy_first = cfg.order == "easy_first"
     ordered = joined.sort(
         [PASS_RATE, PASS_RATE_LOW, COT_TOKENS, PROBLEM_ID, SAMPLE_INDEX],

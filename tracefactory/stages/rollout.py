@@ -24,6 +24,7 @@ from tracefactory.schema import (
     GENERATION_SCHEMA,
     PROBLEM_ID,
     QUESTION,
+    REASONING_TOKENS,
     ROLLOUT_KEY,
     SAMPLE_INDEX,
     SEED,
@@ -96,6 +97,7 @@ def rollout(
                     COT_TOKENS: c.tokens,
                     FINISH_REASON: c.finish_reason,
                     TEACHER: teacher.name,
+                    REASONING_TOKENS: c.reasoning_tokens,
                 }
                 for c in result.completions
             ],

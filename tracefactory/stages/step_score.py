@@ -1,5 +1,8 @@
 """step_score: split each correct trace into steps, score every step, filter on an aggregate.
 
+Steps are the reasoning's (inside the think block; never the summary after it), or the whole completion's
+for a teacher that does not think.
+
 Runs between grade and select on the completions that reached the gold. Adds `steps`,
 `step_scores`, `prm_min`, `prm_mean`, `prm_last`, `first_bad_step`; a trace whose aggregate is
 not above the threshold is annotated `low_step_score` (and stays queryable in `rollouts`).
@@ -18,13 +21,14 @@ from collections import Counter
 
 import polars as pl
 
-from tracefactory.backends.scorers import StepItem, StepScorer
+from tracefactory.backends.scorers import StepItem, StepScorer, step_text
 from tracefactory.config import StepScoreConfig
 from tracefactory.outcomes import WRONG
 from tracefactory.report import StageReport
 from tracefactory.schema import (
     ANSWER,
     CORRECT,
+    COT,
     DROP_REASON,
     FIRST_BAD_STEP,
     PRM_LAST,
@@ -32,11 +36,11 @@ from tracefactory.schema import (
     PRM_MIN,
     PROBLEM_ID,
     QUESTION,
+    REASONING,
     SEED,
     STEP_COLUMNS,
     STEP_SCORES,
     STEPS,
-    TEXT,
 )
 from tracefactory.steps import split_steps
 
@@ -59,7 +63,11 @@ def step_score(
     considered: the correct ones no earlier filter dropped."""
     questions = dict(problems.select(PROBLEM_ID, QUESTION).iter_rows())
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
-    steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts[TEXT].to_list()]
+    steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts.select(step_text(rollouts))[:, 0].to_list()]
+    anatomy = rollouts.select(COT, REASONING) if REASONING in rollouts.columns else None
+    heads = (
+        [_head(c, r, s) for (c, r), s in zip(anatomy.iter_rows(), steps)] if anatomy is not None else [""] * len(steps)
+    )
     eligible = [i for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON])) if ok and why is None]
     # scope all: the wrong-answer traces too — scored (training data for a PRM), never filtered here
     wrong = [i for i, why in enumerate(rollouts[DROP_REASON]) if why == WRONG] if cfg.scope == "all" else []
@@ -75,6 +83,7 @@ def step_score(
             tuple(steps[i]),
             int(rollouts[SEED][i] or 0),
             bool(rollouts[CORRECT][i]),
+            heads[i],
         )
         for i in todo
     ]
@@ -114,6 +123,11 @@ def step_score(
     )
     tokens = sum(r.tokens for r in scored)
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
+
+
+def _head(cot: str, reasoning: str | None, steps: list[str]) -> str:
+    """The assistant turn's text before the first reasoning step (the think block's opening); "" without a block."""
+    return cot[: cot.find(steps[0])] if reasoning is not None and steps else ""
 
 
 def _reason(i: int, why: str | None, low: bool, unscorable: dict[int, str], cfg: StepScoreConfig) -> str | None:
