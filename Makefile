@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv lint lock demo demo-prm prm-labels prm prm-eval release-demo student-data student test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo demo-r1 teacher-r1 demo-prm prm-labels prm prm-eval release-demo student-data student test test-unit teacher demo-data bench clean
 
 PIP := $(BIN)/pip install -q -c constraints.txt
 
@@ -80,9 +80,20 @@ test: venv lint
 test-unit: venv
 	$(BIN)/python -m pytest -ra -m "not vllm and not server"
 
-# Reproduce the embedded teacher (~12-15 min on 2 cores) and the demo problem set.
+# Reproduce the embedded teacher (~12-15 min on 2 cores with native bf16) and the demo problem set.
 teacher: venv
 	$(BIN)/python -m tracefactory.teacher_train --out data/teacher
+
+# The R1-shaped draft teacher (data/teacher-r1; ~50 min on 2 AVX2 cores in float32): 1,000 steps with think-shaped
+# drills, then 500 more from those weights with bare drills (their result digits weigh more in the loss).
+teacher-r1: venv
+	$(BIN)/python -m tracefactory.teacher_train --shape think --steps 1000 --out runs/teacher-r1-phase1
+	$(BIN)/python -m tracefactory.teacher_train --shape think --out data/teacher-r1 --init runs/teacher-r1-phase1 \
+	  --steps 500 --lr 5e-4 --drill-format bare --seed 4321
+
+# The demo recipe on the R1-shaped teacher: think blocks, reasoning / response, messages, think_unclosed in the funnel.
+demo-r1: venv
+	$(BIN)/tracefactory run configs/demo-r1.yaml --out runs/demo-r1
 
 demo-data:
 	$(PY) -m tracefactory.synth data/demo/problems.jsonl 60 2026

@@ -60,7 +60,8 @@ def labelled_traces(run: Path, problems: Path, skip_questions: set[str] = frozen
         pid = r["problem_id"]
         if pid not in ref or ref[pid]["question"] != questions[pid] or ref[pid]["question"] in skip_questions:
             continue  # a variant (no reference chain), or a question the other run also has
-        truth = reference_first_bad(r["steps"], ref[pid]["solution"].splitlines())
+        # steps are the reasoning's; the reference's last line (the answer) is the summary's, after </think>
+        truth = reference_first_bad(r["steps"], ref[pid]["solution"].splitlines()[:-1])
         out.append(r | {"question": ref[pid]["question"], "gold": ref[pid]["answer"], "truth": truth})
     return out
 

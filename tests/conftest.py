@@ -53,3 +53,46 @@ def demo_run(prefect_harness, embedded_teacher, demo_subset, tmp_path_factory):
         overrides={"source.path": str(demo_subset), "run.shard_size": 32},
     )
     return out, result
+
+
+@pytest.fixture(scope="session")
+def r1_teacher():
+    """One in-process vLLM engine of the R1-shaped draft teacher (data/teacher-r1): think blocks."""
+    from tracefactory.backends.vllm_teacher import VLLMTeacher
+    from tracefactory.config import REPO_ROOT, TeacherConfig
+
+    teacher = VLLMTeacher(
+        TeacherConfig(model=str(REPO_ROOT / "data" / "teacher-r1"), max_model_len=512), progress=False
+    )
+    yield teacher
+    teacher.close()
+
+
+R1_OVERRIDES = {"run.shard_size": 32}
+
+
+@pytest.fixture(scope="session")
+def r1_subset(tmp_path_factory):
+    """Every 10th demo problem: 6 per level, 30 in all."""
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "data" / "demo" / "problems.jsonl").read_text().splitlines()
+    path = tmp_path_factory.mktemp("demo-r1") / "subset.jsonl"
+    path.write_text("\n".join(lines[::10]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def r1_run(prefect_harness, r1_teacher, r1_subset, tmp_path_factory):
+    """configs/demo-r1.yaml (the demo recipe on the R1-shaped teacher) on `r1_subset`: (run dir, flow result)."""
+    from flows.build_dataset import build_dataset
+    from tracefactory.config import REPO_ROOT
+
+    out = tmp_path_factory.mktemp("demo-r1-run") / "run"
+    result = build_dataset(
+        config=str(REPO_ROOT / "configs" / "demo-r1.yaml"),
+        out=str(out),
+        teacher=r1_teacher,
+        overrides={"source.path": str(r1_subset), **R1_OVERRIDES},
+    )
+    return out, result

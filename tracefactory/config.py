@@ -414,6 +414,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             candidate = (path.parent / src["path"]).resolve()
             if candidate.exists():
                 src["path"] = str(candidate)
+    teacher = data.get("teacher") if isinstance(data, dict) else None
+    if isinstance(teacher, dict) and isinstance(teacher.get("model"), str) and teacher["model"].startswith("."):
+        teacher["model"] = str((path.parent / teacher["model"]).resolve())  # a local teacher beside the config
     step = data.get("step_score") if isinstance(data, dict) else None
     if isinstance(step, dict) and isinstance(step.get("prm_model"), str) and step["prm_model"].startswith("."):
         step["prm_model"] = str((path.parent / step["prm_model"]).resolve())  # a local PRM beside the config

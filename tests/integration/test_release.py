@@ -51,7 +51,6 @@ def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp
     assert default["messages"].to_list() == dataset["messages"].to_list()
     turns = default["messages"][0].to_list()
     assert [t["role"] for t in turns] == ["user", "assistant"] and turns[1]["content"] == default["cot"][0]
-    assert turns[1]["content"].startswith("<think>\n") and "</think>" in turns[1]["content"]
     card = DatasetCard.load(folder / "README.md")
     configs = [c["config_name"] for c in card.data.configs]
     buckets = dataset["difficulty"].unique(maintain_order=True).to_list()
@@ -68,7 +67,7 @@ def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp
     funnel = pl.read_parquet(run / "funnel")
     for stage, rows_in, kept in funnel.select("stage", "rows_in", "kept").rows():
         assert f"| {stage} | " in text and f"| {rows_in:,} | {kept:,} | {rows_in - kept:,} |" in text
-    assert "## Traces" in text and "closed their think block" in text
+    assert "## Traces" in text and "cut at `max_tokens`" in text
     for plot in ("difficulty", "pass_rate", "cot_length", "tokens_per_trace", "reasoning_length"):
         assert f"(plots/{plot}.png)" in text
         image = Image.open(folder / "plots" / f"{plot}.png").convert("L")
@@ -197,3 +196,19 @@ def test_sharegpt_keeps_the_system_prompt_apart():
         {"role": "assistant", "content": "a"},
     ]
     assert sharegpt(turns) == ("be brief", [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}])
+
+
+def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_card(r1_run, tmp_path):
+    run, _ = r1_run
+    folder = tmp_path / "release"
+    done = _cli("release", str(run), "--repo-id", REPO, "--dry-run", "--out", str(folder))
+    assert done.returncode == 0, done.stderr
+    default = _load(folder, "default", tmp_path / "cache")
+    assistant = [m[-1]["content"] for m in default["messages"].to_list()]
+    assert assistant == default["cot"].to_list() and all(
+        a.startswith("<think>\n") and "</think>" in a for a in assistant
+    )
+    text = (folder / "README.md").read_text()
+    info = json.loads((folder / "release.json").read_text())["traces"]
+    assert info["think_unclosed"] > 0 and 0 < info["think_closed_rate"] < 1
+    assert f"{info['think_unclosed']:,} stopped without closing it" in text and "(plots/reasoning_length.png)" in text

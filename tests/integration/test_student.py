@@ -47,9 +47,12 @@ def test_arms_hold_what_they_claim(demo_run):
     # c: exactly one correct trace per solved problem
     assert sorted(r.problem_id for r in arms["c"]) == sorted(set(correct["problem_id"]))
     assert all((r.problem_id, r.target) in texts for r in arms["c"])
-    # d: the dataset's originals, in curriculum order; e: the same rows, shuffled; f: every dataset row
+    # d: the dataset's originals, in curriculum order; e: the same rows, shuffled; f: every dataset row. A kept
+    # trace's target is its completion: the cot minus the `<think>\n` the student's prompt already ends with
     d = dataset.filter(pl.col("problem_id").is_in(list(originals)))
-    assert [(r.problem_id, r.target) for r in arms["d"]] == list(d.select("problem_id", "cot").iter_rows())
+    assert [(r.problem_id, r.target) for r in arms["d"]] == [
+        (pid, cot.removeprefix("<think>\n")) for pid, cot in d.select("problem_id", "cot").iter_rows()
+    ]
     assert Counter(arms["e"]) == Counter(arms["d"]) and arms["e"] != arms["d"]
     assert [r.problem_id for r in arms["f"]] == dataset["problem_id"].to_list()
     assert len(arms["f"]) > len(arms["d"])  # the demo rewrites: variants are in f only

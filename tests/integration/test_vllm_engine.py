@@ -1,5 +1,7 @@
 """The embedded teacher under the real vLLM CPU engine, and the whole flow on it."""
 
+import json
+
 import polars as pl
 import pytest
 
@@ -60,31 +62,52 @@ def test_flow_on_the_embedded_teacher(demo_run):
     assert by_level[0][1] > by_level[-1][1]  # the teacher is better at level 1 than at level 5
     _, funnel = query(out, "SELECT rows_in, kept, dropped FROM funnel")
     assert all(i == k + d for i, k, d in funnel)
-    # R1-shaped traces: the template's opening restored, reasoning and response apart, the answer in the response
+    # a teacher that does not think: the cot is the completion, the whole of it the response
+    assert data["reasoning"].is_null().all() and data["think_closed"].is_null().all()
+    assert (data["cot"] == data["response"]).all() and (data["response_tokens"] == data["cot_tokens"]).all()
+    assert [m[-1]["content"] for m in data["messages"].to_list()] == data["cot"].to_list()
+
+
+def test_the_r1_shaped_teacher_through_the_flow(r1_run):
+    """The demo recipe on the R1-shaped teacher: the template's opening restored in every cot, reasoning and response
+    apart, the answer read from the response, unclosed blocks counted and never graded correct."""
+    out, result = r1_run
+    data = pl.read_parquet(out / "dataset")
+    assert len(data) == result["dataset_rows"] > 0
     assert data["cot"].str.starts_with("<think>\n").all() and data["cot"].str.contains("</think>").all()
     assert data["reasoning"].is_not_null().all() and (data["response"].str.len_chars() > 0).all()
-    assert (
-        data["think_closed"].all() and (data["reasoning_tokens"] + data["response_tokens"] == data["cot_tokens"]).all()
-    )
+    assert data["think_closed"].all()
+    assert (data["reasoning_tokens"] + data["response_tokens"] == data["cot_tokens"]).all()
     for gold, response in zip(data["answer"], data["response"]):
         assert is_correct(gold, extract_answer(response))[0]
+    rollouts = pl.read_parquet(out / "rollouts")
+    unclosed = rollouts.filter(pl.col("drop_reason") == "think_unclosed")
+    assert len(unclosed) > 0 and not unclosed["think_closed"].any() and not unclosed["correct"].any()
+    assert (unclosed["finish_reason"] == "stop").all()
+    assert (unclosed["reasoning_tokens"] == unclosed["cot_tokens"]).all()
+    grade = pl.read_parquet(out / "funnel").filter(pl.col("stage") == "grade")
+    assert json.loads(grade["dropped_by_reason"][0])["think_unclosed"] == len(unclosed)
+    # steps are the reasoning's, never the summary after </think>
+    scored = rollouts.filter(pl.col("steps").is_not_null() & pl.col("think_closed"))
+    for steps, reasoning in scored.select("steps", "reasoning").head(50).iter_rows():
+        assert "\n".join(steps) == reasoning.strip() and not any("boxed" in s for s in steps)
 
 
-def test_messages_are_the_prompt_the_teacher_saw_and_the_turn_it_wrote(demo_run, embedded_teacher):
+def test_messages_are_the_prompt_the_teacher_saw_and_the_turn_it_wrote(r1_run, r1_teacher):
     """Rendering a row's conversation up to the user turn with the teacher's chat template gives exactly the prompt
     the teacher was sent; the assistant turn is the template's generation prefix + the completion."""
-    out, _ = demo_run
+    out, _ = r1_run
     data = pl.read_parquet(out / "dataset")
     texts = dict(
         pl.read_parquet(out / "rollouts")
         .select(pl.concat_str("problem_id", pl.col("sample_index").cast(str)), "text")
         .iter_rows()
     )
-    tok = embedded_teacher.tokenizer()
+    tok = r1_teacher.tokenizer()
     cfg = load_config(None, {"source.path": "x"})
     for row in data.head(20).iter_rows(named=True):
         *prompt, answer = row["messages"]
-        sent = embedded_teacher.render(build_prompt(row["question"], cfg.prompt))
+        sent = r1_teacher.render(build_prompt(row["question"], cfg.prompt))
         rendered = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         assert rendered == sent and sent.endswith("A: <think>\n")
         completion = texts[row["problem_id"] + str(row["sample_index"])]
@@ -95,42 +118,40 @@ def test_messages_are_the_prompt_the_teacher_saw_and_the_turn_it_wrote(demo_run,
 
 
 def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
-    """A correct level-3 trace of the real teacher, with a slip planted in its second reasoning line: the first
-    step stays high, the planted one scores below the same step of the clean trace (soft Monte-Carlo values: the
-    teacher learnt to catch some slips with "Wait, ...", so a continuation may still recover). Steps are the think
-    block's lines, continued after `<think>\n` as the teacher wrote them."""
+    """A correct level-2 trace of the real teacher, with a slip planted in its second equation (carried
+    into later equations, final answer unchanged): the first step stays high, the planted one and
+    everything after it score 0."""
     from tracefactory.backends.scorers import MonteCarloScorer, StepItem
     from tracefactory.config import PromptConfig
-    from tracefactory.think import dissect
     from tracefactory.verify import judge_texts
 
-    problems = generate(8, seed=21, levels=(3,))
-    outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(8)))
-    p, reasoning = next(
-        (p, a.reasoning)
+    problems = generate(6, seed=21, levels=(2,))
+    outs = embedded_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
+    p, trace = next(
+        (p, c.text)
         for p, r in zip(problems, outs)
-        for a in (dissect(c.text, "<think>\n") for c in r.completions)
-        if not a.problem and is_correct(p.answer, extract_answer(a.response))[0] and len(a.reasoning.splitlines()) == 3
+        for c in r.completions
+        if is_correct(p.answer, extract_answer(c.text))[0]
     )
-    lines = reasoning.splitlines()
+    lines = trace.splitlines()
     lhs, value = lines[1].rsplit("= ", 1)
-    lines[1] = f"{lhs}= {int(value) + 9}"
+    lines[1] = f"{lhs}= {int(value) + 9}"  # a level-2 trace: two equations, then the answer line
     scorer = MonteCarloScorer(
         embedded_teacher,
         lambda pairs: judge_texts(pairs),
         PromptConfig(),
         SamplingConfig(n=8, temperature=0.7, max_tokens=200),
         search="all",
-        label="soft",
     )
     planted, clean = scorer.score(
         [
-            StepItem(p.id, p.question, p.answer, tuple(lines), seed=5, head="<think>\n"),
-            StepItem(p.id, p.question, p.answer, tuple(reasoning.splitlines()), seed=5, head="<think>\n"),
+            StepItem(p.id, p.question, p.answer, tuple(lines), seed=5),
+            StepItem(p.id, p.question, p.answer, tuple(trace.splitlines()), seed=5),
         ]
     )
-    assert planted.scores[0] >= 0.5 and clean.first_bad_step is None and min(clean.scores) >= 0.5
-    assert planted.scores[1] < clean.scores[1]
+    assert planted.scores[0] >= 0.5
+    assert planted.first_bad_step == 1 and planted.scores[1:] == [0.0] * (len(lines) - 1)
+    assert clean.first_bad_step is None and min(clean.scores) >= 0.5
 
 
 def test_the_paraphrase_gate_rejects_what_the_embedded_teacher_writes(embedded_teacher):

@@ -100,3 +100,14 @@ def test_a_limited_evaluation_set_is_a_seeded_sample_holding_both_labels():
     assert [ids.index(t.item.problem_id) for t in small] == sorted(ids.index(t.item.problem_id) for t in small)
     perfect = evaluate(_Oracle({t.item.problem_id: t.labels for t in small}), small)
     assert perfect["step_auroc"] == 1.0  # not None: both labels are there
+
+
+def test_reference_labels_of_reasoning_with_checks_and_slips():
+    from tracefactory.step_eval import reference_first_bad
+
+    ref = ["4 + 13 = 17", "17 + 19 = 36"]
+    assert reference_first_bad(["4 + 13 = 17", "Check: 17 - 13 = 4.", "17 + 19 = 36"], ref) is None
+    assert reference_first_bad(["4 + 13 = 17", "Check: 17 - 13 = 5.", "17 + 19 = 36"], ref) == 1  # a false check
+    slip = ["4 + 13 = 18", "Wait, 4 + 13 = 17, not 18.", "17 + 19 = 36"]
+    assert reference_first_bad(slip, ref) == 0  # a slip is bad even when the next line corrects it
+    assert reference_first_bad(["4 + 13 = 17"], ref) == 1 and reference_first_bad([*ref, "36 + 1 = 37"], ref) == 2
