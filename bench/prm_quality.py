@@ -60,8 +60,7 @@ def labelled_traces(run: Path, problems: Path, skip_questions: set[str] = frozen
         pid = r["problem_id"]
         if pid not in ref or ref[pid]["question"] != questions[pid] or ref[pid]["question"] in skip_questions:
             continue  # a variant (no reference chain), or a question the other run also has
-        # steps are the reasoning's; the reference's last line (the answer) is the summary's, after </think>
-        truth = reference_first_bad(r["steps"], ref[pid]["solution"].splitlines()[:-1])
+        truth = reference_first_bad(r["steps"], ref[pid]["solution"].splitlines())
         out.append(r | {"question": ref[pid]["question"], "gold": ref[pid]["answer"], "truth": truth})
     return out
 

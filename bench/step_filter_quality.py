@@ -21,8 +21,7 @@ from tracefactory.step_eval import reference_first_bad  # noqa: E402
 
 
 def quality(run: Path, problems: Path) -> dict:
-    # the reference's equations: steps are the reasoning's, its answer line is the summary's (after </think>)
-    ref = {r["id"]: r["solution"].splitlines()[:-1] for r in map(json.loads, problems.read_text().splitlines())}
+    ref = {r["id"]: r["solution"].splitlines() for r in map(json.loads, problems.read_text().splitlines())}
     rows = pl.read_parquet(run / "rollouts").filter(pl.col("correct") & pl.col("step_scores").is_not_null())
     tp = fp = fn = tn = exact = 0
     for pid, steps, reason, first_bad in rows.select(

@@ -28,15 +28,20 @@ def embedded_teacher():
     teacher.close()
 
 
-@pytest.fixture(scope="session")
-def demo_subset(tmp_path_factory):
-    """Every 5th demo problem: 12 per level, 60 in all."""
+def _every(tmp_path_factory, step: int, name: str):
+    """Every `step`-th demo problem, as a JSONL file of its own."""
     from pathlib import Path
 
     lines = (Path(__file__).parents[1] / "data" / "demo" / "problems.jsonl").read_text().splitlines()
-    path = tmp_path_factory.mktemp("demo") / "subset.jsonl"
-    path.write_text("\n".join(lines[::5]) + "\n")
+    path = tmp_path_factory.mktemp(name) / "subset.jsonl"
+    path.write_text("\n".join(lines[::step]) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_subset(tmp_path_factory):
+    """Every 5th demo problem: 12 per level, 60 in all."""
+    return _every(tmp_path_factory, 5, "demo")
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +79,7 @@ R1_OVERRIDES = {"run.shard_size": 32}
 @pytest.fixture(scope="session")
 def r1_subset(tmp_path_factory):
     """Every 10th demo problem: 6 per level, 30 in all."""
-    from pathlib import Path
-
-    lines = (Path(__file__).parents[1] / "data" / "demo" / "problems.jsonl").read_text().splitlines()
-    path = tmp_path_factory.mktemp("demo-r1") / "subset.jsonl"
-    path.write_text("\n".join(lines[::10]) + "\n")
-    return path
+    return _every(tmp_path_factory, 10, "demo-r1")
 
 
 @pytest.fixture(scope="session")

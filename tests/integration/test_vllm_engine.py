@@ -81,12 +81,14 @@ def test_the_r1_shaped_teacher_through_the_flow(r1_run):
     for gold, response in zip(data["answer"], data["response"]):
         assert is_correct(gold, extract_answer(response))[0]
     rollouts = pl.read_parquet(out / "rollouts")
+    # ~0.3% of this teacher's completions stop inside the block (the demo: 11 of 3,280): maybe none of these 470
     unclosed = rollouts.filter(pl.col("drop_reason") == "think_unclosed")
-    assert len(unclosed) > 0 and not unclosed["think_closed"].any() and not unclosed["correct"].any()
+    assert not unclosed["think_closed"].any() and not unclosed["correct"].any()
+    assert len(unclosed) == rollouts.filter(pl.col("think_closed").not_() & (pl.col("finish_reason") == "stop")).height
     assert (unclosed["finish_reason"] == "stop").all()
     assert (unclosed["reasoning_tokens"] == unclosed["cot_tokens"]).all()
     grade = pl.read_parquet(out / "funnel").filter(pl.col("stage") == "grade")
-    assert json.loads(grade["dropped_by_reason"][0])["think_unclosed"] == len(unclosed)
+    assert json.loads(grade["dropped_by_reason"][0]).get("think_unclosed", 0) == len(unclosed)
     # steps are the reasoning's, never the summary after </think>
     scored = rollouts.filter(pl.col("steps").is_not_null() & pl.col("think_closed"))
     for steps, reasoning in scored.select("steps", "reasoning").head(50).iter_rows():
