@@ -118,11 +118,12 @@ def test_flow_through_a_faulty_network_loses_nothing(prefect_harness, server, de
         "rewrite.enabled": False,
         "teacher.retries": 4,
         "teacher.retry_backoff_s": 0.05,
-        "teacher.request_timeout_s": 4.0,
-        "teacher.max_concurrency": 8,
+        # a request of 4 samples takes ~1 s on a fast CPU, 3-4 s on a slow one (AVX2, ~400 tokens/s) with 4 in flight
+        "teacher.request_timeout_s": 10.0,
+        "teacher.max_concurrency": 4,
     }
     build_dataset(out=str(tmp_path / "clean"), overrides={**over, "teacher.base_url": server})
-    proxy = FaultProxy(server.removesuffix("/v1"), stall_s=8.0)
+    proxy = FaultProxy(server.removesuffix("/v1"), stall_s=20.0)  # past the request timeout
     with proxy as proxied:
         result = build_dataset(out=str(tmp_path / "faulty"), overrides={**over, "teacher.base_url": proxied})
     assert {"500", "drop", "stall", "cut", "ok"} <= set(proxy.faults) and proxy.faults["ok"] >= 30

@@ -116,7 +116,8 @@ def test_messages_are_the_prompt_the_teacher_saw_and_the_turn_it_wrote(r1_run, r
         assert answer == {"role": "assistant", "content": "<think>\n" + completion} and answer["content"] == row["cot"]
     # why the assistant turn is stored, never re-rendered: the R1-style template drops the reasoning of a past turn
     again = tok.apply_chat_template(data["messages"][0].to_list(), tokenize=False)
-    assert data["reasoning"][0] not in again and data["response"][0] in again
+    assert data["cot"][0] not in again and "<think>" not in again and "</think>" not in again
+    assert data["response"][0] in again
 
 
 def test_monte_carlo_scores_a_planted_error_low(embedded_teacher):
