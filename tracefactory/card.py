@@ -26,6 +26,7 @@ from tracefactory.schema import (
     THINK_CLOSED,
     UNSOLVED,
 )
+from tracefactory.think import UNCLOSED
 
 PLOTS = {
     "difficulty": "Problems per difficulty bucket",
@@ -50,7 +51,7 @@ def trace_stats(rollouts: pl.DataFrame, dataset: pl.DataFrame) -> dict:
         "rollouts": len(rollouts),
         "thinking": len(thinking),
         "think_closed_rate": round(thinking[THINK_CLOSED].mean(), 4) if len(thinking) else None,
-        "think_unclosed": int((rollouts[DROP_REASON] == "think_unclosed").sum()),
+        "think_unclosed": int((rollouts[DROP_REASON] == UNCLOSED).sum()),
         "truncated_rate": round(int((rollouts[FINISH_REASON] == "length").sum()) / n, 4),
         "mean_reasoning_tokens": mean(dataset.filter(pl.col(REASONING_TOKENS).is_not_null()), REASONING_TOKENS),
         "mean_response_tokens": mean(dataset, RESPONSE_TOKENS),

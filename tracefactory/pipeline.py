@@ -314,7 +314,18 @@ STEP_SCORES_VERSION = 2  # 2: a wrong-answer trace's last step is bad when no pr
 
 def _step_key(cfg: FactoryConfig, teacher: Teacher) -> str:
     sc = cfg.step_score
-    scorer = [sc.scorer, sc.prm_model, sc.split, sc.pattern, sc.n, sc.search, sc.label, sc.max_steps]
+    # thinking decides what the steps are and where a continuation's answer is read (not in the rollouts' key)
+    scorer = [
+        sc.scorer,
+        sc.prm_model,
+        sc.split,
+        sc.pattern,
+        sc.n,
+        sc.search,
+        sc.label,
+        sc.max_steps,
+        cfg.prompt.thinking,
+    ]
     if sc.scorer == "prm":  # retrained weights score again; its first bad step is the first at or below threshold
         scorer += [model_fingerprint(sc.prm_model), sc.threshold]
     return digest([cfg.rollout_hash(), teacher_key(teacher), scorer, STEP_SCORES_VERSION])

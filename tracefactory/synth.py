@@ -20,6 +20,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from tracefactory.think import CLOSE
+
 NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kim", "Leo")
 PRONOUN = {n: ("She" if n in {"Ann", "Cara", "Fay", "Hana", "Jo", "Kim"} else "He") for n in NAMES}
 ITEMS = ("apples", "coins", "books", "stamps", "shells", "cards", "pens", "eggs", "marbles", "rocks")
@@ -46,7 +48,6 @@ LEVELS: dict[int, Level] = {
     5: Level(5, 200, 99, ("add", "sub", "mul", "div"), mul_max=9),
 }
 VALUE_CAP = 9999
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 CHECK_SHARE = 0.4  # traces with one re-check line
 SLIP_SHARE = 0.15  # traces with one slip, corrected on the next line
 UNCLOSED_SHARE = 0.03  # traces that stop inside the think block (no </think>, no summary)
@@ -122,7 +123,7 @@ def think_target(rng: random.Random, solution: str) -> str:
     if rng.random() < UNCLOSED_SHARE:
         return "\n".join(body + [final])  # stops inside the block: only a tentative answer there
     summary = f"{lines[-1]}, so the answer is {final.removeprefix('The answer is ')}"
-    return "\n".join(body) + f"\n{THINK_CLOSE}\n\n{summary}"
+    return "\n".join(body) + f"\n{CLOSE}\n\n{summary}"
 
 
 def generate(n_per_level: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list[Problem]:

@@ -22,7 +22,8 @@ import string
 import time
 from pathlib import Path
 
-from tracefactory.synth import THINK_CLOSE, THINK_OPEN, make_problem, think_target
+from tracefactory.synth import make_problem, think_target
+from tracefactory.think import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def build_tokenizer(out: Path, shape: str = "plain"):
     # the think tags are single, non-special tokens (as in DeepSeek-R1's vocabulary): kept when decoding, and
     # vLLM's deepseek_r1 reasoning parser finds them in the vocabulary
     if shape == "think":
-        core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
+        core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (OPEN, CLOSE)])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<s>",
@@ -145,7 +146,7 @@ def _bare(tok, question: str, target: str) -> tuple[list[int], list[int]]:
 def drill_target(line: str) -> str:
     """A drill's completion in the teacher's think shape: the equation, the block closed, the boxed result."""
     result = line.split(" = ")[1]
-    return f"{line}\n{THINK_CLOSE}\n\nThe answer is \\boxed{{{result}}}."
+    return f"{line}\n{CLOSE}\n\nThe answer is \\boxed{{{result}}}."
 
 
 def drill(rng: random.Random, max_level: int = 5) -> tuple[str, str]:
