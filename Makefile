@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: venv lint lock demo demo-r1 teacher-r1 demo-prm prm-labels prm prm-eval release-demo student-data student test test-unit teacher demo-data bench clean
+.PHONY: venv lint lock demo demo-plain teacher-plain demo-prm prm-labels prm prm-eval release-demo student-data student test test-unit teacher demo-data bench clean
 
 PIP := $(BIN)/pip install -q -c constraints.txt
 
@@ -36,32 +36,39 @@ demo: venv
 	$(BIN)/tracefactory query $(RUN) "SELECT CASE WHEN rewrite_kind IS NULL THEN 'original' ELSE rewrite_kind END AS problems, \
 	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
 
+# The demo recipe on the plain teacher (data/teacher-plain: no think block).
+demo-plain: venv
+	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/demo-plain
+
 # The demo with the shipped PRM (data/prm) as its step filter instead of Monte-Carlo scoring: trains nothing.
+# On the plain teacher, whose traces the PRM was trained on.
 demo-prm: venv
 	$(BIN)/tracefactory run configs/demo-prm.yaml --out runs/demo-prm
 
-# Reproduce the shipped PRM: the demo with Monte-Carlo step labels on every trace, right or wrong answer
-# (the negatives; ~12 min on 2 cores), then train-prm on it (~2 min).
+# Reproduce the shipped PRM: the plain demo with Monte-Carlo step labels on every trace, right or wrong answer
+# (the negatives; ~12 min on 2 cores), then train-prm on it (~2 min), from the plain teacher's first 2 layers.
 prm-labels: venv
-	$(BIN)/tracefactory run --out runs/prm-labels --set step_score.scope=all
+	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/prm-labels --set step_score.scope=all
 
 prm: prm-labels
-	$(BIN)/tracefactory train-prm runs/prm-labels --out data/prm --holdout 0.1 --epochs 6 --layers 2
+	$(BIN)/tracefactory train-prm runs/prm-labels --out data/prm --holdout 0.1 --epochs 6 --layers 2 \
+	  --init data/teacher-plain
 
 # The PRM's evaluation set: 300 fresh generator problems (seed 4242), every trace Monte-Carlo scored;
 # then `.venv/bin/python bench/prm_quality.py` (see bench/README.md).
 prm-eval: venv
 	$(BIN)/python -m tracefactory.synth runs/prm-eval-src/problems.jsonl 60 4242
-	$(BIN)/tracefactory run --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
+	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
 	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
 
-# The student benchmark's training data: the demo recipe on 200 fresh generator problems per level
+# The student benchmark's training data: the plain demo recipe on 200 fresh generator problems per level
 # (seed 3131; 1000 originals + 955 rewritten variants; 7 min on 2 cores), then `make student`
 # (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; 46 min here,
 # ~5 min when rerun with its students kept in runs/student/).
 student-data: venv
 	$(BIN)/python -m tracefactory.synth runs/student-src/problems.jsonl 200 3131
-	$(BIN)/tracefactory run --out runs/student-data --set source.path=runs/student-src/problems.jsonl --set name=student-data
+	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/student-data \
+	  --set source.path=runs/student-src/problems.jsonl --set name=student-data
 
 student: venv
 	$(BIN)/python bench/student.py --run runs/student-data
@@ -80,20 +87,15 @@ test: venv lint
 test-unit: venv
 	$(BIN)/python -m pytest -ra -m "not vllm and not server"
 
-# Reproduce the embedded teacher (~12-15 min on 2 cores with native bf16) and the demo problem set.
-teacher: venv
-	$(BIN)/python -m tracefactory.teacher_train --out data/teacher
+# Reproduce the embedded teachers: the plain one from scratch (~12-15 min on 2 cores with native bf16), then the
+# default R1-shaped one from its weights (600 steps of think-shaped word problems and bare drills; 716 s on 2 AVX2
+# cores in float32, where bf16 autocast is emulated and ~20x slower).
+teacher-plain: venv
+	$(BIN)/python -m tracefactory.teacher_train --out data/teacher-plain
 
-# The R1-shaped draft teacher (data/teacher-r1; ~50 min on 2 AVX2 cores in float32): 1,000 steps with think-shaped
-# drills, then 500 more from those weights with bare drills (their result digits weigh more in the loss).
-teacher-r1: venv
-	$(BIN)/python -m tracefactory.teacher_train --shape think --steps 1000 --out runs/teacher-r1-phase1
-	$(BIN)/python -m tracefactory.teacher_train --shape think --out data/teacher-r1 --init runs/teacher-r1-phase1 \
-	  --steps 500 --lr 5e-4 --drill-format bare --seed 4321
-
-# The demo recipe on the R1-shaped teacher: think blocks, reasoning / response, messages, think_unclosed in the funnel.
-demo-r1: venv
-	$(BIN)/tracefactory run configs/demo-r1.yaml --out runs/demo-r1
+teacher: teacher-plain
+	$(BIN)/python -m tracefactory.teacher_train --shape think --init data/teacher-plain --steps 600 --lr 5e-4 \
+	  --out data/teacher
 
 demo-data:
 	$(PY) -m tracefactory.synth data/demo/problems.jsonl 60 2026

@@ -152,9 +152,9 @@ def prm_scores(
 
 def mc_cost(run: Path, sample: list[StepItem]) -> dict:
     from tracefactory.backends.factory import make_scorer, make_teacher
-    from tracefactory.config import load_config
+    from tracefactory.config import DEMO_PLAIN_CONFIG, load_config
 
-    cfg = load_config(None)
+    cfg = load_config(DEMO_PLAIN_CONFIG)  # the teacher whose traces the PRM and these runs hold
     teacher = make_teacher(cfg.teacher)
     try:
         teacher.start()

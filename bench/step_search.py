@@ -4,7 +4,7 @@
 
     .venv/bin/python bench/step_search.py --correct-only --rollouts 64   # the traces a run scores
 
-Traces are the embedded teacher's own completions of level-4/5 demo problems with >= 6 steps
+Traces are the plain embedded teacher's own completions of level-4/5 demo problems with >= 6 steps
 (correct or not; or only correct ones). Every policy uses the same per-prefix seeds, so a prefix
 probed by two gets the same continuations; binary search can disagree with scoring every prefix
 on the first bad step only where the scores are not monotone. Token counts are deterministic, so
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from tracefactory.backends.scorers import MonteCarloScorer, StepItem  # noqa: E402
 from tracefactory.backends.vllm_teacher import VLLMTeacher  # noqa: E402
-from tracefactory.config import SamplingConfig, load_config  # noqa: E402
+from tracefactory.config import DEMO_PLAIN_CONFIG, SamplingConfig, load_config  # noqa: E402
 from tracefactory.prompts import build_prompt  # noqa: E402
 from tracefactory.stages.rollout import request_seed  # noqa: E402
 from tracefactory.steps import split_steps  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step_search.json")
     args = ap.parse_args()
-    cfg = load_config()
+    cfg = load_config(DEMO_PLAIN_CONFIG)  # the plain teacher: the figures in bench/README.md are its
     teacher = VLLMTeacher(cfg.teacher, progress=False)
     items, pool = traces(teacher, cfg, args)
     params = SamplingConfig(n=args.n, temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens)

@@ -1,7 +1,7 @@
 """Proof on a student: does a tracefactory dataset teach better than the raw rollouts, at equal training tokens?
 
     make student-data && make student        # the measured table in README.md (~12 + ~30 min on 2 cores)
-    .venv/bin/python bench/student.py --run runs/demo --seeds 1,2,3
+    .venv/bin/python bench/student.py --run runs/demo-plain --seeds 1,2,3   # make demo-plain: the plain teacher
 
 From one finished run directory, six training sets (arms) are cut to one budget of target tokens — the smallest
 arm's — and a small student is fine-tuned on each, from one shared checkpoint that has seen only arithmetic
@@ -55,7 +55,7 @@ from tracefactory.student import (  # noqa: E402
     training_sets,
 )
 
-TEACHER = ROOT / "data" / "teacher"
+TEACHER = ROOT / "data" / "teacher-plain"  # the students share its architecture (no think tags) and its traces
 BASE_SEED = 5
 # (better arm, worse arm, the claim it tests)
 CLAIMS = [

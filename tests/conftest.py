@@ -18,12 +18,13 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
-def embedded_teacher():
-    """One in-process vLLM engine of the embedded teacher, shared by every test that needs it."""
+def plain_teacher():
+    """One in-process vLLM engine of the plain embedded teacher (data/teacher-plain: no think block), shared by
+    every test of the path a non-thinking teacher takes."""
     from tracefactory.backends.vllm_teacher import VLLMTeacher
-    from tracefactory.config import TeacherConfig
+    from tracefactory.config import PLAIN_TEACHER, TeacherConfig
 
-    teacher = VLLMTeacher(TeacherConfig(model="embedded", max_model_len=512), progress=False)
+    teacher = VLLMTeacher(TeacherConfig(model=str(PLAIN_TEACHER), max_model_len=512), progress=False)
     yield teacher
     teacher.close()
 
@@ -45,30 +46,29 @@ def demo_subset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_run(prefect_harness, embedded_teacher, demo_subset, tmp_path_factory):
-    """The demo config's flow on `demo_subset` with the embedded teacher under vLLM: (run dir, flow result).
+def plain_run(prefect_harness, plain_teacher, demo_subset, tmp_path_factory):
+    """configs/demo-plain.yaml's flow on `demo_subset` with the plain teacher under vLLM: (run dir, flow result).
     Shared: tests read it, and copy it before changing anything."""
     from flows.build_dataset import build_dataset
+    from tracefactory.config import DEMO_PLAIN_CONFIG
 
-    out = tmp_path_factory.mktemp("demo-run") / "run"
+    out = tmp_path_factory.mktemp("plain-run") / "run"
     result = build_dataset(
-        config=None,
+        config=str(DEMO_PLAIN_CONFIG),
         out=str(out),
-        teacher=embedded_teacher,
+        teacher=plain_teacher,
         overrides={"source.path": str(demo_subset), "run.shard_size": 32},
     )
     return out, result
 
 
 @pytest.fixture(scope="session")
-def r1_teacher():
-    """One in-process vLLM engine of the R1-shaped draft teacher (data/teacher-r1): think blocks."""
+def embedded_teacher():
+    """One in-process vLLM engine of the embedded (default, R1-shaped) teacher, data/teacher: think blocks."""
     from tracefactory.backends.vllm_teacher import VLLMTeacher
-    from tracefactory.config import REPO_ROOT, TeacherConfig
+    from tracefactory.config import TeacherConfig
 
-    teacher = VLLMTeacher(
-        TeacherConfig(model=str(REPO_ROOT / "data" / "teacher-r1"), max_model_len=512), progress=False
-    )
+    teacher = VLLMTeacher(TeacherConfig(model="embedded", max_model_len=512), progress=False)
     yield teacher
     teacher.close()
 
@@ -83,16 +83,13 @@ def r1_subset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def r1_run(prefect_harness, r1_teacher, r1_subset, tmp_path_factory):
-    """configs/demo-r1.yaml (the demo recipe on the R1-shaped teacher) on `r1_subset`: (run dir, flow result)."""
+def demo_run(prefect_harness, embedded_teacher, r1_subset, tmp_path_factory):
+    """The demo config's flow (configs/demo.yaml: the embedded R1-shaped teacher) on `r1_subset`: (run dir, flow
+    result). Shared: tests read it, and copy it before changing anything."""
     from flows.build_dataset import build_dataset
-    from tracefactory.config import REPO_ROOT
 
-    out = tmp_path_factory.mktemp("demo-r1-run") / "run"
+    out = tmp_path_factory.mktemp("demo-run") / "run"
     result = build_dataset(
-        config=str(REPO_ROOT / "configs" / "demo-r1.yaml"),
-        out=str(out),
-        teacher=r1_teacher,
-        overrides={"source.path": str(r1_subset), **R1_OVERRIDES},
+        config=None, out=str(out), teacher=embedded_teacher, overrides={"source.path": str(r1_subset), **R1_OVERRIDES}
     )
     return out, result

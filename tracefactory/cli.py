@@ -212,7 +212,9 @@ def train_prm(
     runs: list[Path] = typer.Argument(..., metavar="RUN_DIR [RUN_DIR ...]", help="runs with Monte-Carlo step scores"),
     out: Path = typer.Option(..., "--out", "-o", help="model folder to write (Qwen2.5-Math-PRM format)"),
     labels: str = typer.Option("hard", help="hard (Math-Shepherd's 0/1) or soft (each step's Monte-Carlo value)"),
-    init: Optional[Path] = typer.Option(None, help="causal LM to start from (default: the embedded teacher)"),
+    init: Optional[Path] = typer.Option(
+        None, help="causal LM to start from, with the PRM tokenizer's 100 base tokens (default: data/teacher-plain)"
+    ),
     epochs: int = typer.Option(6, min=1),
     batch: int = typer.Option(32, min=1),
     lr: float = typer.Option(5e-4),
@@ -228,7 +230,7 @@ def train_prm(
     """Train a process reward model on runs' step labels (Math-Shepherd): steps before the first bad one good,
     that one bad, later ones dropped. Use runs scored with `--set step_score.scope=all` (the wrong-answer
     traces hold most bad steps); the model loads with `step_score: {scorer: prm, prm_model: OUT}`."""
-    from tracefactory.config import EMBEDDED_TEACHER
+    from tracefactory.config import PLAIN_TEACHER
     from tracefactory.errors import ConfigError
     from tracefactory.prm_train import main_train
 
@@ -240,7 +242,7 @@ def train_prm(
             runs,
             out,
             labels,
-            init or EMBEDDED_TEACHER,
+            init or PLAIN_TEACHER,
             epochs=epochs,
             batch=batch,
             lr=lr,

@@ -22,8 +22,10 @@ from tracefactory.errors import ConfigError
 from tracefactory.redact import ALLOW_ENV, key_env_allowed, redact_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_TEACHER = REPO_ROOT / "data" / "teacher"
+EMBEDDED_TEACHER = REPO_ROOT / "data" / "teacher"  # `teacher.model: embedded`: R1-shaped (opens <think>)
+PLAIN_TEACHER = REPO_ROOT / "data" / "teacher-plain"  # the same model before it learnt to think (no think block)
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_PLAIN_CONFIG = REPO_ROOT / "configs" / "demo-plain.yaml"  # the demo recipe on PLAIN_TEACHER
 
 
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:

@@ -164,6 +164,13 @@ class PRM:
         state = {k.removeprefix("model."): v for k, v in teacher.state_dict().items() if k.startswith("model.")}
         state = {k: v for k, v in state.items() if not k.startswith("layers.") or int(k.split(".")[1]) < kept}
         emb = state["embed_tokens.weight"]
+        if emb.shape[0] >= vocab_size:  # e.g. the R1-shaped teacher: its think tags would take the separator's id
+            raise ConfigError(
+                "--init",
+                str(init),
+                f"a causal LM whose vocabulary is the PRM tokenizer's {vocab_size - 1} base "
+                f"tokens (it has {emb.shape[0]}): the plain teacher, data/teacher-plain",
+            )
         extra = emb.mean(0, keepdim=True).repeat(vocab_size - emb.shape[0], 1)  # the separator starts as the mean
         state["embed_tokens.weight"] = torch.cat([emb, extra])
         missing, unexpected = backbone.load_state_dict(state, strict=False)

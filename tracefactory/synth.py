@@ -107,23 +107,29 @@ def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
 
 def think_target(rng: random.Random, solution: str) -> str:
     """The completion an R1-style model writes for `solution` after the template's `<think>\n` (see the module)."""
+    return "".join(text for text, _ in think_spans(rng, solution))
+
+
+def think_spans(rng: random.Random, solution: str) -> list[tuple[str, bool]]:
+    """`think_target` as spans (text, learned): a slip's wrong line is context the teacher learns to correct,
+    never a line it learns to write (training on it taught the R1-shaped draft to get sums wrong on purpose)."""
     *lines, final = solution.splitlines()
     check_at = rng.randrange(len(lines)) if rng.random() < CHECK_SHARE else None
     slip_at = rng.randrange(len(lines)) if rng.random() < SLIP_SHARE else None
-    body = []
+    spans: list[tuple[str, bool]] = []
     for i, line in enumerate(lines):
         a, op, b, c = _EQUATION.match(line).groups()
         if i == slip_at:
             wrong = int(c) + rng.choice([d for d in (-2, -1, 1, 2, 10) if int(c) + d >= 0])
-            body += [f"{a} {op} {b} = {wrong}", f"Wait, {a} {op} {b} = {c}, not {wrong}."]
+            spans += [(f"{a} {op} {b} = {wrong}\n", False), (f"Wait, {a} {op} {b} = {c}, not {wrong}.\n", True)]
         else:
-            body.append(line)
+            spans.append((line + "\n", True))
         if i == check_at:
-            body.append(f"Check: {c} {_INVERSE[op]} {b} = {a}.")
+            spans.append((f"Check: {c} {_INVERSE[op]} {b} = {a}.\n", True))
     if rng.random() < UNCLOSED_SHARE:
-        return "\n".join(body + [final])  # stops inside the block: only a tentative answer there
+        return spans + [(final, True)]  # stops inside the block: only a tentative answer there
     summary = f"{lines[-1]}, so the answer is {final.removeprefix('The answer is ')}"
-    return "\n".join(body) + f"\n{CLOSE}\n\n{summary}"
+    return spans + [(f"{CLOSE}\n\n{summary}", True)]
 
 
 def generate(n_per_level: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list[Problem]:

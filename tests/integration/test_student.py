@@ -30,8 +30,8 @@ def words(text: str) -> int:
     return len(text.split()) + 1
 
 
-def test_arms_hold_what_they_claim(demo_run):
-    run, _ = demo_run
+def test_arms_hold_what_they_claim(plain_run):
+    run, _ = plain_run
     problems = pl.read_parquet(run / "problems")
     originals = set(problems.filter(pl.col("rewrite_of").is_null())["problem_id"])
     rollouts = pl.read_parquet(run / "rollouts").filter(pl.col("problem_id").is_in(list(originals)))
@@ -62,8 +62,8 @@ def test_arms_hold_what_they_claim(demo_run):
     assert again["a"] != arms["a"] and Counter(again["a"]) == Counter(arms["a"])
 
 
-def test_every_arm_is_cut_to_one_budget(demo_run):
-    run, _ = demo_run
+def test_every_arm_is_cut_to_one_budget(plain_run):
+    run, _ = plain_run
     by_seed, budget = training_sets(run, list("abcdef"), seeds=[1], count=words)
     sets = by_seed[1]
     totals = {arm: sum(r.tokens for r in rows) for arm, rows in sets.items()}
@@ -86,14 +86,14 @@ def test_missing_tables_are_a_clear_error(tmp_path):
         pools(tmp_path, seed=1)
 
 
-def test_bench_end_to_end_and_reload_equals_a_fresh_engine(demo_run, tmp_path):
+def test_bench_end_to_end_and_reload_equals_a_fresh_engine(plain_run, tmp_path):
     """A tiny bench run (every arm, 2 seeds); then the teacher, which the bench scored after reloading it over
     the base's weights, is scored again by a fresh engine started on the teacher: the same answers, token for
     token. (vLLM 0.32's in-place reload alone leaves a tied output head on the old weights.)"""
     sys.path.insert(0, str(ROOT / "bench"))
     import student as bench
 
-    run, _ = demo_run
+    run, _ = plain_run
     out = tmp_path / "student.json"
     argv = ["--run", str(run), "--seeds", "1,2", "--steps", "3", "--batch-tokens", "256", "--base-steps", "5",
             "--eval-per-level", "6", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip

@@ -13,10 +13,10 @@ from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.synth import generate
 from tracefactory.verify import judge_texts
 
-# Real outputs: the embedded teacher (data/teacher) given `paraphrase_prompt` for demo problems (seeds
+# Real outputs: the plain embedded teacher (data/teacher-plain) given `paraphrase_prompt` for demo problems (seeds
 # 0-5, temperature 0.7). It was trained only to solve such problems, so it solves (badly) instead of
 # rewording: each is refused before the gate.
-EMBEDDED = [  # (question, what the teacher wrote)
+PLAIN_OUTPUTS = [  # (question, what the teacher wrote)
     ("Ben has 18 cards. He uses 4. How many cards does Ben have now?", "10 / 3 = 6\n6 / 2 = 2\nThe ann / 2}."),
     (
         "Gus has 13 shells. He gives away 7. How many shells does Gus have now?",
@@ -41,8 +41,8 @@ EMBEDDED = [  # (question, what the teacher wrote)
 ]
 
 
-@pytest.mark.parametrize("question, text", EMBEDDED)
-def test_what_the_embedded_teacher_writes_is_refused(question, text):
+@pytest.mark.parametrize("question, text", PLAIN_OUTPUTS)
+def test_what_the_plain_teacher_writes_is_refused(question, text):
     parsed, reason = parse_paraphrase(text, question)
     assert parsed is None and reason in {"solved_not_paraphrased", "numbers_changed"}
 

@@ -31,7 +31,7 @@ def import_vllm():
     return vllm
 
 
-EMBEDDED_NAME = "tracefactory/arith-tiny-3m"
+EMBEDDED_NAME = "tracefactory/arith-tiny-3m-r1"
 
 
 def shutdown_engine(llm) -> None:
