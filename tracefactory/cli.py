@@ -398,7 +398,7 @@ def release(
 
 @app.command()
 def serve(
-    model: str = typer.Option("embedded", help="model folder or hub id; embedded: the shipped tiny teacher"),
+    model: str = typer.Option("embedded", help="model folder or hub id; embedded: the shipped R1-shaped teacher"),
     port: int = typer.Option(8000, help="port on --host"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     served_name: Optional[str] = typer.Option(None, help="model name clients ask for (default: the teacher's name)"),

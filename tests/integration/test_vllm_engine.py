@@ -106,6 +106,22 @@ def test_the_r1_shaped_teacher_through_the_flow(demo_run):
         assert "\n".join(steps) == reasoning.strip() and not any("boxed" in s for s in steps)
 
 
+def test_a_real_cut_inside_the_block_is_never_an_answer(embedded_teacher):
+    """The embedded teacher's completions of level-5 problems cut at 24 tokens, inside the think block: no end tag,
+    no token count for the reasoning, and no answer read from them, whatever they hold."""
+    from tracefactory.think import ThinkSpec, dissect, opener_of
+    from tracefactory.verify import answer_of
+
+    problems = generate(3, seed=8, levels=(5,))
+    outs = embedded_teacher.generate([_chat(p.question) for p in problems], 2, SamplingConfig(n=2, max_tokens=24))
+    think = ThinkSpec("auto", opener_of(embedded_teacher.render(_chat(problems[0].question))))
+    cut = [c for r in outs for c in r.completions]
+    assert len(cut) == 6 and all(c.finish_reason == "length" and c.tokens == 24 for c in cut)
+    for c in cut:
+        assert dissect(c.text, think.opener, think.mode).closed is False and c.reasoning_tokens is None
+        assert answer_of(c.text, None, think) is None
+
+
 def test_messages_are_the_prompt_the_teacher_saw_and_the_turn_it_wrote(demo_run, embedded_teacher):
     """Rendering a row's conversation up to the user turn with the teacher's chat template gives exactly the prompt
     the teacher was sent; the assistant turn is the template's generation prefix + the completion."""
