@@ -26,7 +26,7 @@ from tracefactory.schema import (
     THINK_CLOSED,
     UNSOLVED,
 )
-from tracefactory.think import UNCLOSED
+from tracefactory.think import EMPTY_RESPONSE, MALFORMED, UNCLOSED
 
 PLOTS = {
     "difficulty": "Problems per difficulty bucket",
@@ -52,6 +52,8 @@ def trace_stats(rollouts: pl.DataFrame, dataset: pl.DataFrame) -> dict:
         "thinking": len(thinking),
         "think_closed_rate": round(thinking[THINK_CLOSED].mean(), 4) if len(thinking) else None,
         "think_unclosed": int((rollouts[DROP_REASON] == UNCLOSED).sum()),
+        "think_malformed": int((rollouts[DROP_REASON] == MALFORMED).sum()),
+        "empty_response": int((rollouts[DROP_REASON] == EMPTY_RESPONSE).sum()),
         "truncated_rate": round(int((rollouts[FINISH_REASON] == "length").sum()) / n, 4),
         "mean_reasoning_tokens": mean(dataset.filter(pl.col(REASONING_TOKENS).is_not_null()), REASONING_TOKENS),
         "mean_response_tokens": mean(dataset, RESPONSE_TOKENS),
@@ -281,7 +283,9 @@ def _traces(t: dict) -> list[str]:
             " response), `reasoning` and `response` are its two parts, and the answer is read from the response only."
             f" Of {t['rollouts']:,} rollouts, {pct(t['think_closed_rate'])} closed their think block;"
             f" {t['think_unclosed']:,} stopped without closing it (dropped as `think_unclosed`: an answer inside an"
-            f" unfinished block is not an answer), and {pct(t['truncated_rate'])} were cut at `max_tokens`."
+            f" unfinished block is not an answer), {t.get('think_malformed', 0):,} closed it twice or opened another"
+            f" (`think_malformed`), {t.get('empty_response', 0):,} wrote nothing after it (`empty_response`), and"
+            f" {pct(t['truncated_rate'])} were cut at `max_tokens`."
             f" Kept traces average {t['mean_reasoning_tokens']} reasoning and {t['mean_response_tokens']} response"
             " tokens.",
             "",

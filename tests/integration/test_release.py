@@ -212,6 +212,7 @@ def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_car
     text = (folder / "README.md").read_text()
     info = json.loads((folder / "release.json").read_text())["traces"]
     rollouts = pl.read_parquet(run / "rollouts")
-    assert info["think_unclosed"] == rollouts.filter(pl.col("drop_reason") == "think_unclosed").height
+    for reason in ("think_unclosed", "think_malformed", "empty_response"):
+        assert info[reason] == rollouts.filter(pl.col("drop_reason") == reason).height, reason
     assert info["think_closed_rate"] == round(rollouts["think_closed"].mean(), 4) > 0.9
     assert f"{info['think_unclosed']:,} stopped without closing it" in text and "(plots/reasoning_length.png)" in text
