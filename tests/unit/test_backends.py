@@ -158,8 +158,9 @@ def test_urls_are_redacted_and_only_api_key_variables_are_sent(monkeypatch):
 
 
 def test_a_vllm_teachers_identity_follows_its_weights_and_engine_settings(tmp_path):
-    """What keys finished rollouts: retrain (new weights file), another max_model_len or dtype, another
-    hub revision — each a new identity; the same folder copied elsewhere, the same identity."""
+    """What keys finished rollouts: retrain (new weights file), another chat template, another max_model_len or
+    dtype, another hub revision — each a new identity; the same folder copied elsewhere, or its model card and
+    licence edited, the same identity."""
     import shutil
 
     from tracefactory.config import EMBEDDED_TEACHER
@@ -175,6 +176,14 @@ def test_a_vllm_teachers_identity_follows_its_weights_and_engine_settings(tmp_pa
     shutil.copytree(model, copy)
     moved = VLLMTeacher(TeacherConfig(model=str(copy), max_model_len=512))
     assert teacher_key(moved) == base  # the files and the name decide, not where they lie
+    (model / "README.md").write_text("# an edited model card\n")  # for people: no output changes
+    (model / "LICENSE").write_text("Apache-2.0\n")
+    assert key(max_model_len=512) == base
+    template = model / "chat_template.jinja"
+    template.write_text(template.read_text() + " ")  # what the engine is sent changes
+    assert key(max_model_len=512) != base
+    template.write_text(template.read_text()[:-1])
+    assert key(max_model_len=512) == base
     [weights] = list(model.glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of one weight: a retrained teacher

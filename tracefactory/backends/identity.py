@@ -17,6 +17,14 @@ from tracefactory.io import file_sha256
 FULL_HASH_LIMIT = 200 << 20  # files up to this size are hashed whole; bigger ones by size, mtime, head, tail
 _EDGE = 1 << 20
 _FILES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest, once per process
+# What a model folder holds for people, not for the engine: a model card, a licence, figures. Editing them changes
+# no output, so they are not part of the identity (an edited card would otherwise regenerate every rollout).
+_DOC_SUFFIXES = {".md", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf"}
+_DOC_STEMS = {"LICENSE", "LICENCE", "NOTICE", "USE_POLICY"}
+
+
+def is_documentation(path: Path) -> bool:
+    return path.suffix.lower() in _DOC_SUFFIXES or path.name.split(".")[0].upper() in _DOC_STEMS
 
 
 def file_fingerprint(path: Path) -> str:
@@ -36,12 +44,13 @@ def file_fingerprint(path: Path) -> str:
 
 
 def model_fingerprint(model: str, revision: str | None = None) -> str:
-    """A local model folder: a hash of its files (weights, config, tokenizer). A hub id: the revision
-    asked for, or the commit of the snapshot in the local cache; else just the id."""
+    """A local model folder: a hash of its files (weights, config, tokenizer, chat template; not its card, licence
+    or figures). A hub id: the revision asked for, or the commit of the snapshot in the local cache; else the id."""
     folder = Path(model)
     if folder.is_dir():
         h = hashlib.sha256()
-        for p in sorted(q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        files = (q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(".") and not is_documentation(q))
+        for p in sorted(files):
             h.update(f"{p.relative_to(folder)}={file_fingerprint(p)}\n".encode())
         return "files:" + h.hexdigest()[:16]
     if revision:
