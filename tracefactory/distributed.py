@@ -75,13 +75,17 @@ class RayTeacherPool:
         self.start_timeout_s = start_timeout_s
         self.name = teacher_name(cfg) if cfg.kind == "vllm" else cfg.model
         self.actors: list = []
+        self._identity: dict | None = None
 
     @property
     def teacher(self) -> Teacher:
         return self
 
     def identity(self) -> dict:
-        return make_teacher(self.cfg).identity()  # the actors' teachers: built the same way, not started
+        """The actors' teachers' (built the same way, not started), fixed at its first use as theirs is."""
+        if self._identity is None:
+            self._identity = make_teacher(self.cfg).identity()
+        return self._identity
 
     def rendered_prompt(self, prompt) -> str | None:
         """As the actors' teachers render it (their tokenizer, loaded here without an engine)."""

@@ -191,3 +191,36 @@ def test_a_vllm_teachers_identity_follows_its_weights_and_engine_settings(tmp_pa
     assert key(max_model_len=512) != base
     hub = lambda rev: teacher_key(VLLMTeacher(TeacherConfig(model="Org/model", revision=rev)))  # noqa: E731
     assert hub("abc123") != hub("def456") and hub(None) != hub("abc123")
+
+
+def test_a_teachers_identity_is_the_one_its_run_keyed_and_a_changed_model_is_refused_at_load(tmp_path, monkeypatch):
+    """Weights retrained while a run goes on: the run keeps the identity it keyed its requests with (its engine
+    generates with what it loaded), a fresh teacher gets the new one, and an engine that would load other files
+    than the keys say is refused (vLLM replaced by a stand-in here: only the check runs)."""
+    import shutil
+    import types
+
+    from tracefactory.backends import vllm_teacher
+    from tracefactory.config import EMBEDDED_TEACHER
+    from tracefactory.stages.rollout import teacher_key
+
+    model = tmp_path / "teacher"
+    shutil.copytree(EMBEDDED_TEACHER, model)
+    running = VLLMTeacher(TeacherConfig(model=str(model), max_model_len=512))
+    keyed = teacher_key(running)
+    [weights] = list(model.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert teacher_key(running) == keyed
+    assert teacher_key(VLLMTeacher(TeacherConfig(model=str(model), max_model_len=512))) != keyed
+    closed = []
+    monkeypatch.setattr(vllm_teacher, "import_vllm", lambda: types.SimpleNamespace(LLM=lambda **kw: "engine"))
+    monkeypatch.setattr(vllm_teacher, "shutdown_engine", lambda llm: closed.append(llm))
+    with pytest.raises(BackendError, match="changed after this run keyed its requests"):
+        running.start()
+    assert closed == ["engine"] and running._llm is None
+    fresh = VLLMTeacher(TeacherConfig(model=str(model), max_model_len=512))
+    teacher_key(fresh)
+    fresh.start()  # keyed by the files it loads: no complaint
+    assert fresh._llm == "engine"

@@ -91,6 +91,7 @@ class VLLMTeacher:
         self.name = teacher_name(cfg)
         self._llm = None
         self._tokenizer = None
+        self._identity: dict | None = None
 
     def engine_kwargs(self, on_cpu: bool) -> dict:
         c = self.cfg
@@ -131,11 +132,25 @@ class VLLMTeacher:
                 self._llm = vllm.LLM(**kw)
             except Exception as exc:
                 raise BackendError(f"vLLM could not load teacher '{self.cfg.model_path}': {exc}") from exc
+            if self._identity is not None and self._identity != self._current_identity():
+                self._llm = shutdown_engine(self._llm)
+                raise BackendError(
+                    f"the files of teacher '{self.cfg.model_path}' changed after this run keyed its requests by them: "
+                    "the engine would generate with other weights than the keys say. Run again (the new files "
+                    "get keys of their own)."
+                )
             log.info("teacher ready in %.0f s", time.monotonic() - started)
         return self._llm
 
-    def identity(self) -> dict:
+    def _current_identity(self) -> dict:
         return {"name": self.name, **vllm_identity(self.cfg)}
+
+    def identity(self) -> dict:
+        """Fixed at its first use for the life of this object: requests are keyed by the model this engine loads
+        (checked when it loads), even if the folder's files change while a run goes on."""
+        if self._identity is None:
+            self._identity = self._current_identity()
+        return self._identity
 
     def start(self) -> None:
         """Load the engine now (otherwise the first generate() does), so stage timings exclude it."""
