@@ -23,16 +23,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(model: str, problems, samples: int, temperature: float, max_tokens: int) -> dict:
-    from tracefactory.answers import clean
     from tracefactory.backends.vllm_teacher import VLLMTeacher
     from tracefactory.config import SamplingConfig, TeacherConfig
-    from tracefactory.think import ThinkSpec, dissect, opener_of
-    from tracefactory.verify import answer_of
+    from tracefactory.student import solves, think_of
+    from tracefactory.think import dissect
 
     teacher = VLLMTeacher(TeacherConfig(model=model, max_model_len=512), progress=False)
     try:
         prompts = [[{"role": "user", "content": p.question}] for p in problems]
-        think = ThinkSpec("auto", opener_of(teacher.render(prompts[0])))
+        think = think_of(teacher)
         runs = {
             "greedy": teacher.generate(prompts, 1, SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)),
             "sampled": teacher.generate(
@@ -50,8 +49,7 @@ def measure(model: str, problems, samples: int, temperature: float, max_tokens: 
         shape = defaultdict(int)
         for p, res in zip(problems, results):
             for c in res.completions:
-                pred = answer_of(c.text, None, think)
-                right[p.level] += pred is not None and clean(pred) == p.answer
+                right[p.level] += solves(c.text, p, think)
                 total[p.level] += 1
                 shape["completions"] += 1
                 shape["tokens"] += c.tokens

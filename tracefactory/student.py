@@ -299,19 +299,16 @@ class Evaluator:
             self.loaded = weights
 
     def score(self, weights: Path, problems: Sequence[Problem]) -> list[Scored]:
-        from tracefactory.answers import clean
-        from tracefactory.think import ThinkSpec, opener_of
-        from tracefactory.verify import answer_of
+        from tracefactory.think import ThinkSpec
 
         self.load(weights)
         prompts = [[{"role": "user", "content": p.question}] for p in problems]
         results = self.teacher.generate(prompts, 1, self.params)
-        think = ThinkSpec("auto", opener_of(self.teacher.render(prompts[0]))) if prompts else ThinkSpec()
+        think = think_of(self.teacher) if prompts else ThinkSpec()
         out = []
         for p, res in zip(problems, results):
             c = res.completions[0] if res.completions else None
-            pred = answer_of(c.text, None, think) if c else None  # from the response, as the factory grades
-            out.append(Scored(p.id, p.level, pred is not None and clean(pred) == p.answer, c.tokens if c else 0))
+            out.append(Scored(p.id, p.level, c is not None and solves(c.text, p, think), c.tokens if c else 0))
         return out
 
     def arithmetic(self, weights: Path, drills: Sequence[tuple[str, str]]) -> float:
@@ -324,6 +321,23 @@ class Evaluator:
 
     def close(self) -> None:
         self.teacher.close()
+
+
+def think_of(teacher):
+    """How a model's completions are read: its chat template, rendered for a question, may open a think block."""
+    from tracefactory.think import ThinkSpec, opener_of
+
+    return ThinkSpec("auto", opener_of(teacher.render([{"role": "user", "content": "?"}])))
+
+
+def solves(text: str, problem: Problem, think) -> bool:
+    """Whether a completion reaches a generator problem's integer gold, its answer read as the factory reads it
+    (from the response, after `</think>`; none from a broken think block)."""
+    from tracefactory.answers import clean
+    from tracefactory.verify import answer_of
+
+    pred = answer_of(text, None, think)
+    return pred is not None and clean(pred) == problem.answer
 
 
 def drill_problems(n: int, seed: int) -> list[tuple[str, str]]:

@@ -5,13 +5,13 @@ one format: a templated word problem (GSM8K-like), a worked solution with one eq
 and an integer gold answer. Level L chains L operations over growing numbers, so a small model's
 accuracy falls with the level — which is what gives pass-rate difficulty tags their meaning.
 
-`think_target` turns a worked solution into what an R1-style reasoning model writes after its chat
+`think_spans` turns a worked solution into what an R1-style reasoning model writes after its chat
 template opened the think block (`<think>\n`): the equation lines as the reasoning, with the habits such
 traces have that this generator can fake honestly — now and then a re-check by the inverse operation
 (`Check: 12 - 5 = 7.`) and a slip caught and corrected (`7 + 5 = 13` then `Wait, 7 + 5 = 12, not 13.`) —
 then `</think>`, a blank line and a one-line summary with the boxed answer. A few targets
 (`UNCLOSED_SHARE`) stop without closing the block, holding only a tentative boxed answer inside it, as
-real reasoning models sometimes do.
+real reasoning models sometimes do. It answers spans (text, learned): a slip's wrong line is not learned.
 """
 
 from __future__ import annotations
@@ -105,14 +105,10 @@ def make_problem(rng: random.Random, level: int, pid: str) -> Problem:
     return Problem(pid, level, " ".join(sentences), "\n".join(lines), str(value))
 
 
-def think_target(rng: random.Random, solution: str) -> str:
-    """The completion an R1-style model writes for `solution` after the template's `<think>\n` (see the module)."""
-    return "".join(text for text, _ in think_spans(rng, solution))
-
-
 def think_spans(rng: random.Random, solution: str) -> list[tuple[str, bool]]:
-    """`think_target` as spans (text, learned): a slip's wrong line is context the teacher learns to correct,
-    never a line it learns to write (training on it taught the R1-shaped draft to get sums wrong on purpose)."""
+    """The completion an R1-style model writes for `solution` after the template's `<think>\n` (see the module),
+    as spans (text, learned): a slip's wrong line is context the teacher learns to correct, never a line it learns
+    to write (training on it taught the R1-shaped draft to get sums wrong on purpose)."""
     *lines, final = solution.splitlines()
     check_at = rng.randrange(len(lines)) if rng.random() < CHECK_SHARE else None
     slip_at = rng.randrange(len(lines)) if rng.random() < SLIP_SHARE else None
