@@ -57,7 +57,7 @@ prm: prm-labels
 # The PRM's evaluation set: 300 fresh generator problems (seed 4242), every trace Monte-Carlo scored;
 # then `.venv/bin/python bench/prm_quality.py` (see bench/README.md).
 prm-eval: venv
-	$(BIN)/python -m tracefactory.synth runs/prm-eval-src/problems.jsonl 60 4242
+	$(BIN)/python -m tracefactory.training.synth runs/prm-eval-src/problems.jsonl 60 4242
 	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
 	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
 
@@ -66,7 +66,7 @@ prm-eval: venv
 # (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; 46 min here,
 # ~5 min when rerun with its students kept in runs/student/).
 student-data: venv
-	$(BIN)/python -m tracefactory.synth runs/student-src/problems.jsonl 200 3131
+	$(BIN)/python -m tracefactory.training.synth runs/student-src/problems.jsonl 200 3131
 	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/student-data \
 	  --set source.path=runs/student-src/problems.jsonl --set name=student-data
 
@@ -91,14 +91,14 @@ test-unit: venv
 # default R1-shaped one from its weights (600 steps of think-shaped word problems and bare drills; 716 s on 2 AVX2
 # cores in float32, where bf16 autocast is emulated and ~20x slower).
 teacher-plain: venv
-	$(BIN)/python -m tracefactory.teacher_train --out data/teacher-plain
+	$(BIN)/python -m tracefactory.training.teacher --out data/teacher-plain
 
 teacher: teacher-plain
-	$(BIN)/python -m tracefactory.teacher_train --shape think --init data/teacher-plain --steps 600 --lr 5e-4 \
+	$(BIN)/python -m tracefactory.training.teacher --shape think --init data/teacher-plain --steps 600 --lr 5e-4 \
 	  --out data/teacher
 
 demo-data:
-	$(PY) -m tracefactory.synth data/demo/problems.jsonl 60 2026
+	$(PY) -m tracefactory.training.synth data/demo/problems.jsonl 60 2026
 
 bench: venv
 	$(BIN)/python bench/rollout_overhead.py

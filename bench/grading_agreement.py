@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracefactory.verify import extract_answer, grade_pairs, gsm8k_gold  # noqa: E402
+from tracefactory.grading.verify import extract_answer, grade_pairs, gsm8k_gold  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from tracefactory.config import GradeConfig  # noqa: E402
-from tracefactory.schema import ANSWER, FINISH_REASON, PROBLEM_ID, TEXT  # noqa: E402
+from tracefactory.grading.verify import extract_answer, is_correct  # noqa: E402
 from tracefactory.stages.grade import grade  # noqa: E402
-from tracefactory.verify import extract_answer, is_correct  # noqa: E402
+from tracefactory.store.schema import ANSWER, FINISH_REASON, PROBLEM_ID, TEXT  # noqa: E402
 
 WORDS = (
     "first we add the two numbers then we subtract the cost of the apples so she has left after paying for "
@@ -102,11 +102,11 @@ def _peak_rss_mib() -> tuple[float, float]:
 def after_grading(graded: pl.DataFrame, problems: pl.DataFrame) -> int:
     """The stages after grading, as the flow runs them with step scoring off."""
     from tracefactory.config import CurriculumConfig, DifficultyConfig, SelectConfig
-    from tracefactory.schema import COT_TOKENS, SAMPLE_INDEX
     from tracefactory.stages.curriculum import curriculum
     from tracefactory.stages.difficulty import difficulty
     from tracefactory.stages.select import select
     from tracefactory.stages.step_score import unscored
+    from tracefactory.store.schema import COT_TOKENS, SAMPLE_INDEX
 
     rollouts = unscored(graded).with_columns(
         (pl.col(TEXT).str.len_chars() // 4).alias(COT_TOKENS),

@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from tracefactory.backends.scorers import StepItem, StepScores  # noqa: E402
-from tracefactory.prm_train import Example, data_hash, train  # noqa: E402
-from tracefactory.step_eval import LabelledTrace, auroc, first_error_f1, reference_first_bad  # noqa: E402
+from tracefactory.backends.scorers import StepItem  # noqa: E402
+from tracefactory.backends.step_eval import LabelledTrace, auroc, first_error_f1, reference_first_bad  # noqa: E402
+from tracefactory.store.schema import StepScores  # noqa: E402
+from tracefactory.training.prm import Example, data_hash, train  # noqa: E402
 
 PROBLEMS = ROOT / "data" / "demo" / "problems.jsonl"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tracefactory.backends.prm import VLLMPRMScorer
 from tracefactory.backends.scorers import StepItem
-from tracefactory.synth import generate
+from tracefactory.training.synth import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

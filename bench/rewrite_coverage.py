@@ -19,12 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from tracefactory.config import DecontaminateConfig, DedupConfig, RewriteConfig, SourceConfig  # noqa: E402
-from tracefactory.perturb import chain_of  # noqa: E402
-from tracefactory.sources import benchmark_index, read_source  # noqa: E402
-from tracefactory.stages.decontaminate import decontaminate  # noqa: E402
+from tracefactory.rewriting.perturb import chain_of  # noqa: E402
+from tracefactory.stages.decontaminate import (
+    benchmark_index,  # noqa: E402
+    decontaminate,  # noqa: E402
+)
 from tracefactory.stages.dedup import dedup  # noqa: E402
 from tracefactory.stages.load import load, partition  # noqa: E402
 from tracefactory.stages.rewrite import rewrite  # noqa: E402
+from tracefactory.store.sources import read_source  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

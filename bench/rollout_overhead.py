@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tracefactory.backends.openai_teacher import OpenAITeacher  # noqa: E402
+from tracefactory.backends.prompts import build_prompt  # noqa: E402
 from tracefactory.backends.server import local_server  # noqa: E402
 from tracefactory.backends.vllm_teacher import VLLMTeacher  # noqa: E402
 from tracefactory.config import EMBEDDED_TEACHER, load_config  # noqa: E402
-from tracefactory.prompts import build_prompt  # noqa: E402
 from tracefactory.stages.rollout import request_seed, rollout  # noqa: E402
 
 SERVED = "arith-tiny"

@@ -17,7 +17,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracefactory.step_eval import reference_first_bad  # noqa: E402
+from tracefactory.backends.step_eval import reference_first_bad  # noqa: E402
 
 
 def quality(run: Path, problems: Path) -> dict:

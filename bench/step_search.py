@@ -21,13 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tracefactory.backends.prompts import build_prompt  # noqa: E402
 from tracefactory.backends.scorers import MonteCarloScorer, StepItem  # noqa: E402
 from tracefactory.backends.vllm_teacher import VLLMTeacher  # noqa: E402
 from tracefactory.config import DEMO_PLAIN_CONFIG, SamplingConfig, load_config  # noqa: E402
-from tracefactory.prompts import build_prompt  # noqa: E402
+from tracefactory.grading.steps import split_steps  # noqa: E402
+from tracefactory.grading.verify import judge_texts  # noqa: E402
 from tracefactory.stages.rollout import request_seed  # noqa: E402
-from tracefactory.steps import split_steps  # noqa: E402
-from tracefactory.verify import judge_texts  # noqa: E402
 
 # (search, label): soft = fixed n samples per probe; hard = sampled until the first success (at most n)
 POLICIES = [("all", "soft"), ("all", "hard"), ("binary", "soft"), ("binary", "hard"), ("scan", "hard")]

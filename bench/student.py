@@ -5,7 +5,7 @@
 
 From one finished run directory, six training sets (arms) are cut to one budget of target tokens — the smallest
 arm's — and a small student is fine-tuned on each, from one shared checkpoint that has seen only arithmetic
-drills (the teacher's architecture, `teacher_train --drill-share 1`: never a word problem), with the same steps,
+drills (the teacher's architecture, `training.teacher --drill-share 1`: never a word problem), with the same steps,
 batch size (in target tokens) and learning rate for every arm, once per seed:
 
     a  every rollout of the original problems, right or wrong
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from tracefactory import console  # noqa: E402
 from tracefactory.errors import ConfigError  # noqa: E402
-from tracefactory.student import (  # noqa: E402
+from tracefactory.training.student import (  # noqa: E402
     ARMS,
     Evaluator,
     TrainSettings,

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 def measure(model: str, problems, samples: int, temperature: float, max_tokens: int) -> dict:
     from tracefactory.backends.vllm_teacher import VLLMTeacher
     from tracefactory.config import SamplingConfig, TeacherConfig
-    from tracefactory.student import solves, think_of
-    from tracefactory.think import dissect
+    from tracefactory.grading.think import dissect
+    from tracefactory.training.student import solves, think_of
 
     teacher = VLLMTeacher(TeacherConfig(model=model, max_model_len=512), progress=False)
     try:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     args = ap.parse_args(argv)
 
-    from tracefactory.synth import generate
+    from tracefactory.training.synth import generate
 
     problems = generate(args.per_level, args.seed)
     rows = [measure(m, problems, args.samples, args.temperature, args.max_tokens) for m in args.models]

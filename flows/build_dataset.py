@@ -13,20 +13,21 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
-from tracefactory import io, pipeline, watchdog
+from tracefactory import pipeline
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.factory import make_teacher
+from tracefactory.backends.identity import teacher_identity
 from tracefactory.config import FactoryConfig, load_config
 from tracefactory.errors import TraceFactoryError
-from tracefactory.manifest import build_manifest
 from tracefactory.pipeline import Engines, Loaded, run_stage
 from tracefactory.redact import install_log_redaction
-from tracefactory.report import StageReport, funnel_markdown
-from tracefactory.sources import benchmark_index
 from tracefactory.stages.curriculum import curriculum
-from tracefactory.stages.decontaminate import decontaminate
+from tracefactory.stages.decontaminate import benchmark_index, decontaminate
 from tracefactory.stages.dedup import dedup
 from tracefactory.stages.select import select
+from tracefactory.store import io, watchdog
+from tracefactory.store.manifest import build_manifest
+from tracefactory.store.report import StageReport, funnel_markdown
 
 
 class _InRun(logging.Filter):
@@ -204,7 +205,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_step, r_select, r_diff, r_curr)
     reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
-    manifest = build_manifest(cfg, engines.teacher, reports, started, extra)
+    manifest = build_manifest(cfg, teacher_identity(cfg, engines.teacher), reports, started, extra)
     write_task(run, loaded, tagged, chosen, dataset, reports, manifest)
     create_table_artifact(
         key="funnel",

@@ -1,4 +1,4 @@
-"""@flow release_dataset: a finished run -> a Hugging Face dataset release (see `tracefactory.release`);
+"""@flow release_dataset: a finished run -> a Hugging Face dataset release (see `tracefactory.publish.release`);
 @flow build_and_release: build_dataset, then release_dataset on its run directory — what a scheduled
 deployment runs (`prefect.yaml`): each run resumes the same run directory, generates only what is new in
 the source, and publishes only the problems no earlier release has."""
@@ -13,8 +13,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.build_dataset import build_dataset
-from tracefactory import io, release
 from tracefactory.config import load_config
+from tracefactory.publish import release
+from tracefactory.store import io
 
 
 @task(name="release-build", cache_policy=NO_CACHE)

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tracefactory import console as term
-from tracefactory import watchdog
 from tracefactory.errors import RunLockedError, TraceFactoryError
+from tracefactory.store import watchdog
 
 app = typer.Typer(
     help="tracefactory: verified, curriculum-ordered reasoning traces from a vLLM teacher.",
@@ -59,7 +59,7 @@ def run(
     """Run the Prefect flow `build_dataset`. Re-running into the same --out resumes: finished requests
     are never generated again."""
     from tracefactory.config import load_config
-    from tracefactory.io import RunDir, default_run_dir
+    from tracefactory.store.io import RunDir, default_run_dir
 
     try:
         overrides = dict(_parse_override(s) for s in set_)
@@ -131,7 +131,7 @@ def _parse_override(text: str) -> tuple[str, object]:
 
 
 def _print_funnel(run_dir: Path) -> None:
-    from tracefactory.query import query
+    from tracefactory.publish.query import query
 
     cols, rows = query(
         run_dir,
@@ -184,9 +184,10 @@ def eval_steps(
     run_dir: Optional[Path] = typer.Option(None, "--run", help="also write the figures into RUN/manifest.json"),
 ) -> None:
     """Agreement of the configured step scorer with human step labels: step AUROC, first-error F1."""
-    from tracefactory import io, pipeline
+    from tracefactory import pipeline
     from tracefactory.backends.factory import make_teacher
     from tracefactory.config import load_config
+    from tracefactory.store import io
 
     try:
         cfg = load_config(config)
@@ -232,7 +233,7 @@ def train_prm(
     traces hold most bad steps); the model loads with `step_score: {scorer: prm, prm_model: OUT}`."""
     from tracefactory.config import PLAIN_TEACHER
     from tracefactory.errors import ConfigError
-    from tracefactory.prm_train import main_train
+    from tracefactory.training.prm import main_train
 
     try:
         if labels not in ("hard", "soft"):
@@ -277,7 +278,7 @@ def query_cmd(
     import duckdb
 
     from tracefactory.errors import ConfigError
-    from tracefactory.query import query_arrow
+    from tracefactory.publish.query import query_arrow
 
     fmt = "json" if as_json else fmt
     try:
@@ -297,7 +298,7 @@ def _write_result(result, fmt: str, output: Optional[Path]) -> None:
     import csv
     import io as stdio
 
-    from tracefactory.query import rows_of
+    from tracefactory.publish.query import rows_of
 
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -333,7 +334,7 @@ def export_cmd(
 ) -> None:
     """The run's dataset as SFT conversations, in curriculum order: `messages` ([{role, content}]) or ShareGPT
     `conversations` ([{from, value}] + `system`)."""
-    from tracefactory.export import export
+    from tracefactory.publish.export import export
 
     if fmt not in ("messages", "sharegpt"):
         _fail(ValueError(f"--format: expected messages or sharegpt, got {fmt!r}"))
@@ -363,8 +364,8 @@ def release(
     (HF_TOKEN or `hf auth login`); it is never written anywhere."""
     import re
 
-    from tracefactory import release as rel
     from tracefactory.errors import ConfigError
+    from tracefactory.publish import release as rel
 
     console = _console()
     try:

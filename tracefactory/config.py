@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import yaml
 
-from tracefactory.answers import DEFAULT_FORMATS, FORMATS
 from tracefactory.errors import ConfigError
 from tracefactory.redact import ALLOW_ENV, key_env_allowed, redact_url
 
@@ -127,7 +126,7 @@ class PromptConfig:
     template: str = "{question}"
     system: str | None = None
     chat: bool = True  # send chat messages (the model's chat template); False: the raw template text
-    # how completions are read (tracefactory.think): on, off, or auto (on when the chat template opens a think
+    # how completions are read (tracefactory.grading.think): on, off, or auto (on when the chat template opens a think
     # block or a completion holds a think tag); never part of the rollouts' key (the teacher writes the same)
     thinking: Literal["auto", "on", "off"] = "auto"
 
@@ -207,20 +206,28 @@ class DecontaminateConfig:
         _positive("decontaminate.ngram", self.ngram)
 
 
+# final-answer markers by name (each one's reader is in tracefactory.grading.answers.FORMATS, under the same names)
+ANSWER_FORMATS = ("boxed", "heading", "final_answer", "hashes", "answer_is", "bold", "last_number")
+DEFAULT_ANSWER_FORMATS = ("boxed", "heading", "final_answer", "hashes", "answer_is", "bold")
+
+
 @dataclass(frozen=True)
 class GradeConfig:
     timeout_s: float = 5.0
     workers: int = 2  # 0 grades in this process (only safe on the main thread)
     drop_truncated: bool = True  # a completion cut at max_tokens is not a trace, even if it has an answer
-    # the final-answer markers the teacher writes (tracefactory.answers.FORMATS); the one nearest the end wins
-    answer_formats: tuple[str, ...] = DEFAULT_FORMATS
+    # the final-answer markers the teacher writes (ANSWER_FORMATS, read by tracefactory.grading.answers); the one
+    # nearest the end wins
+    answer_formats: tuple[str, ...] = DEFAULT_ANSWER_FORMATS
 
     def __post_init__(self):
         _positive("grade.timeout_s", self.timeout_s)
         _positive("grade.workers", self.workers, allow_zero=True)
-        unknown = [f for f in self.answer_formats if f not in FORMATS]
+        unknown = [f for f in self.answer_formats if f not in ANSWER_FORMATS]
         if not self.answer_formats or unknown:
-            raise ConfigError("grade.answer_formats", list(self.answer_formats), f"a non-empty list of {list(FORMATS)}")
+            raise ConfigError(
+                "grade.answer_formats", list(self.answer_formats), f"a non-empty list of {list(ANSWER_FORMATS)}"
+            )
 
 
 @dataclass(frozen=True)

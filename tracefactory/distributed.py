@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
-from tracefactory import io, pipeline
+from tracefactory import pipeline
 from tracefactory.backends.base import OnResult, Prompt, RendersPrompts, RequestResult, Teacher
 from tracefactory.backends.factory import make_teacher
 from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
-from tracefactory.report import StageReport
+from tracefactory.store import io
+from tracefactory.store.report import StageReport
 
 log = logging.getLogger(__name__)
 

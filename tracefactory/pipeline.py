@@ -16,17 +16,25 @@ from typing import Callable, Protocol
 
 import polars as pl
 
-from tracefactory import io
 from tracefactory.backends.base import RendersPrompts, Teacher
 from tracefactory.backends.factory import make_scorer
-from tracefactory.backends.identity import model_fingerprint
+from tracefactory.backends.identity import model_fingerprint, teacher_key
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
-from tracefactory.failpoints import failpoint
-from tracefactory.prompts import build_prompt
-from tracefactory.report import StageReport, funnel_frame, merge_reports
-from tracefactory.schema import (
+from tracefactory.grading.think import ThinkSpec, opener_of
+from tracefactory.grading.verify import check_golds, judge_texts
+from tracefactory.stages.difficulty import difficulty
+from tracefactory.stages.grade import grade
+from tracefactory.stages.load import load, partition, removed
+from tracefactory.stages.rewrite import Paraphraser, rewrite
+from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report
+from tracefactory.stages.step_score import step_score, unscored
+from tracefactory.store import io
+from tracefactory.store.failpoints import failpoint
+from tracefactory.store.report import StageReport, funnel_frame, merge_reports
+from tracefactory.store.schema import (
     ANSWER,
     GENERATION_SCHEMA,
     MATCH,
@@ -40,15 +48,7 @@ from tracefactory.schema import (
     SAMPLE_INDEX,
     columns,
 )
-from tracefactory.sources import read_source
-from tracefactory.stages.difficulty import difficulty
-from tracefactory.stages.grade import grade
-from tracefactory.stages.load import load, partition, removed
-from tracefactory.stages.rewrite import Paraphraser, rewrite
-from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report, teacher_key
-from tracefactory.stages.step_score import step_score, unscored
-from tracefactory.think import ThinkSpec, opener_of
-from tracefactory.verify import check_golds, judge_texts
+from tracefactory.store.sources import read_source
 
 log = logging.getLogger(__name__)
 StageOutput = tuple[pl.DataFrame, StageReport]
@@ -262,7 +262,10 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame,
 
 # ---- grade (persisted) -----------------------------------------------------------------------------
 
-_GRADER_FILES = ("verify.py", "outcomes.py", "gradepool.py", "think.py", "answers.py", "stages/grade.py")
+_GRADER_FILES = (  # the code a verdict depends on (grading/steps.py does not: steps are the step scorer's)
+    *(f"grading/{name}.py" for name in ("verify", "outcomes", "pool", "think", "answers")),
+    "stages/grade.py",
+)
 
 
 def think_spec(cfg: FactoryConfig, teacher: Teacher) -> ThinkSpec:
@@ -349,7 +352,7 @@ def score_steps(
 
 def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None, limit: int | None = None) -> dict:
     """The configured step scorer's agreement with human step labels (see `step_eval`)."""
-    from tracefactory.step_eval import evaluate, load_labelled
+    from tracefactory.backends.step_eval import evaluate, load_labelled
 
     path = path or cfg.step_score.eval_set
     scorer = make_scorer(cfg, teacher)

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tracefactory import io
+from tracefactory.store import io
 
 pytestmark = pytest.mark.vllm
 CLI = [sys.executable, "-m", "tracefactory.cli", "run"]
@@ -58,7 +58,7 @@ def _left_behind(proc: subprocess.Popen) -> list[str]:
         except (OSError, ValueError):
             continue
         session = int(stat[stat.rindex(")") + 2 :].split()[3])
-        if session == proc.pid or f"tracefactory.watchdog {proc.pid}" in cmd:
+        if session == proc.pid or f"tracefactory.store.watchdog {proc.pid}" in cmd:
             out.append(f"{entry.name}: {cmd[:120]}")
     return out
 

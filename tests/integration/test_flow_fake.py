@@ -9,8 +9,8 @@ import pytest
 
 from flows.build_dataset import build_dataset
 from tracefactory.backends.fake import FakeTeacher
-from tracefactory.query import query
-from tracefactory.schema import columns
+from tracefactory.publish.query import query
+from tracefactory.store.schema import columns
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 CONTRACT = [
@@ -130,7 +130,7 @@ def test_an_edited_question_regenerates_only_its_problem_and_tables_equal_a_fres
 
 
 def test_damaged_chunks_are_regenerated_and_the_tables_equal_an_undamaged_run(prefect_harness, tmp_path, input_file):
-    from tracefactory import io
+    from tracefactory.store import io
 
     run = tmp_path / "run"
     _run(run, input_file, FakeTeacher(slip_rate=0.08))
@@ -308,7 +308,7 @@ def test_the_flow_refuses_a_run_directory_another_process_writes(prefect_harness
 
     from tracefactory.errors import RunLockedError
 
-    hold = "import sys, time\nfrom tracefactory.io import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
+    hold = "import sys, time\nfrom tracefactory.store.io import RunDir\nwith RunDir(sys.argv[1]).lock():\n"
     hold += "    print('held', flush=True)\n    time.sleep(600)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
     try:

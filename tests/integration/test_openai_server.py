@@ -10,7 +10,7 @@ from tracefactory.backends.openai_teacher import OpenAITeacher
 from tracefactory.backends.server import local_server
 from tracefactory.backends.vllm_teacher import EMBEDDED_NAME
 from tracefactory.config import EMBEDDED_TEACHER, SamplingConfig, TeacherConfig
-from tracefactory.synth import generate
+from tracefactory.training.synth import generate
 
 pytestmark = pytest.mark.server
 SERVED = EMBEDDED_NAME  # the in-process name: `teacher` columns compare equal

@@ -12,7 +12,7 @@ import pytest
 from tracefactory.backends.scorers import StepItem
 from tracefactory.config import EMBEDDED_TEACHER, PLAIN_TEACHER, REPO_ROOT
 from tracefactory.errors import ConfigError
-from tracefactory.steps import split_steps
+from tracefactory.grading.steps import split_steps
 
 pytestmark = pytest.mark.vllm
 SHIPPED = REPO_ROOT / "data" / "prm"
@@ -45,7 +45,7 @@ def test_vllm_scores_what_the_training_code_scores(prm):
     from safetensors.torch import load_file
 
     from tracefactory.backends.prm import load_tokenizer
-    from tracefactory.prm_train import PRM, Example, encode, step_probabilities
+    from tracefactory.training.prm import PRM, Example, encode, step_probabilities
 
     tok = load_tokenizer(str(SHIPPED))
     layers = json.loads((SHIPPED / "config.json").read_text())["num_hidden_layers"]
@@ -128,7 +128,7 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
     chain (good while the trace follows it; the first departure bad; later steps left out). Most of these problems
     were in the PRM's training run, so this checks that the shipped weights load and score under vLLM as trained
     (held-out figures: bench/prm_quality.py), not how well it generalises."""
-    from tracefactory.step_eval import auroc, reference_first_bad
+    from tracefactory.backends.step_eval import auroc, reference_first_bad
 
     run, _ = plain_run
     ref = {r["id"]: r for r in map(json.loads, (REPO_ROOT / "data/demo/problems.jsonl").read_text().splitlines())}
@@ -150,7 +150,7 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
 
 def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(plain_run, tmp_path):
     from tracefactory.backends.prm import VLLMPRMScorer
-    from tracefactory.prm_train import data_hash, examples_from_runs
+    from tracefactory.training.prm import data_hash, examples_from_runs
 
     run, _ = plain_run
     out = tmp_path / "prm"
@@ -179,7 +179,7 @@ def test_train_prm_trains_a_loadable_prm_from_a_run_and_records_its_data(plain_r
 def test_demo_prm_config_filters_with_the_shipped_prm(plain_run, plain_teacher, demo_subset, tmp_path):
     """configs/demo-prm.yaml over the demo run's rollouts (a copy; generations reused): the PRM's step_score row."""
     from flows.build_dataset import build_dataset
-    from tracefactory.query import query
+    from tracefactory.publish.query import query
 
     run, _ = plain_run
     out = tmp_path / "run"

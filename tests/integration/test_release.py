@@ -20,7 +20,7 @@ from PIL import Image, ImageStat
 
 from flows.build_dataset import build_dataset
 from tracefactory.config import DEMO_PLAIN_CONFIG
-from tracefactory.query import query
+from tracefactory.publish.query import query
 
 pytestmark = pytest.mark.vllm
 TOKEN = "hf_tracefactoryTESTtoken0123456789"
@@ -189,7 +189,7 @@ def test_export_gives_messages_and_sharegpt_conversations(plain_run, tmp_path):
 
 
 def test_sharegpt_keeps_the_system_prompt_apart():
-    from tracefactory.export import sharegpt
+    from tracefactory.publish.export import sharegpt
 
     turns = [
         {"role": "system", "content": "be brief"},

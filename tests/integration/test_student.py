@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from tracefactory.errors import ConfigError
-from tracefactory.student import (
+from tracefactory.training.student import (
     Evaluator,
     TrainSettings,
     finetune,

@@ -6,12 +6,12 @@ import json
 import polars as pl
 import pytest
 
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import SamplingConfig, load_config
-from tracefactory.prompts import build_prompt
-from tracefactory.query import query
-from tracefactory.schema import columns
-from tracefactory.synth import generate
-from tracefactory.verify import extract_answer, is_correct
+from tracefactory.grading.verify import extract_answer, is_correct
+from tracefactory.publish.query import query
+from tracefactory.store.schema import columns
+from tracefactory.training.synth import generate
 
 pytestmark = pytest.mark.vllm
 PARAMS = SamplingConfig(n=4, temperature=0.7, max_tokens=200)
@@ -42,8 +42,8 @@ def test_seeded_requests_do_not_depend_on_the_batch(plain_teacher):
 def test_teacher_solves_the_easiest_level(which, request):
     """Both teachers reach the gold on most level-1 samples (measured on 320: 0.934 each, bench/teacher_quality.py);
     the R1-shaped one's answer is read after its `</think>`, as the factory grades it."""
-    from tracefactory.think import ThinkSpec, opener_of
-    from tracefactory.verify import answer_of
+    from tracefactory.grading.think import ThinkSpec, opener_of
+    from tracefactory.grading.verify import answer_of
 
     teacher = request.getfixturevalue(which)
     problems = [p for p in generate(10, seed=99, levels=(1,))]
@@ -109,8 +109,8 @@ def test_the_r1_shaped_teacher_through_the_flow(demo_run):
 def test_a_real_cut_inside_the_block_is_never_an_answer(embedded_teacher):
     """The embedded teacher's completions of level-5 problems cut at 24 tokens, inside the think block: no end tag,
     no token count for the reasoning, and no answer read from them, whatever they hold."""
-    from tracefactory.think import ThinkSpec, dissect, opener_of
-    from tracefactory.verify import answer_of
+    from tracefactory.grading.think import ThinkSpec, dissect, opener_of
+    from tracefactory.grading.verify import answer_of
 
     problems = generate(3, seed=8, levels=(5,))
     outs = embedded_teacher.generate([_chat(p.question) for p in problems], 2, SamplingConfig(n=2, max_tokens=24))
@@ -153,7 +153,7 @@ def test_monte_carlo_scores_a_planted_error_low(plain_teacher):
     everything after it score 0."""
     from tracefactory.backends.scorers import MonteCarloScorer, StepItem
     from tracefactory.config import PromptConfig
-    from tracefactory.verify import judge_texts
+    from tracefactory.grading.verify import judge_texts
 
     problems = generate(6, seed=21, levels=(2,))
     outs = plain_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
@@ -190,10 +190,10 @@ def test_the_paraphrase_gate_rejects_what_the_plain_teacher_writes(plain_teacher
     from functools import partial
 
     from tracefactory.config import load_config
-    from tracefactory.sources import read_source
+    from tracefactory.grading.verify import judge_texts
     from tracefactory.stages.load import load, partition
     from tracefactory.stages.rewrite import Paraphraser, rewrite
-    from tracefactory.verify import judge_texts
+    from tracefactory.store.sources import read_source
 
     cfg = load_config(None, {"source.limit": 20, "rewrite.kinds": ["paraphrase"], "rewrite.variants": 2})
     problems, _ = partition(load(read_source(cfg.source), cfg.source, lambda golds: {g: None for g in golds})[0])

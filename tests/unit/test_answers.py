@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tracefactory.answers import extract_answer
-from tracefactory.verify import grade_pairs, gsm8k_gold, is_correct
+from tracefactory.grading.answers import extract_answer
+from tracefactory.grading.verify import grade_pairs, gsm8k_gold, is_correct
 
 DATA = Path(__file__).parents[2] / "data"
 
@@ -141,9 +141,23 @@ FAST = [
 
 @pytest.mark.parametrize("gold, answer, fast", FAST)
 def test_the_fast_path_decides_only_what_math_verify_would_and_agrees_with_it(gold, answer, fast):
-    from tracefactory.verify import fast_verdict
+    from tracefactory.grading.verify import fast_verdict
 
     got = fast_verdict(gold, answer)
     assert (None if got is None else got[0]) == fast
     if got is not None:
         assert got == is_correct(gold, answer)
+
+
+def test_config_names_every_answer_format_and_only_those():
+    """The config validates `grade.answer_formats` against its own list of names (it may not import grading):
+    the list and the readers must name the same markers, in the same order."""
+    from tracefactory.config import ANSWER_FORMATS, DEFAULT_ANSWER_FORMATS, GradeConfig
+    from tracefactory.errors import ConfigError
+    from tracefactory.grading.answers import FORMATS
+
+    assert tuple(FORMATS) == ANSWER_FORMATS
+    assert set(DEFAULT_ANSWER_FORMATS) < set(ANSWER_FORMATS) and "last_number" not in DEFAULT_ANSWER_FORMATS
+    assert GradeConfig(answer_formats=("last_number",)).answer_formats == ("last_number",)
+    with pytest.raises(ConfigError, match="boxed"):
+        GradeConfig(answer_formats=("boxd",))

@@ -163,8 +163,8 @@ def test_a_vllm_teachers_identity_follows_its_weights_and_engine_settings(tmp_pa
     licence edited, the same identity."""
     import shutil
 
+    from tracefactory.backends.identity import teacher_key
     from tracefactory.config import EMBEDDED_TEACHER
-    from tracefactory.stages.rollout import teacher_key
 
     model = tmp_path / "teacher"
     shutil.copytree(EMBEDDED_TEACHER, model)
@@ -201,8 +201,8 @@ def test_a_teachers_identity_is_the_one_its_run_keyed_and_a_changed_model_is_ref
     import types
 
     from tracefactory.backends import vllm_teacher
+    from tracefactory.backends.identity import teacher_key
     from tracefactory.config import EMBEDDED_TEACHER
-    from tracefactory.stages.rollout import teacher_key
 
     model = tmp_path / "teacher"
     shutil.copytree(EMBEDDED_TEACHER, model)

@@ -134,7 +134,7 @@ def test_quiet_console_keeps_our_lines_and_sends_the_rest_to_the_log(tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from tracefactory.io import RunDir
+from tracefactory.store.io import RunDir
 with RunDir(sys.argv[1]).lock():
     print("held", flush=True)
     time.sleep(600)
@@ -145,7 +145,7 @@ def test_a_second_run_on_the_same_directory_fails_at_once_and_a_dead_holder_does
     import subprocess
     import sys
 
-    from tracefactory.io import RunDir
+    from tracefactory.store.io import RunDir
 
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 
 from tracefactory.config import Benchmark, DecontaminateConfig, DedupConfig
-from tracefactory.sources import benchmark_index
+from tracefactory.stages.decontaminate import benchmark_index
 from tracefactory.stages.decontaminate import decontaminate as _decontaminate
 from tracefactory.stages.dedup import dedup
 

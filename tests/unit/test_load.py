@@ -6,8 +6,8 @@ import pytest
 
 from tracefactory.config import SourceConfig
 from tracefactory.errors import ConfigError
-from tracefactory.sources import read_source
 from tracefactory.stages.load import load, partition
+from tracefactory.store.sources import read_source
 
 
 def _load(src):
@@ -161,7 +161,7 @@ def slow_gold(gold, pred, timeout_s):
     """A gold that Math-Verify would take for ever over (a worker stuck in C code, say): sleeps."""
     import time
 
-    from tracefactory.verify import _gold_verdict
+    from tracefactory.grading.verify import _gold_verdict
 
     if gold == "SLOW":
         time.sleep(60)
@@ -195,7 +195,7 @@ def test_hostile_rows_are_rejected_with_their_reason_within_the_budget(tmp_path)
     import time
     from functools import partial
 
-    from tracefactory.verify import check_golds
+    from tracefactory.grading.verify import check_golds
 
     path = tmp_path / "hostile.jsonl"
     path.write_text("\n".join(line for line, _, _ in HOSTILE) + "\n")

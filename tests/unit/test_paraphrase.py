@@ -8,10 +8,10 @@ import pytest
 
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import PromptConfig, RewriteConfig, SamplingConfig
-from tracefactory.paraphrase import INSTRUCTION, parse_paraphrase
+from tracefactory.grading.verify import judge_texts
+from tracefactory.rewriting.paraphrase import INSTRUCTION, parse_paraphrase
 from tracefactory.stages.rewrite import Paraphraser, rewrite
-from tracefactory.synth import generate
-from tracefactory.verify import judge_texts
+from tracefactory.training.synth import generate
 
 # Real outputs: the plain embedded teacher (data/teacher-plain) given `paraphrase_prompt` for demo problems (seeds
 # 0-5, temperature 0.7). It was trained only to solve such problems, so it solves (badly) instead of

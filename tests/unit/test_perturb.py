@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tracefactory.perturb import Skip, chain_of, perturb, question_numbers
-from tracefactory.verify import gsm8k_gold
+from tracefactory.grading.verify import gsm8k_gold
+from tracefactory.rewriting.perturb import Skip, chain_of, perturb, question_numbers
 
 TRAIN = Path(__file__).parents[2] / "data" / "gsm8k" / "train_sample_2000.jsonl"
 ROWS = [json.loads(line) for line in TRAIN.read_text().splitlines()]

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from tracefactory.errors import ConfigError
-from tracefactory.prm_train import data_hash, examples_from_runs, held_out, targets_of
+from tracefactory.training.prm import data_hash, examples_from_runs, held_out, targets_of
 
 
 def test_targets_good_up_to_the_first_bad_step_which_is_bad_and_the_rest_dropped():
@@ -100,7 +100,7 @@ def test_layers_keeps_the_teachers_first_layers_and_refuses_more_than_it_has():
     from transformers import AutoModelForCausalLM
 
     from tracefactory.config import EMBEDDED_TEACHER, PLAIN_TEACHER
-    from tracefactory.prm_train import PRM, build_tokenizer
+    from tracefactory.training.prm import PRM, build_tokenizer
 
     teacher = AutoModelForCausalLM.from_pretrained(str(PLAIN_TEACHER), dtype=torch.float32).state_dict()
     vocab = len(build_tokenizer())  # the teacher's vocabulary and the separator

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tracefactory.config import load_config
-from tracefactory.sources import read_source
 from tracefactory.stages.load import load, partition
+from tracefactory.store.sources import read_source
 
 
 def _load(src):

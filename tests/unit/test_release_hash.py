@@ -1,6 +1,6 @@
 """A release's problem identity: the question's wording may vary in case and punctuation, the gold may not."""
 
-from tracefactory.release import problem_hash
+from tracefactory.publish.release import problem_hash
 
 
 def test_problem_identity_ignores_question_formatting_but_not_the_golds_signs_or_digits():

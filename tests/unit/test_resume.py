@@ -3,10 +3,11 @@ requests retried later, edits and new teachers regenerating exactly what they to
 
 import polars as pl
 
-from tracefactory import io, pipeline
+from tracefactory import pipeline
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import load_config
-from tracefactory.synth import generate
+from tracefactory.store import io
+from tracefactory.training.synth import generate
 
 PROBLEMS = pl.DataFrame(
     [
@@ -181,7 +182,7 @@ def test_a_teacher_error_mid_batch_still_commits_what_finished(tmp_path):
 
 
 def test_a_damaged_stage_cache_is_redone_not_a_crash(tmp_path):
-    from tracefactory.report import StageReport
+    from tracefactory.store.report import StageReport
 
     cache = io.RunDir(tmp_path).stage_cache("graded")
     frame = pl.DataFrame({"a": [1, 2]})
@@ -194,7 +195,7 @@ def test_a_damaged_stage_cache_is_redone_not_a_crash(tmp_path):
 
 
 def test_a_damaged_step_score_store_is_quarantined_and_rescored(tmp_path):
-    from tracefactory.backends.scorers import StepScores
+    from tracefactory.store.schema import StepScores
 
     run = io.RunDir(tmp_path)
     store = run.step_scores("k")

@@ -5,13 +5,13 @@ import pytest
 
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import CurriculumConfig, DifficultyConfig, GradeConfig, SelectConfig, load_config
-from tracefactory.report import StageReport
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty, wilson
 from tracefactory.stages.grade import grade
 from tracefactory.stages.rollout import request_seed, rollout
 from tracefactory.stages.select import select, selected
-from tracefactory.synth import generate
+from tracefactory.store.report import StageReport
+from tracefactory.training.synth import generate
 
 PROBLEMS = pl.DataFrame(
     [

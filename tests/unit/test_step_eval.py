@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tracefactory.backends.scorers import StepItem, StepScores
-from tracefactory.step_eval import LabelledTrace, auroc, evaluate, first_error_f1, load_labelled
+from tracefactory.backends.scorers import StepItem
+from tracefactory.backends.step_eval import LabelledTrace, auroc, evaluate, first_error_f1, load_labelled
+from tracefactory.store.schema import StepScores
 
 PRM800K = Path(__file__).parents[2] / "data" / "prm800k" / "phase1_test_labeled_2000.jsonl"
 
@@ -103,7 +104,7 @@ def test_a_limited_evaluation_set_is_a_seeded_sample_holding_both_labels():
 
 
 def test_reference_labels_of_reasoning_with_checks_and_slips():
-    from tracefactory.step_eval import reference_first_bad
+    from tracefactory.backends.step_eval import reference_first_bad
 
     ref = ["4 + 13 = 17", "17 + 19 = 36"]
     assert reference_first_bad(["4 + 13 = 17", "Check: 17 - 13 = 4.", "17 + 19 = 36"], ref) is None

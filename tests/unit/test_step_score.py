@@ -6,12 +6,12 @@ import pytest
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.backends.scorers import MonteCarloScorer, StepItem, reuse_pool
 from tracefactory.config import GradeConfig, PromptConfig, SamplingConfig, StepScoreConfig, load_config
+from tracefactory.grading.steps import split_steps
+from tracefactory.grading.verify import judge_texts
 from tracefactory.stages.grade import grade
 from tracefactory.stages.rollout import rollout
 from tracefactory.stages.step_score import LOW_STEP_SCORE, step_score
-from tracefactory.steps import split_steps
-from tracefactory.synth import generate, make_problem
-from tracefactory.verify import judge_texts
+from tracefactory.training.synth import generate, make_problem
 
 
 @pytest.mark.parametrize(

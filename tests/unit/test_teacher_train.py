@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tracefactory.synth import SLIP_SHARE, make_problem, think_spans
-from tracefactory.think import CLOSE, OPEN
+from tracefactory.grading.think import CLOSE, OPEN
+from tracefactory.training.synth import SLIP_SHARE, make_problem, think_spans
 
 pytest.importorskip("transformers")
 
@@ -40,7 +40,7 @@ def test_think_spans_join_to_the_target_and_only_a_slips_wrong_line_is_not_learn
 
 
 def test_a_masked_span_is_read_but_never_learned(tmp_path):
-    from tracefactory.teacher_train import _example, build_tokenizer
+    from tracefactory.training.teacher import _example, build_tokenizer
 
     tok = build_tokenizer(tmp_path, "think")
     ids, labels = _example(tok, "Q?", [("1 + 1 = 3\n", False), ("Wait, 1 + 1 = 2, not 3.\n", True), (CLOSE, True)])
@@ -63,7 +63,7 @@ def test_the_command_trains_the_shape_it_is_given_from_a_plain_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tracefactory.config import PLAIN_TEACHER
-    from tracefactory.teacher_train import main
+    from tracefactory.training.teacher import main
 
     out = tmp_path / "r1"
     main(["--shape", "think", "--init", str(PLAIN_TEACHER), "--steps", "1", "--batch", "2", "--out", str(out)])

@@ -7,9 +7,9 @@ import pytest
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.backends.openai_teacher import OpenAITeacher, rejoin
 from tracefactory.config import GradeConfig, PromptConfig, RolloutConfig, SamplingConfig, TeacherConfig
+from tracefactory.grading.think import EMPTY_RESPONSE, MALFORMED, UNCLOSED, ThinkSpec, dissect, opener_of, split_tokens
 from tracefactory.stages.grade import grade
 from tracefactory.stages.rollout import rollout
-from tracefactory.think import EMPTY_RESPONSE, MALFORMED, UNCLOSED, ThinkSpec, dissect, opener_of, split_tokens
 
 R1 = "<think>\n"
 
@@ -90,7 +90,7 @@ def test_token_split():
 
 
 def _problems(fake, n=40):
-    from tracefactory.synth import generate
+    from tracefactory.training.synth import generate
 
     ps = generate(n // 5, seed=3)
     return pl.DataFrame(

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from tracefactory.outcomes import ERROR, NO_ANSWER, TIMEOUT, WRONG
-from tracefactory.verify import extract_answer, grade_pairs, gsm8k_gold, is_correct, last_boxed
+from tracefactory.grading.outcomes import ERROR, NO_ANSWER, TIMEOUT, WRONG
+from tracefactory.grading.verify import extract_answer, grade_pairs, gsm8k_gold, is_correct, last_boxed
 
 EXTRACT = [
     # (model output, extracted answer)
@@ -95,7 +95,7 @@ HUGE = "9^{9^{9^{9}}}"  # sympy would evaluate this power for ever
 def test_pathological_answer_ends_within_the_timeout_and_the_rest_is_graded(timeout_s):
     """timeout 1 s: no Math-Verify alarms fit, the parent kills the stuck worker and starts another;
     timeout 2 s: Math-Verify's own 1 s alarms end it inside the worker. Either way: grade_timeout."""
-    from tracefactory.gradepool import GradePool
+    from tracefactory.grading.pool import GradePool
 
     ok = [(g, p) for g, p, _ in GRADE[:4]]
     with GradePool(is_correct, workers=1, timeout_s=timeout_s) as pool:
@@ -110,7 +110,7 @@ def test_pathological_answer_ends_within_the_timeout_and_the_rest_is_graded(time
 
 
 def test_a_worker_that_dies_marks_its_item_and_is_replaced(monkeypatch):
-    from tracefactory.gradepool import GradePool
+    from tracefactory.grading.pool import GradePool
 
     with GradePool(is_correct, workers=1, timeout_s=30) as pool:
         pool.grade([("1", "1")])
@@ -159,7 +159,7 @@ def test_workers_that_die_at_start_up_fail_fast_naming_the_likely_cause(tmp_path
 
     script = tmp_path / "noguard.py"
     script.write_text(
-        "from tracefactory.verify import judge_texts\n"  # a pair only Math-Verify settles (not two numbers)
+        "from tracefactory.grading.verify import judge_texts\n"  # a pair only Math-Verify settles (not two numbers)
         'print(judge_texts([("x+1", "The answer is $1+x$.")], workers=1))\n'
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -178,7 +178,7 @@ class _SlowToStart:
 
 def test_a_worker_that_never_says_ready_is_timed_out():
     from tracefactory.errors import BackendError
-    from tracefactory.gradepool import GradePool
+    from tracefactory.grading.pool import GradePool
 
     # A bare spawn can say ready within the pool's first 50 ms wait on a fast, idle machine, so the worker is made
     # slow to start for sure.

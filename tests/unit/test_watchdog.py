@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tracefactory.watchdog import _processes, descendants
+from tracefactory.store.watchdog import _processes, descendants
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 
 PARENT = """
 import subprocess, sys, time
-from tracefactory import watchdog
+from tracefactory.store import watchdog
 watchdog.guard()
 # a child that ignores SIGTERM (as a busy engine may) and has a child of its own
 child = subprocess.Popen([sys.executable, "-c",
@@ -42,7 +42,7 @@ def test_sigkill_of_a_process_takes_its_descendants_with_it():
     try:
         assert proc.stdout.readline().strip() == "ready"
         family = descendants(proc.pid, _processes())
-        watchdogs = [p for p in family if b"tracefactory.watchdog" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        watchdogs = [p for p in family if b"tracefactory.store.watchdog" in Path(f"/proc/{p}/cmdline").read_bytes()]
         assert len(watchdogs) == 1 and len(family) == 3  # the watchdog, the child, the grandchild
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

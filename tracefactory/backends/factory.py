@@ -9,8 +9,8 @@ import polars as pl
 from tracefactory.backends.base import Teacher
 from tracefactory.backends.scorers import MonteCarloScorer, StepScorer, reuse_pool
 from tracefactory.config import FactoryConfig, SamplingConfig, TeacherConfig
-from tracefactory.think import ThinkSpec
-from tracefactory.verify import judge_texts
+from tracefactory.grading.think import ThinkSpec
+from tracefactory.grading.verify import judge_texts
 
 
 def make_teacher(cfg: TeacherConfig) -> Teacher:

@@ -1,6 +1,6 @@
 """A teacher's identity: what, besides the prompt and the sampling settings, decides its output.
 
-Finished rollouts are keyed by it (see `stages.rollout.request_key`): retrain the weights, point at
+Finished rollouts are keyed by it (`teacher_key`, in `stages.rollout.request_keys`): retrain the weights, point at
 another hub revision, change the dtype or the context length, and the affected requests are generated
 again instead of reused.
 """
@@ -11,8 +11,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from tracefactory.config import TeacherConfig
-from tracefactory.io import file_sha256
+from tracefactory.backends.base import Teacher
+from tracefactory.config import FactoryConfig, TeacherConfig, digest
+from tracefactory.redact import redact_url
+from tracefactory.store.io import file_sha256
 
 FULL_HASH_LIMIT = 200 << 20  # files up to this size are hashed whole; bigger ones by size, mtime, head, tail
 _EDGE = 1 << 20
@@ -83,3 +85,20 @@ def openai_identity(cfg: TeacherConfig) -> dict[str, Any]:
     """A served model: its name and the revision the config declares. The URL is left out on purpose:
     the same model behind another address (a new port, a load balancer) gives the same rollouts."""
     return {"kind": "openai", "model": cfg.model, "revision": cfg.revision}
+
+
+def teacher_key(teacher: Teacher) -> str:
+    return digest(teacher.identity())
+
+
+def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
+    """The manifest's record of the teacher: what each request's key holds of it, and the files it was made of."""
+    info: dict[str, Any] = {"name": teacher.name, "kind": cfg.teacher.kind, "model": cfg.teacher.model_path}
+    info["identity"] = teacher.identity()  # what each request's key holds of the teacher
+    info["key"] = teacher_key(teacher)
+    if cfg.teacher.base_url:
+        info["base_url"] = redact_url(cfg.teacher.base_url)
+    model_dir = Path(cfg.teacher.model_path)
+    if model_dir.is_dir():  # the same (cached) file hashes the teacher's identity is made of
+        info["files"] = {p.name: file_fingerprint(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
+    return info

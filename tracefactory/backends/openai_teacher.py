@@ -36,8 +36,8 @@ from tracefactory.backends.base import Completion, OnResult, Prompt, RequestResu
 from tracefactory.backends.identity import openai_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
+from tracefactory.grading.think import CLOSE, OPEN, tokens_through
 from tracefactory.redact import redact_url as redact
-from tracefactory.think import CLOSE, OPEN, tokens_through
 
 log = logging.getLogger(__name__)
 _TOO_LONG = ("maximum context length", "context length", "too long", "max_model_len")

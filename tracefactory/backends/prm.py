@@ -16,10 +16,11 @@ import struct
 from pathlib import Path
 from typing import Sequence
 
-from tracefactory.backends.hub import ensure_model_available, load_tokenizer  # noqa: F401  (prm_train loads it here)
-from tracefactory.backends.scorers import StepItem, StepScores
+from tracefactory.backends.hub import ensure_model_available, load_tokenizer  # noqa: F401  (training.prm loads it here)
+from tracefactory.backends.scorers import StepItem
 from tracefactory.backends.vllm_teacher import import_vllm, shutdown_engine
 from tracefactory.errors import BackendError, ConfigError
+from tracefactory.store.schema import StepScores
 
 log = logging.getLogger(__name__)
 QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -27,7 +28,7 @@ QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within 
 
 def prm_text(tok, question: str, steps: Sequence[str], separator: str, system: str | None = QWEN_PRM_SYSTEM) -> str:
     """A trace as a PRM reads it: the chat template over (system,) user and an assistant turn with the
-    separator after every step — the same text for training (`prm_train`) and scoring."""
+    separator after every step — the same text for training (`training.prm`) and scoring."""
     body = "".join(step + separator for step in steps)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question},

@@ -20,10 +20,10 @@ from typing import Callable, Literal, Protocol, Sequence
 import polars as pl
 
 from tracefactory.backends.base import Teacher
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import PromptConfig, SamplingConfig
-from tracefactory.prompts import build_prompt
-from tracefactory.schema import CORRECT, PROBLEM_ID, REASONING, TEXT
-from tracefactory.steps import join_steps, split_steps
+from tracefactory.grading.steps import join_steps, split_steps
+from tracefactory.store.schema import CORRECT, PROBLEM_ID, REASONING, TEXT, ScoreKey, StepScores
 
 # by problem: every graded completion as (its steps, correct) — free continuations of shared prefixes
 ReusePool = dict[str, list[tuple[tuple[str, ...], bool]]]
@@ -38,15 +38,6 @@ class StepItem:
     seed: int = 0
     reached_gold: bool = True  # False for a wrong-answer trace (scored with step_score.scope: all)
     head: str = ""  # what precedes the steps in the assistant turn: the think block's opening (`<think>\n`)
-
-
-@dataclass
-class StepScores:
-    scores: list[float]
-    first_bad_step: int | None
-    probes: int = 0  # prefixes estimated
-    tokens: int = 0  # teacher tokens spent on continuations
-    note: str | None = None  # why a trace was not scored (then `scores` is empty)
 
 
 class StepScorer(Protocol):
@@ -241,9 +232,6 @@ class MonteCarloScorer:
             p.drawn += len(texts.get(j, []))
         for (j, _), ok in zip(pairs, verdicts):
             todo[j][0].wins += bool(ok)
-
-
-ScoreKey = tuple[str, str, tuple[str, ...]]  # (problem id, hash of question and gold, steps)
 
 
 def score_key(it: StepItem) -> ScoreKey:

@@ -14,7 +14,7 @@ from tracefactory.backends.hub import ensure_model_available, load_tokenizer
 from tracefactory.backends.identity import vllm_identity
 from tracefactory.config import SamplingConfig, TeacherConfig
 from tracefactory.errors import BackendError
-from tracefactory.think import CLOSE, tokens_through
+from tracefactory.grading.think import CLOSE, tokens_through
 
 log = logging.getLogger(__name__)
 CPU_KV_CACHE_GIB = 2.0

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import polars as pl
 
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import CurriculumConfig, PromptConfig
-from tracefactory.prompts import build_prompt
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.stages.select import selected
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     COT,
     COT_TOKENS,
     CURRICULUM_RANK,
@@ -24,7 +25,6 @@ from tracefactory.schema import (
     SAMPLE_INDEX,
     columns,
 )
-from tracefactory.stages.select import selected
 
 NO_PROBLEM = "no_problem"
 MESSAGES_TYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import polars as pl
 
 from tracefactory.config import DedupConfig
-from tracefactory.report import StageReport
-from tracefactory.schema import MATCH, PROBLEM_ID, QUESTION, REASON, REWRITE_OF
-from tracefactory.textnorm import normalise
+from tracefactory.rewriting.textnorm import normalise
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import MATCH, PROBLEM_ID, QUESTION, REASON, REWRITE_OF
 
 
 def _shingles(words: list[str], n: int) -> set[bytes]:

@@ -12,8 +12,8 @@ import math
 import polars as pl
 
 from tracefactory.config import DifficultyConfig
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     CORRECT,
     DIFFICULTY,
     MEMORISATION_GAP,

@@ -6,9 +6,11 @@ from __future__ import annotations
 import polars as pl
 
 from tracefactory.config import GradeConfig
-from tracefactory.outcomes import CORRECT as OK
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.grading.outcomes import CORRECT as OK
+from tracefactory.grading.think import NO_THINKING_KNOWN, Anatomy, ThinkSpec, dissect, split_tokens
+from tracefactory.grading.verify import extract_answer, grade_pairs
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
     COT,
@@ -25,15 +27,13 @@ from tracefactory.schema import (
     TEXT,
     THINK_CLOSED,
 )
-from tracefactory.think import NO_THINKING_KNOWN, Anatomy, ThinkSpec, dissect, split_tokens
-from tracefactory.verify import extract_answer, grade_pairs
 
 TRUNCATED = "truncated"
 
 
 def anatomy(rollouts: pl.DataFrame, think: ThinkSpec) -> tuple[pl.DataFrame, list[Anatomy]]:
     """The completions with `cot`, `reasoning`, `response`, `think_closed`, `reasoning_complete`,
-    `reasoning_tokens` and `response_tokens` (see `tracefactory.think`)."""
+    `reasoning_tokens` and `response_tokens` (see `tracefactory.grading.think`)."""
     texts = rollouts[TEXT].to_list()
     parts = [dissect(t, think.opener, think.mode) for t in texts]
     counted = rollouts[REASONING_TOKENS].to_list() if REASONING_TOKENS in rollouts.columns else [None] * len(texts)

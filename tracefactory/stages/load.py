@@ -25,8 +25,9 @@ from typing import Callable
 import polars as pl
 
 from tracefactory.config import SourceConfig
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.grading.verify import check_golds, gsm8k_gold, last_boxed
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     ANSWER,
     LEVEL,
     MATCH,
@@ -40,7 +41,6 @@ from tracefactory.schema import (
     SOLUTION,
     SOURCE,
 )
-from tracefactory.verify import check_golds, gsm8k_gold, last_boxed
 
 RAW_LIMIT = 2000
 LEVEL_LIMIT = 64  # characters: a level is a label, not a text

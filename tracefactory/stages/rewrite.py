@@ -1,7 +1,7 @@
 """rewrite: problems -> the same problems plus rewritten variants whose gold is known.
 
-`perturb` (GSM-Symbolic style, see `tracefactory.perturb`): new numbers in the question, the gold
-re-derived by re-running the solution's chain of equations. `paraphrase` (see `tracefactory.paraphrase`):
+`perturb` (GSM-Symbolic style, see `tracefactory.rewriting.perturb`): new numbers in the question, the gold
+re-derived by re-running the solution's chain of equations. `paraphrase` (see `tracefactory.rewriting.paraphrase`):
 the teacher rewords the question (one call for the batch); a candidate is kept only when the teacher's
 own rollouts on it reach the original's gold (a perturbed variant's: the re-derived one) often enough
 (one more call). A variant gets its own id (`<id>~<kind><k>`), `rewrite_of` (its source problem) and
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from tracefactory import paraphrase
 from tracefactory.backends.base import Teacher
 from tracefactory.config import PromptConfig, RewriteConfig, SamplingConfig
-from tracefactory.perturb import Skip, perturb
-from tracefactory.report import StageReport
-from tracefactory.schema import ANSWER, PROBLEM_ID, QUESTION, REWRITE_KIND, REWRITE_OF, SOLUTION
+from tracefactory.rewriting import paraphrase
+from tracefactory.rewriting.perturb import Skip, perturb
 from tracefactory.stages.dedup import root_of
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import ANSWER, PROBLEM_ID, QUESTION, REWRITE_KIND, REWRITE_OF, SOLUTION
 
 NO_SOLUTION = "no_solution"
 NOT_ANSWER_PRESERVING = "not_answer_preserving"

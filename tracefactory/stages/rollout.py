@@ -15,10 +15,11 @@ from typing import Callable
 import polars as pl
 
 from tracefactory.backends.base import RequestResult, Teacher
+from tracefactory.backends.identity import teacher_key
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import RolloutConfig, SamplingConfig, digest
-from tracefactory.prompts import build_prompt
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     COT_TOKENS,
     FINISH_REASON,
     GENERATION_SCHEMA,
@@ -53,10 +54,6 @@ class RequestKey:
     prompt: str
     sampling: str
     teacher: str
-
-
-def teacher_key(teacher: Teacher) -> str:
-    return digest(teacher.identity())
 
 
 def request_keys(problems: pl.DataFrame, cfg: RolloutConfig, teacher_id: str) -> list[RequestKey]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 
 from tracefactory.config import SelectConfig
-from tracefactory.report import StageReport
-from tracefactory.schema import CORRECT, COT_TOKENS, DROP_REASON, PROBLEM_ID, SAMPLE_INDEX
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import CORRECT, COT_TOKENS, DROP_REASON, PROBLEM_ID, SAMPLE_INDEX
 
 NOT_SHORTEST = "not_shortest"
 

@@ -23,9 +23,10 @@ import polars as pl
 
 from tracefactory.backends.scorers import StepItem, StepScorer, step_text
 from tracefactory.config import StepScoreConfig
-from tracefactory.outcomes import WRONG
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.grading.outcomes import WRONG
+from tracefactory.grading.steps import split_steps
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
     COT,
@@ -42,7 +43,6 @@ from tracefactory.schema import (
     STEP_SCORES,
     STEPS,
 )
-from tracefactory.steps import split_steps
 
 LOW_STEP_SCORE = "low_step_score"
 log = logging.getLogger(__name__)

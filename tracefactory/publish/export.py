@@ -13,8 +13,8 @@ from typing import Literal
 
 import polars as pl
 
-from tracefactory.query import query_arrow
-from tracefactory.schema import ANSWER, CURRICULUM_RANK, DIFFICULTY, MESSAGES, PROBLEM_ID, QUESTION
+from tracefactory.publish.query import query_arrow
+from tracefactory.store.schema import ANSWER, CURRICULUM_RANK, DIFFICULTY, MESSAGES, PROBLEM_ID, QUESTION
 
 Format = Literal["messages", "sharegpt"]
 KEEP = (PROBLEM_ID, QUESTION, ANSWER, DIFFICULTY, CURRICULUM_RANK)

@@ -30,17 +30,17 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from tracefactory import io
-from tracefactory.card import bucket_order, card, plots, trace_stats
 from tracefactory.errors import ConfigError, TraceFactoryError
-from tracefactory.schema import (
+from tracefactory.publish.card import bucket_order, card, plots, trace_stats
+from tracefactory.rewriting.textnorm import normalise
+from tracefactory.store import io
+from tracefactory.store.schema import (
     ANSWER,
     CURRICULUM_RANK,
     DIFFICULTY,
     PROBLEM_ID,
     QUESTION,
 )
-from tracefactory.textnorm import normalise
 
 RELEASE_JSON = "release.json"
 HASHES = "problem_hashes.parquet"

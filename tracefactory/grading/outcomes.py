@@ -1,6 +1,6 @@
 """Grading outcomes: the verdict reasons a graded completion can carry (its `drop_reason` when wrong).
 
-A module of its own so that the grader (`verify`) and the grading pool (`gradepool`) share them
+A module of its own so that the grader (`verify`) and the grading pool (`pool`) share them
 without importing each other.
 """
 

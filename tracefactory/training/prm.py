@@ -25,8 +25,8 @@ from typing import Callable, Literal, Sequence
 import polars as pl
 
 from tracefactory.errors import ConfigError
-from tracefactory.io import RunDir
-from tracefactory.schema import (
+from tracefactory.store.io import RunDir
+from tracefactory.store.schema import (
     CORRECT,
     FIRST_BAD_STEP,
     N_CORRECT,
@@ -120,7 +120,7 @@ def build_tokenizer(out: Path | None = None):
     """The teacher's character-level tokenizer and chat template, plus the separator token."""
     import tempfile
 
-    from tracefactory.teacher_train import build_tokenizer as teacher_tokenizer
+    from tracefactory.training.teacher import build_tokenizer as teacher_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = teacher_tokenizer(Path(tmp))
@@ -256,7 +256,7 @@ def train(
     from safetensors.torch import save_file
 
     from tracefactory.backends.prm import load_tokenizer
-    from tracefactory.step_eval import auroc
+    from tracefactory.backends.step_eval import auroc
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

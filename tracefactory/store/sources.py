@@ -9,18 +9,16 @@ exports write) is dropped, and CRLF or CR line ends count as line ends.
 from __future__ import annotations
 
 import csv
-import functools
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
 
-from tracefactory.config import REPO_ROOT, Benchmark, SourceConfig
+from tracefactory.config import SourceConfig
 from tracefactory.errors import ConfigError
-from tracefactory.io import file_sha256
-from tracefactory.schema import RAW, ROW_INDEX
-from tracefactory.textnorm import word_ngrams
+from tracefactory.store.io import file_sha256
+from tracefactory.store.schema import RAW, ROW_INDEX
 
 TEXT_ENCODING = "utf-8-sig"  # UTF-8, with a leading byte-order mark dropped if there is one
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -126,29 +124,3 @@ def source_identity(src: SourceConfig) -> dict[str, Any]:
     elif info["format"] == "hf":
         info.update(split=src.split, subset=src.subset)
     return info
-
-
-def _benchmark_path(b: Benchmark) -> Path:
-    p = Path(b.path)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
-
-
-@functools.lru_cache(maxsize=8)
-def benchmark_index(benchmarks: tuple[Benchmark, ...], n: int) -> dict[str, str]:
-    """{n-gram: "benchmark:item"} over every benchmark question (the first item wins): the input of the
-    decontaminate stage, read once per process."""
-    index: dict[str, str] = {}
-    for b in benchmarks:
-        path = _benchmark_path(b)
-        if not path.is_file():
-            raise ConfigError("decontaminate.benchmarks", b.path, "a JSONL file of benchmark questions")
-        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if not isinstance(rec.get(b.field), str):
-                raise ConfigError(f"decontaminate.benchmarks[{b.name}].field", b.field, f"a text field of {path}")
-            item = f"{b.name}:{rec[b.id_field] if b.id_field else k}"
-            for g in word_ngrams(rec[b.field], n):
-                index.setdefault(g, item)
-    return index

@@ -1,7 +1,7 @@
 """Reproduce the embedded teachers: a char-level tokenizer and a tiny Llama trained on `synth` problems.
 
-    python -m tracefactory.teacher_train --out data/teacher-plain                  # the plain teacher, from scratch
-    python -m tracefactory.teacher_train --shape think --init data/teacher-plain \
+    python -m tracefactory.training.teacher --out data/teacher-plain                  # the plain teacher, from scratch
+    python -m tracefactory.training.teacher --shape think --init data/teacher-plain \
         --steps 600 --lr 5e-4 --out data/teacher                                   # the default: R1-shaped
 
 `--shape plain` answers with the solution's equation lines and `The answer is \boxed{N}.` (`Q: ...\nA: `);
@@ -24,8 +24,8 @@ import string
 import time
 from pathlib import Path
 
-from tracefactory.synth import make_problem, think_spans
-from tracefactory.think import CLOSE, OPEN
+from tracefactory.grading.think import CLOSE, OPEN
+from tracefactory.training.synth import make_problem, think_spans
 
 log = logging.getLogger(__name__)
 

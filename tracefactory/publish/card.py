@@ -11,7 +11,8 @@ from typing import Any
 import polars as pl
 import yaml
 
-from tracefactory.schema import (
+from tracefactory.grading.think import EMPTY_RESPONSE, MALFORMED, UNCLOSED
+from tracefactory.store.schema import (
     COT_TOKENS,
     CURRICULUM_RANK,
     DIFFICULTY,
@@ -26,7 +27,6 @@ from tracefactory.schema import (
     THINK_CLOSED,
     UNSOLVED,
 )
-from tracefactory.think import EMPTY_RESPONSE, MALFORMED, UNCLOSED
 
 PLOTS = {
     "difficulty": "Problems per difficulty bucket",

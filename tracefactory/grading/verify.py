@@ -1,10 +1,10 @@
 """Final-answer extraction and Math-Verify equivalence, safe to call from any thread.
 
-Extraction (`tracefactory.answers`): the final-answer marker nearest the end of the text wins.
+Extraction (`tracefactory.grading.answers`): the final-answer marker nearest the end of the text wins.
 
 Math-Verify's own timeouts use `signal.alarm`, which only works on a process's main thread (and
 cannot interrupt long C calls), so grading runs in worker processes with a hard per-pair
-wall-clock budget enforced by the parent (`gradepool`). Identical (gold, answer) pairs are graded once.
+wall-clock budget enforced by the parent (`pool`). Identical (gold, answer) pairs are graded once.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Iterable
 
-from tracefactory.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
-from tracefactory.failpoints import failpoint
-from tracefactory.gradepool import GradeFn, GradePool
-from tracefactory.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
-from tracefactory.think import NO_THINKING_KNOWN, ThinkSpec, dissect
+from tracefactory.grading.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
+from tracefactory.grading.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
+from tracefactory.grading.pool import GradeFn, GradePool
+from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec, dissect
+from tracefactory.store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
     """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}. Pairs `fast_verdict`
     is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same.
 
-    With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `gradepool`)."""
+    With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `pool`)."""
     unique = list(dict.fromkeys(pairs))
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
     todo = []

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tracefactory.backends.scorers import StepItem, StepScorer, StepScores
+from tracefactory.backends.scorers import StepItem, StepScorer
+from tracefactory.store.schema import StepScores
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracefactory.backends.scorers import ScoreKey, StepScores
 from tracefactory.errors import RunLockedError
-from tracefactory.failpoints import failpoint
-from tracefactory.report import StageReport
-from tracefactory.schema import (
+from tracefactory.store.failpoints import failpoint
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
     COT_TOKENS,
     FIRST_BAD_STEP,
     GENERATION_SCHEMA,
@@ -49,6 +48,8 @@ from tracefactory.schema import (
     STEP_COLUMNS,
     STEP_SCORES,
     STEPS,
+    ScoreKey,
+    StepScores,
     validate_frame,
 )
 
@@ -380,7 +381,7 @@ class StageCache:
     """A stage's output frame and report, by a key of its inputs (see `content_key`): one Parquet file
     per key, the report in its footer, written atomically."""
 
-    KEY = b"tracefactory.report"
+    KEY = b"tracefactory.store.report"
 
     def __init__(self, root: Path):
         self.root = root

@@ -104,7 +104,7 @@ def guard() -> None:
         return
     _guarded.add(me)
     subprocess.Popen(
-        [sys.executable, "-m", "tracefactory.watchdog", str(me)],
+        [sys.executable, "-m", "tracefactory.store.watchdog", str(me)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

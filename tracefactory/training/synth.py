@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from tracefactory.think import CLOSE
+from tracefactory.grading.think import CLOSE
 
 NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jo", "Kim", "Leo")
 PRONOUN = {n: ("She" if n in {"Ann", "Cara", "Fay", "Hana", "Jo", "Kim"} else "He") for n in NAMES}
@@ -149,7 +149,7 @@ def write_jsonl(problems: list[Problem], path) -> None:
             )
 
 
-if __name__ == "__main__":  # python -m tracefactory.synth OUT.jsonl N_PER_LEVEL SEED
+if __name__ == "__main__":  # python -m tracefactory.training.synth OUT.jsonl N_PER_LEVEL SEED
     import sys
 
     out, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

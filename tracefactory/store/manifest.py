@@ -1,4 +1,5 @@
-"""RUN/manifest.json: everything needed to know how a run's tables were made."""
+"""RUN/manifest.json: everything needed to know how a run's tables were made (the caller brings the teacher's
+record, `backends.identity.teacher_identity`: the store knows no backends)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,12 @@ import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tracefactory import __version__
-from tracefactory.backends.base import Teacher
-from tracefactory.backends.identity import file_fingerprint
 from tracefactory.config import REPO_ROOT, FactoryConfig
-from tracefactory.redact import redact_url
-from tracefactory.report import StageReport
-from tracefactory.sources import source_identity
-from tracefactory.stages.rollout import teacher_key
+from tracefactory.store.report import StageReport
+from tracefactory.store.sources import source_identity
 
 PACKAGES = (
     "vllm",
@@ -62,21 +58,9 @@ def code_version() -> str:
     return f"tracefactory {__version__}"
 
 
-def teacher_identity(cfg: FactoryConfig, teacher: Teacher) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": teacher.name, "kind": cfg.teacher.kind, "model": cfg.teacher.model_path}
-    info["identity"] = teacher.identity()  # what each request's key holds of the teacher
-    info["key"] = teacher_key(teacher)
-    if cfg.teacher.base_url:
-        info["base_url"] = redact_url(cfg.teacher.base_url)
-    model_dir = Path(cfg.teacher.model_path)
-    if model_dir.is_dir():  # the same (cached) file hashes the teacher's identity is made of
-        info["files"] = {p.name: file_fingerprint(p) for p in sorted(model_dir.iterdir()) if p.is_file()}
-    return info
-
-
 def build_manifest(
     cfg: FactoryConfig,
-    teacher: Teacher,
+    teacher: dict[str, Any],
     reports: list[StageReport],
     started: float,
     extra: dict[str, Any] | None = None,
@@ -89,7 +73,7 @@ def build_manifest(
         "config": cfg.public_dict(),
         "config_hash": cfg.hash(),
         "rollout_settings": cfg.rollout_hash(),
-        "teacher": teacher_identity(cfg, teacher),
+        "teacher": teacher,  # backends.identity.teacher_identity
         "seeds": {"sampling.seed": cfg.sampling.seed, "per_request": "sha256(seed:problem_id); sample i uses +i"},
         "versions": {"python": sys.version.split()[0], "platform": platform.platform(), **package_versions()},
         "code_version": code_version(),

@@ -20,8 +20,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Callable, Sequence
 
 from tracefactory.errors import BackendError
-from tracefactory.failpoints import failpoint
-from tracefactory.outcomes import ERROR, TIMEOUT, Pair, Verdict
+from tracefactory.grading.outcomes import ERROR, TIMEOUT, Pair, Verdict
+from tracefactory.store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 # grade(gold, pred, timeout_s) -> verdict; a module-level function (spawned workers import it by name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pyarrow as pa
 
 from tracefactory.errors import SchemaError
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 TABLES = ("problems", "rollouts", "dataset", "rejected", "funnel")
 
 # column names
@@ -140,3 +141,16 @@ def validate_frame(frame: pl.DataFrame, table: str) -> pa.Table:
 
 def empty(table: str) -> pl.DataFrame:
     return pl.from_arrow(arrow_schema(table).empty_table())
+
+
+# a row of the step-score cache (RUN/cache/step_scores): what a step scorer returns for one trace
+ScoreKey = tuple[str, str, tuple[str, ...]]  # (problem id, hash of question and gold, steps)
+
+
+@dataclass
+class StepScores:
+    scores: list[float]
+    first_bad_step: int | None
+    probes: int = 0  # prefixes estimated
+    tokens: int = 0  # teacher tokens spent on continuations
+    note: str | None = None  # why a trace was not scored (then `scores` is empty)

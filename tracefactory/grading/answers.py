@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
+from tracefactory.config import DEFAULT_ANSWER_FORMATS
+
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 _BETWEEN_BOXES = re.compile(r"[$\s]*(?:,|and|or|;|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)?[$\s.,]*")
@@ -118,7 +120,7 @@ FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
     "bold": _pattern(_BOLD, "**"),
     "last_number": _last_number,
 }
-DEFAULT_FORMATS = ("boxed", "heading", "final_answer", "hashes", "answer_is", "bold")
+DEFAULT_FORMATS = DEFAULT_ANSWER_FORMATS
 
 
 def clean(answer: str) -> str:

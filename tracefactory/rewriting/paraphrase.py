@@ -16,11 +16,11 @@ import re
 from typing import Callable, Sequence
 
 from tracefactory.backends.base import Prompt, Teacher
+from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import PromptConfig, SamplingConfig
-from tracefactory.perturb import question_numbers
-from tracefactory.prompts import build_prompt
-from tracefactory.textnorm import normalise
-from tracefactory.think import dissect
+from tracefactory.grading.think import dissect
+from tracefactory.rewriting.perturb import question_numbers
+from tracefactory.rewriting.textnorm import normalise
 
 INSTRUCTION = (
     "Rewrite the following math word problem in different words. Keep every number, every quantity and the "

@@ -18,8 +18,8 @@ import duckdb
 import pyarrow as pa
 
 from tracefactory.errors import ConfigError
-from tracefactory.io import RunDir
-from tracefactory.release import FUNNEL, RELEASE_JSON, TABLES
+from tracefactory.publish.release import FUNNEL, RELEASE_JSON, TABLES
+from tracefactory.store.io import RunDir
 
 READ_ONLY = {"SELECT", "EXPLAIN"}  # SUMMARIZE and DESCRIBE parse as SELECT
 

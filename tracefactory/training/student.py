@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 import polars as pl
 
 from tracefactory.errors import ConfigError
-from tracefactory.io import RunDir
-from tracefactory.schema import (
+from tracefactory.store.io import RunDir
+from tracefactory.store.schema import (
     CORRECT,
     CURRICULUM_RANK,
     LEVEL,
@@ -41,7 +41,7 @@ from tracefactory.schema import (
     SAMPLE_INDEX,
     TEXT,
 )
-from tracefactory.synth import Problem
+from tracefactory.training.synth import Problem
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class TrainSettings:
 def base_checkpoint(out: Path, steps: int, seed: int) -> Path:
     """The shared starting point: the teacher's architecture trained on arithmetic drills only (never a word
     problem). Reused when `out` already holds one made with the same settings."""
-    from tracefactory import teacher_train
+    from tracefactory.training import teacher as teacher_training
 
     info = out / "training.json"
     if info.exists():
@@ -181,7 +181,7 @@ def base_checkpoint(out: Path, steps: int, seed: int) -> Path:
     log.info("training the student's base checkpoint: %d steps of arithmetic drills (once; reused after)", steps)
     if out.exists():
         shutil.rmtree(out)
-    teacher_train.train(out, steps=steps, batch=32, lr=1e-3, seed=seed, drill_share=1.0)
+    teacher_training.train(out, steps=steps, batch=32, lr=1e-3, seed=seed, drill_share=1.0)
     return out
 
 
@@ -193,7 +193,7 @@ def finetune(
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from tracefactory.teacher_train import _example, lr_at, optimizer_step, pad_batch
+    from tracefactory.training.teacher import _example, lr_at, optimizer_step, pad_batch
 
     key = _student_key(base, rows, settings, seed)
     made = out / "student.json"
@@ -299,7 +299,7 @@ class Evaluator:
             self.loaded = weights
 
     def score(self, weights: Path, problems: Sequence[Problem]) -> list[Scored]:
-        from tracefactory.think import ThinkSpec
+        from tracefactory.grading.think import ThinkSpec
 
         self.load(weights)
         prompts = [[{"role": "user", "content": p.question}] for p in problems]
@@ -325,7 +325,7 @@ class Evaluator:
 
 def think_of(teacher):
     """How a model's completions are read: its chat template, rendered for a question, may open a think block."""
-    from tracefactory.think import ThinkSpec, opener_of
+    from tracefactory.grading.think import ThinkSpec, opener_of
 
     return ThinkSpec("auto", opener_of(teacher.render([{"role": "user", "content": "?"}])))
 
@@ -333,8 +333,8 @@ def think_of(teacher):
 def solves(text: str, problem: Problem, think) -> bool:
     """Whether a completion reaches a generator problem's integer gold, its answer read as the factory reads it
     (from the response, after `</think>`; none from a broken think block)."""
-    from tracefactory.answers import clean
-    from tracefactory.verify import answer_of
+    from tracefactory.grading.answers import clean
+    from tracefactory.grading.verify import answer_of
 
     pred = answer_of(text, None, think)
     return pred is not None and clean(pred) == problem.answer
@@ -342,7 +342,7 @@ def solves(text: str, problem: Problem, think) -> bool:
 
 def drill_problems(n: int, seed: int) -> list[tuple[str, str]]:
     """`n` equation lines of level-1/2 generator problems, asked bare: (`9 + 8`, `9 + 8 = 17`)."""
-    from tracefactory.teacher_train import drill
+    from tracefactory.training.teacher import drill
 
     rng = random.Random(seed)
     return [drill(rng, max_level=2) for _ in range(n)]
@@ -351,7 +351,7 @@ def drill_problems(n: int, seed: int) -> list[tuple[str, str]]:
 def held_out_problems(n_per_level: int, seed: int, exclude: set[str]) -> tuple[list[Problem], int]:
     """Generator problems from `seed`, minus any whose question a training run also holds (templated level-1
     questions can coincide); answers (problems, how many were removed)."""
-    from tracefactory.synth import generate
+    from tracefactory.training.synth import generate
 
     problems = generate(n_per_level, seed)
     kept = [p for p in problems if p.question not in exclude]
