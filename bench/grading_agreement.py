@@ -31,11 +31,11 @@ def prm800k() -> dict:
     rows = [r for r in _rows(DATA / "prm800k" / "phase1_test_labeled_2000.jsonl") if r["final_answer"] is not None]
     texts = ["\n".join(r["steps"]) for r in rows]
     preds = [extract_answer(t) for t in texts]
-    text_v = grade_pairs([(r["gold_answer"], p) for r, p in zip(rows, preds)])
+    text_v = grade_pairs([(r["gold_answer"], p) for r, p in zip(rows, preds, strict=True)])
     direct_v = grade_pairs([(r["gold_answer"], r["final_answer"]) for r in rows])
     out = {"rows": len(rows), "no_answer": sum(p is None for p in preds), "disagree_text": [], "disagree_direct": []}
     agree = {"text": 0, "direct": 0}
-    for r, p in zip(rows, preds):
+    for r, p in zip(rows, preds, strict=True):
         for path, verdicts, pred in (("text", text_v, p), ("direct", direct_v, r["final_answer"])):
             ok = verdicts[(r["gold_answer"], pred)][0]
             if ok == r["is_correct"]:
@@ -59,7 +59,11 @@ def references() -> dict:
     ):
         preds = [(gold, extract_answer(text)) for gold, text, _ in pairs]
         verdicts = grade_pairs(preds)
-        wrong = [{"id": i, "gold": g, "pred": p} for (g, _, i), (_, p) in zip(pairs, preds) if not verdicts[(g, p)][0]]
+        wrong = [
+            {"id": i, "gold": g, "pred": p}
+            for (g, _, i), (_, p) in zip(pairs, preds, strict=True)
+            if not verdicts[(g, p)][0]
+        ]
         out[name] = {"rows": len(pairs), "correct": len(pairs) - len(wrong), "not_correct": wrong}
     return out
 

@@ -83,7 +83,7 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
 def filter_metrics(traces: list[dict], results: list[StepScores]) -> dict:
     """The trace filter on the correct-answer traces: flagged, precision (with its 95% interval), recall."""
     tp = fp = fn = 0
-    for t, r in zip(traces, results):
+    for t, r in zip(traces, results, strict=True):
         if t["correct"] and r.scores:
             flagged, wrong = r.first_bad_step is not None, t["truth"] is not None
             tp, fp, fn = tp + (flagged and wrong), fp + (flagged and not wrong), fn + (wrong and not flagged)
@@ -99,11 +99,11 @@ def filter_metrics(traces: list[dict], results: list[StepScores]) -> dict:
 def metrics(traces: list[dict], results: list[StepScores]) -> dict:
     pos, neg = [], []
     labelled, scored = [], []
-    for t, r in zip(traces, results):
+    for t, r in zip(traces, results, strict=True):
         if not r.scores:
             continue
         labels = exact_labels(t["steps"], t["truth"])
-        for lbl, s in zip(labels, r.scores):
+        for lbl, s in zip(labels, r.scores, strict=True):
             (pos if lbl == 1 else neg).append(s)
         labelled.append(
             LabelledTrace(StepItem(t["problem_id"], t["question"], t["gold"], tuple(t["steps"])), labels, False)
@@ -141,9 +141,9 @@ def prm_scores(
         scorer.score(sample[:8])  # warm-up
         res, secs = timed(scorer, sample)
         tokens = sum(len(scorer._tok(scorer.format(it), add_special_tokens=False)["input_ids"]) for it in sample)
-        by_key = {(it.problem_id, it.steps): r for it, r in zip(sample, res)}
+        by_key = {(it.problem_id, it.steps): r for it, r in zip(sample, res, strict=True)}
         missing = [it for it in distinct_items(traces) if (it.problem_id, it.steps) not in by_key]
-        for it, r in zip(missing, scorer.score(missing) if missing else []):
+        for it, r in zip(missing, scorer.score(missing) if missing else [], strict=True):
             by_key[(it.problem_id, it.steps)] = r
     finally:
         scorer.close()

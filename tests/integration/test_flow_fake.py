@@ -55,7 +55,7 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     assert set(CONTRACT) <= set(data.columns) and data.columns == columns("dataset")
     assert len(data) == result["dataset_rows"] > 0
     # every kept answer is correct for its problem, and the trace's boxed answer is the gold
-    assert all(f"\\boxed{{{a}}}" in c for a, c in zip(data["answer"], data["cot"]))
+    assert all(f"\\boxed{{{a}}}" in c for a, c in zip(data["answer"], data["cot"], strict=True))
     assert data["curriculum_rank"].to_list() == list(range(len(data)))
     # the bad rows are in `rejected`, and each stage's funnel adds up
     cols, rows = query(run, "SELECT reason, count(*) FROM rejected GROUP BY reason")

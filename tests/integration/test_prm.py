@@ -45,17 +45,17 @@ def test_vllm_scores_what_the_training_code_scores(prm):
     from safetensors.torch import load_file
 
     from tracefactory.backends.prm import load_tokenizer
-    from tracefactory.training.prm import PRM, Example, encode, step_probabilities
+    from tracefactory.training.prm import Example, build_net, encode, step_probabilities
 
     tok = load_tokenizer(str(SHIPPED))
     layers = json.loads((SHIPPED / "config.json").read_text())["num_hidden_layers"]
-    _, net = PRM.build(PLAIN_TEACHER, len(tok), seed=0, layers=layers)
+    _, net = build_net(PLAIN_TEACHER, len(tok), seed=0, layers=layers)
     net.load_state_dict({k: v.float() for k, v in load_file(str(SHIPPED / "model.safetensors")).items()})
     examples = [Example(it.problem_id, "", it.question, it.steps, (1.0,) * len(it.steps)) for it in ITEMS]
     trained = step_probabilities(net, encode(tok, examples, 512), tok.pad_token_id)
     served = [r.scores for r in prm.score(ITEMS)]
     assert [len(s) for s in served] == [len(t) for t in trained] == [2, 4, 1]
-    for s, t in zip(served, trained):
+    for s, t in zip(served, trained, strict=True):
         assert s == pytest.approx(t, abs=1e-4)
 
 
@@ -141,7 +141,7 @@ def test_the_shipped_prm_separates_right_from_wrong_steps_on_the_teachers_rollou
             items.append(StepItem(pid, ref[pid]["question"], ref[pid]["answer"], tuple(steps)))
             truth.append(reference_first_bad(steps, reference))
     pos, neg = [], []
-    for result, bad in zip(prm.score(items), truth):
+    for result, bad in zip(prm.score(items), truth, strict=True):
         for i, s in enumerate(result.scores[: len(result.scores) if bad is None else bad + 1]):
             (neg if i == bad else pos).append(s)
     assert len(items) > 300 and len(neg) > 100

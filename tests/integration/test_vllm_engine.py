@@ -50,7 +50,9 @@ def test_teacher_solves_the_easiest_level(which, request):
     outs = teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(10)))
     think = ThinkSpec("auto", opener_of(teacher.render(_chat(problems[0].question))))
     assert bool(think.opener) == (which == "embedded_teacher")
-    answers = [(p.answer, answer_of(c.text, None, think)) for p, r in zip(problems, outs) for c in r.completions]
+    answers = [
+        (p.answer, answer_of(c.text, None, think)) for p, r in zip(problems, outs, strict=True) for c in r.completions
+    ]
     right = sum(a is not None and is_correct(gold, a)[0] for gold, a in answers)
     assert right / 40 >= 0.8
 
@@ -59,7 +61,7 @@ def test_flow_on_the_plain_teacher(plain_run):
     out, result = plain_run
     data = pl.read_parquet(out / "dataset")
     assert data.columns == columns("dataset") and len(data) == result["dataset_rows"] > 0
-    for gold, cot in zip(data["answer"], data["cot"]):
+    for gold, cot in zip(data["answer"], data["cot"], strict=True):
         assert is_correct(gold, extract_answer(cot))[0]
     rates = data["pass_rate"].to_list()
     assert rates == sorted(rates, reverse=True)
@@ -89,7 +91,7 @@ def test_the_r1_shaped_teacher_through_the_flow(demo_run):
     assert data["reasoning"].is_not_null().all() and (data["response"].str.len_chars() > 0).all()
     assert data["think_closed"].all()
     assert (data["reasoning_tokens"] + data["response_tokens"] == data["cot_tokens"]).all()
-    for gold, response in zip(data["answer"], data["response"]):
+    for gold, response in zip(data["answer"], data["response"], strict=True):
         assert is_correct(gold, extract_answer(response))[0]
     rollouts = pl.read_parquet(out / "rollouts")
     # ~1% of this teacher's completions stop inside the block (the demo: 54 of 4,704): maybe none of these 470
@@ -159,7 +161,7 @@ def test_monte_carlo_scores_a_planted_error_low(plain_teacher):
     outs = plain_teacher.generate([_chat(p.question) for p in problems], 4, PARAMS, list(range(6)))
     p, trace = next(
         (p, c.text)
-        for p, r in zip(problems, outs)
+        for p, r in zip(problems, outs, strict=True)
         for c in r.completions
         if is_correct(p.answer, extract_answer(c.text))[0]
     )

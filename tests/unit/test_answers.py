@@ -43,14 +43,16 @@ def _expected(row) -> bool:
 def test_prm800k_text_path_extracts_every_final_answer_and_agrees_with_the_dataset_but_for_its_own_errors():
     preds = [extract_answer("\n".join(r["steps"])) for r in PRM800K]
     assert len(PRM800K) == 207 and all(p is not None for p in preds)
-    verdicts = grade_pairs([(r["gold_answer"], p) for r, p in zip(PRM800K, preds)])
-    ours = [verdicts[(r["gold_answer"], p)][0] for r, p in zip(PRM800K, preds)]
-    wrong = [(r["id"], r["gold_answer"], p) for r, p, ok in zip(PRM800K, preds, ours) if ok != _expected(r)]
+    verdicts = grade_pairs([(r["gold_answer"], p) for r, p in zip(PRM800K, preds, strict=True)])
+    ours = [verdicts[(r["gold_answer"], p)][0] for r, p in zip(PRM800K, preds, strict=True)]
+    wrong = [
+        (r["id"], r["gold_answer"], p) for r, p, ok in zip(PRM800K, preds, ours, strict=True) if ok != _expected(r)
+    ]
     assert wrong == []
-    disagree_with_dataset = sum(ok != r["is_correct"] for r, ok in zip(PRM800K, ours))
+    disagree_with_dataset = sum(ok != r["is_correct"] for r, ok in zip(PRM800K, ours, strict=True))
     assert disagree_with_dataset == len(DATASET_WRONG) == 15  # 192/207 agree; the other 15 are the dataset's errors
     # the text path finds what the dataset says the final answer is
-    same = sum(p == r["final_answer"] for r, p in zip(PRM800K, preds))
+    same = sum(p == r["final_answer"] for r, p in zip(PRM800K, preds, strict=True))
     assert same >= 200
 
 

@@ -22,6 +22,9 @@ def test_engine_kwargs_on_cpu_and_gpu(monkeypatch):
     gpu = VLLMTeacher(TeacherConfig(model="org/model", gpu_memory_utilization=0.8)).engine_kwargs(on_cpu=False)
     assert "enable_chunked_prefill" not in gpu and "kv_cache_memory_bytes" not in gpu
     assert gpu["gpu_memory_utilization"] == 0.8 and gpu["model"] == "org/model"
+    assert "enforce_eager" not in cpu and "enforce_eager" not in gpu  # the engine's default: compiled
+    eager = VLLMTeacher(TeacherConfig(enforce_eager=True)).engine_kwargs(on_cpu=True)
+    assert eager["enforce_eager"] is True
     assert teacher.name == EMBEDDED_NAME
 
 

@@ -100,18 +100,18 @@ def test_layers_keeps_the_teachers_first_layers_and_refuses_more_than_it_has():
     from transformers import AutoModelForCausalLM
 
     from tracefactory.config import EMBEDDED_TEACHER, PLAIN_TEACHER
-    from tracefactory.training.prm import PRM, build_tokenizer
+    from tracefactory.training.prm import build_net, build_tokenizer
 
     teacher = AutoModelForCausalLM.from_pretrained(str(PLAIN_TEACHER), dtype=torch.float32).state_dict()
     vocab = len(build_tokenizer())  # the teacher's vocabulary and the separator
-    cfg, net = PRM.build(PLAIN_TEACHER, vocab, seed=0, layers=2)
+    cfg, net = build_net(PLAIN_TEACHER, vocab, seed=0, layers=2)
     assert cfg.num_hidden_layers == 2 and len(net["model"].layers) == 2
     for name, value in net["model"].state_dict().items():
         if name.startswith("layers.") and not name.endswith("_proj.bias"):
             assert torch.equal(value, teacher[f"model.{name}"]), name  # copied, not re-initialised
     assert torch.equal(net["model"].norm.weight, teacher["model.norm.weight"])
     with pytest.raises(ConfigError, match="--layers"):
-        PRM.build(PLAIN_TEACHER, vocab, seed=0, layers=5)
+        build_net(PLAIN_TEACHER, vocab, seed=0, layers=5)
     # the R1-shaped teacher's think tags would sit on the separator's id: refused, naming the model to use
     with pytest.raises(ConfigError, match="teacher-plain"):
-        PRM.build(EMBEDDED_TEACHER, vocab, seed=0)
+        build_net(EMBEDDED_TEACHER, vocab, seed=0)

@@ -99,7 +99,7 @@ def test_hard_labels_stop_at_the_first_success_and_equal_fixed_n_labels():
     soft = _scorer(FakeTeacher(slip_rate=0.1), search="all", n=6).score(items)
     hard = _scorer(FakeTeacher(slip_rate=0.1), search="all", n=6, label="hard").score(items)
     assert any(0 < v < 1 for r in soft for v in r.scores)  # the teacher really slips: soft values vary
-    for s, h in zip(soft, hard):
+    for s, h in zip(soft, hard, strict=True):
         assert h.scores == [float(v > 0) for v in s.scores]
         assert h.first_bad_step == s.first_bad_step
     assert sum(h.tokens for h in hard) * 2 < sum(s.tokens for s in soft)
@@ -111,7 +111,7 @@ def test_scan_stops_at_the_first_bad_step_and_agrees_with_every_prefix():
     scan = _scorer(FakeTeacher(slip_rate=0.1), search="scan", n=6, label="hard").score(items)
     assert [r.first_bad_step for r in scan] == [r.first_bad_step for r in every]
     assert any(r.first_bad_step is not None for r in every) and any(r.first_bad_step is None for r in every)
-    for s, e, it in zip(scan, every, items):
+    for s, e, it in zip(scan, every, items, strict=True):
         assert s.scores == e.scores
         stop = e.first_bad_step if e.first_bad_step is not None else len(it.steps) - 2
         assert s.probes == stop + 1 <= e.probes

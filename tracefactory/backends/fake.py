@@ -100,7 +100,7 @@ class FakeTeacher:
         seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
         self.calls.append(len(prompts))
         out = []
-        for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        for k, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
             out.append(self._one(prompt, seed, n, params))
             if on_result:
                 on_result(k, out[-1])

@@ -156,7 +156,7 @@ class OpenAITeacher:
         total = (data.get("usage") or {}).get("completion_tokens") or 0
         chars = sum(len(t or "") for t in texts) or 1
         out = []
-        for c, text in zip(choices, texts):
+        for c, text in zip(choices, texts, strict=True):
             ids = c.get("token_ids")
             # without token ids, split the usage total by text length (exact when n == 1)
             tokens = len(ids) if ids is not None else round(total * len(text or "") / chars)
@@ -228,7 +228,7 @@ class OpenAITeacher:
             headers={"Authorization": f"Bearer {key}"},
             transport=self.transport,
         ) as client:
-            tasks = [one(i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds))]
+            tasks = [one(i, p, s) for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))]
             return await _gather_with_progress(tasks, self.progress)
 
     def generate(

@@ -142,10 +142,10 @@ class VLLMPRMScorer:
         # load_tokenizer), which for a small vocabulary is not the tokenizer the PRM was trained with
         ids = [self._tok(self.format(it), add_special_tokens=False)["input_ids"] for it in items]
         fits = [len(x) <= limit for x in ids]
-        prompts = [{"prompt_token_ids": x} for x, ok in zip(ids, fits) if ok]
+        prompts = [{"prompt_token_ids": x} for x, ok in zip(ids, fits, strict=True) if ok]
         outs = iter(self._llm.encode(prompts, pooling_task="token_classify", use_tqdm=False) if prompts else [])
         results = []
-        for item, ok in zip(items, fits):
+        for item, ok in zip(items, fits, strict=True):
             if not ok:
                 results.append(StepScores([], None, note="too_long"))
                 continue

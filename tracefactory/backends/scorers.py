@@ -218,7 +218,7 @@ class MonteCarloScorer:
             group = [(j, p) for j, (p, mm) in enumerate(todo) if mm == m]
             prompts = [self._prefix_prompt(p.search.item, p.step) for _, p in group]
             seeds = [p.search.item.seed + 7919 * (p.step + 1) + p.drawn for _, p in group]
-            for (j, p), result in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds)):
+            for (j, p), result in zip(group, self.teacher.generate(prompts, m, self.sampling, seeds), strict=True):
                 completions = result.completions
                 if not completions:  # the teacher could not take the prefix prompt, or failed for good
                     p.skipped = "too_long" if result.ok else "teacher_error"
@@ -230,7 +230,7 @@ class MonteCarloScorer:
         verdicts = self.judge([pair for _, pair in pairs]) if pairs else []
         for j, (p, _) in enumerate(todo):
             p.drawn += len(texts.get(j, []))
-        for (j, _), ok in zip(pairs, verdicts):
+        for (j, _), ok in zip(pairs, verdicts, strict=True):
             todo[j][0].wins += bool(ok)
 
 
@@ -262,10 +262,10 @@ class CachedScorer:
 
     def score(self, items: Sequence[StepItem]) -> list[StepScores]:
         keys = [score_key(it) for it in items]
-        missing = list({k: it for k, it in zip(keys, items) if k not in self.cache}.items())
+        missing = list({k: it for k, it in zip(keys, items, strict=True) if k not in self.cache}.items())
         for start in range(0, len(missing), self.block):
             chunk = missing[start : start + self.block]
-            for (k, _), res in zip(chunk, self.inner.score([it for _, it in chunk])):
+            for (k, _), res in zip(chunk, self.inner.score([it for _, it in chunk]), strict=True):
                 self.cache[k] = res
             if self.on_block:
                 self.on_block()

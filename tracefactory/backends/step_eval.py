@@ -94,7 +94,7 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
 
 def first_error_f1(traces: Sequence[LabelledTrace], results: Sequence[StepScores]) -> dict[str, float | None]:
     err_hits, err_n, ok_hits, ok_n = 0, 0, 0, 0
-    for t, r in zip(traces, results):
+    for t, r in zip(traces, results, strict=True):
         human = next((i for i, lbl in enumerate(t.labels) if lbl == -1), None)
         if human is None:
             ok_n += 1
@@ -113,14 +113,14 @@ def first_error_f1(traces: Sequence[LabelledTrace], results: Sequence[StepScores
 def evaluate(scorer: StepScorer, traces: Sequence[LabelledTrace]) -> dict:
     results = scorer.score([t.item for t in traces])
     pos, neg, skipped = [], [], 0
-    for t, r in zip(traces, results):
+    for t, r in zip(traces, results, strict=True):
         if not r.scores:
             skipped += 1
             continue
-        pairs = list(zip(t.labels, r.scores))[-1:] if t.last_only else zip(t.labels, r.scores)
+        pairs = list(zip(t.labels, r.scores, strict=True))[-1:] if t.last_only else zip(t.labels, r.scores, strict=True)
         for lbl, s in pairs:
             (pos if lbl == 1 else neg if lbl == -1 else []).append(s)
-    scored = [(t, r) for t, r in zip(traces, results) if r.scores]
+    scored = [(t, r) for t, r in zip(traces, results, strict=True) if r.scores]
     return {
         "scorer": scorer.name,
         "traces": len(traces),

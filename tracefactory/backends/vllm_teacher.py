@@ -111,6 +111,8 @@ class VLLMTeacher:
             kw["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
         if chunked is not None:
             kw["enable_chunked_prefill"] = chunked
+        if c.enforce_eager:
+            kw["enforce_eager"] = True
         return kw
 
     @property
@@ -210,7 +212,10 @@ class VLLMTeacher:
             ]
             ids = self.llm.enqueue([texts[i] for i in sent], sps, use_tqdm=False)
             # enqueue() answers the engine's internal ids ("<id>-<random>"); outputs carry "<id>"
-            index = {**{rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, sent)}, **dict(zip(ids, sent))}
+            index = {
+                **{rid.rsplit("-", 1)[0]: i for rid, i in zip(ids, sent, strict=True)},
+                **dict(zip(ids, sent, strict=True)),
+            }
             end = think_end_id(tok)
             for request_id, out in self._run(len(sent) * n):
                 i = index[request_id]

@@ -71,7 +71,9 @@ def check_golds(
         with GradePool(fn, min(workers, len(unique)), timeout_s, name="gold") as pool:
             verdicts = pool.grade([(g, None) for g in unique])
     why = {TIMEOUT: "gold_timeout"}
-    return {g: None if ok else why.get(reason, "unparseable_gold") for g, (ok, reason) in zip(unique, verdicts)}
+    return {
+        g: None if ok else why.get(reason, "unparseable_gold") for g, (ok, reason) in zip(unique, verdicts, strict=True)
+    }
 
 
 @lru_cache(maxsize=8192)
@@ -158,7 +160,7 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out
     with GradePool(is_correct, min(workers, len(todo)), timeout_s) as pool:
-        out.update(zip(todo, pool.grade(todo)))
+        out.update(zip(todo, pool.grade(todo), strict=True))
     return out
 
 

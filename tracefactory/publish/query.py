@@ -47,7 +47,7 @@ def connect(sources: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection
     given_as = sources if isinstance(sources, list) else [sources]
     folders = [Path(s).resolve() for s in given_as]
     found = {}
-    for given, folder in zip(given_as, folders):
+    for given, folder in zip(given_as, folders, strict=True):
         found[folder] = _tables(folder)
         if not found[folder]:
             raise ConfigError(
@@ -57,7 +57,7 @@ def connect(sources: str | Path | list[str | Path]) -> duckdb.DuckDBPyConnection
     several = len(folders) > 1
     for view in dict.fromkeys(t for tables in found.values() for t in tables):
         parts = []
-        for folder, label in zip(folders, _labels(folders)):
+        for folder, label in zip(folders, _labels(folders), strict=True):
             if view in found[folder]:
                 run = f", {_quote(label)} AS run" if several else ""
                 parts.append(f"SELECT *{run} FROM read_parquet({_quote(found[folder][view])}, union_by_name = true)")

@@ -64,7 +64,7 @@ def candidates(
     """One teacher call for every question: (paraphrase, None) or (None, reason) each."""
     results = teacher.generate([paraphrase_prompt(q) for q in questions], 1, params, seeds)
     out = []
-    for q, r in zip(questions, results):
+    for q, r in zip(questions, results, strict=True):
         if not r.ok or not r.completions:
             out.append((None, "teacher_error" if not r.ok else "paraphrase_empty"))
         else:
@@ -89,6 +89,6 @@ def verify(
     if not paraphrases:
         return []
     results = teacher.generate([build_prompt(p, prompt) for p in paraphrases], params.n, params, seeds)
-    pairs = [(g, c.text) for g, r in zip(golds, results) for c in r.completions]
+    pairs = [(g, c.text) for g, r in zip(golds, results, strict=True) for c in r.completions]
     verdicts = iter(judge(pairs))
     return [sum(next(verdicts) for _ in r.completions) / params.n for r in results]

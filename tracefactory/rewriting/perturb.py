@@ -407,7 +407,7 @@ def perturb(question: str, solution: str, gold: str, rng: random.Random, avoid: 
         results = _run(m.steps, drawn)
         if results is None:
             continue
-        new = dict(zip(m.groups, drawn))
+        new = dict(zip(m.groups, drawn, strict=True))
         text = question
         for t in sorted(m.tokens, key=lambda t: -t.start):
             text = text[: t.start] + render_number(new[t.value], t) + text[t.end :]

@@ -59,7 +59,7 @@ def dedup(problems: pl.DataFrame, cfg: DedupConfig) -> tuple[pl.DataFrame, Stage
     if cfg.near_threshold is not None:
         unique = list(first.values())
         of = problems[REWRITE_OF].to_list() if REWRITE_OF in problems.columns else [None] * len(ids)
-        source = dict(zip(ids, of))
+        source = dict(zip(ids, of, strict=True))
         families = [root_of(ids[i], source) for i in unique]
         for j, k in _near([norm[i] for i in unique], families, cfg).items():
             reason[unique[j]], match[unique[j]] = "near_duplicate", ids[unique[k]]

@@ -58,13 +58,13 @@ def difficulty(
         .with_columns(pl.col(N_ROLLOUTS).fill_null(0).cast(pl.Int64), pl.col(N_CORRECT).fill_null(0).cast(pl.Int64))
     )
     ks, ns = out[N_CORRECT].to_list(), out[N_ROLLOUTS].to_list()
-    rates = [k / n if n else 0.0 for k, n in zip(ks, ns)]
-    bounds = [wilson(k, n, cfg.z) for k, n in zip(ks, ns)]
+    rates = [k / n if n else 0.0 for k, n in zip(ks, ns, strict=True)]
+    bounds = [wilson(k, n, cfg.z) for k, n in zip(ks, ns, strict=True)]
     out = out.with_columns(
         pl.Series(PASS_RATE, rates, dtype=pl.Float64),
         pl.Series(PASS_RATE_LOW, [b[0] for b in bounds], dtype=pl.Float64),
         pl.Series(PASS_RATE_HIGH, [b[1] for b in bounds], dtype=pl.Float64),
-        pl.Series(DIFFICULTY, [bucket(r, k, cfg) for r, k in zip(rates, ks)], dtype=pl.String),
+        pl.Series(DIFFICULTY, [bucket(r, k, cfg) for r, k in zip(rates, ks, strict=True)], dtype=pl.String),
     )
     out = memorisation(out, cfg)
     reasons = pl.Series([UNSOLVED if k == 0 else None for k in ks], dtype=pl.String)

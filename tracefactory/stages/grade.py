@@ -37,7 +37,10 @@ def anatomy(rollouts: pl.DataFrame, think: ThinkSpec) -> tuple[pl.DataFrame, lis
     texts = rollouts[TEXT].to_list()
     parts = [dissect(t, think.opener, think.mode) for t in texts]
     counted = rollouts[REASONING_TOKENS].to_list() if REASONING_TOKENS in rollouts.columns else [None] * len(texts)
-    tokens = [split_tokens(n, t, a, c) for n, t, a, c in zip(rollouts[COT_TOKENS].to_list(), texts, parts, counted)]
+    tokens = [
+        split_tokens(n, t, a, c)
+        for n, t, a, c in zip(rollouts[COT_TOKENS].to_list(), texts, parts, counted, strict=True)
+    ]
     finished = [f == "stop" for f in rollouts[FINISH_REASON].to_list()]
     out = rollouts.with_columns(
         pl.Series(COT, [a.cot for a in parts], dtype=pl.String),
@@ -46,7 +49,7 @@ def anatomy(rollouts: pl.DataFrame, think: ThinkSpec) -> tuple[pl.DataFrame, lis
         pl.Series(THINK_CLOSED, [a.closed for a in parts], dtype=pl.Boolean),
         pl.Series(
             REASONING_COMPLETE,
-            [None if a.closed is None else a.closed and f for a, f in zip(parts, finished)],
+            [None if a.closed is None else a.closed and f for a, f in zip(parts, finished, strict=True)],
             dtype=pl.Boolean,
         ),
         pl.Series(REASONING_TOKENS, [r for r, _ in tokens], dtype=pl.Int64),
@@ -68,12 +71,12 @@ def grade(
     out, parts = anatomy(rollouts, think)
     cut = [cfg.drop_truncated and f == "length" for f in rollouts[FINISH_REASON].to_list()]
     # why a completion is not graded at all: cut at the budget first, then a broken think block
-    skip = [TRUNCATED if c else a.problem for c, a in zip(cut, parts)]
+    skip = [TRUNCATED if c else a.problem for c, a in zip(cut, parts, strict=True)]
     preds = [extract_answer(a.response, cfg.answer_formats) for a in parts]  # "" (unclosed block): None
-    pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds)]
-    verdicts = grade_pairs([pr for pr, why in zip(pairs, skip) if not why], cfg.workers, cfg.timeout_s)
+    pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds, strict=True)]
+    verdicts = grade_pairs([pr for pr, why in zip(pairs, skip, strict=True) if not why], cfg.workers, cfg.timeout_s)
     correct, reasons = [], []
-    for pair, why in zip(pairs, skip):
+    for pair, why in zip(pairs, skip, strict=True):
         ok, why = (False, why) if why else verdicts[pair]
         correct.append(ok)
         reasons.append(None if why == OK else why)

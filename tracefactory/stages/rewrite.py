@@ -76,7 +76,7 @@ def _paraphrased(rows: list[dict], cfg: RewriteConfig, p: Paraphraser | None) ->
     gen = SamplingConfig(n=1, temperature=max(s.temperature, 0.7), top_p=s.top_p, max_tokens=cfg.paraphrase_max_tokens)
     seeds = [_seed(cfg, row[PROBLEM_ID], k, "paraphrase") for row, k in attempts]
     found = paraphrase.candidates(p.teacher, [row[QUESTION] for row, _ in attempts], gen, seeds)
-    ok = [(a, text) for a, (text, _) in zip(attempts, found) if text is not None]
+    ok = [(a, text) for a, (text, _) in zip(attempts, found, strict=True) if text is not None]
     check = SamplingConfig(
         n=cfg.paraphrase_verify_n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed
     )
@@ -86,7 +86,7 @@ def _paraphrased(rows: list[dict], cfg: RewriteConfig, p: Paraphraser | None) ->
     )
     why = [reason for text, reason in found if text is None]
     made = []
-    for ((row, k), text), rate in zip(ok, rates):
+    for ((row, k), text), rate in zip(ok, rates, strict=True):
         if rate >= cfg.paraphrase_min_pass_rate:
             made.append(_variant(row, "paraphrase", k, text, row[ANSWER]))
         else:

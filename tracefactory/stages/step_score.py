@@ -66,9 +66,15 @@ def step_score(
     steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts.select(step_text(rollouts))[:, 0].to_list()]
     anatomy = rollouts.select(COT, REASONING) if REASONING in rollouts.columns else None
     heads = (
-        [_head(c, r, s) for (c, r), s in zip(anatomy.iter_rows(), steps)] if anatomy is not None else [""] * len(steps)
+        [_head(c, r, s) for (c, r), s in zip(anatomy.iter_rows(), steps, strict=True)]
+        if anatomy is not None
+        else [""] * len(steps)
     )
-    eligible = [i for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON])) if ok and why is None]
+    eligible = [
+        i
+        for i, (ok, why) in enumerate(zip(rollouts[CORRECT], rollouts[DROP_REASON], strict=True))
+        if ok and why is None
+    ]
     # scope all: the wrong-answer traces too — scored (training data for a PRM), never filtered here
     wrong = [i for i, why in enumerate(rollouts[DROP_REASON]) if why == WRONG] if cfg.scope == "all" else []
     unscorable = {
@@ -89,7 +95,7 @@ def step_score(
     ]
     scored = scorer.score(items)
     results = {}  # row -> its StepScores, for the rows that got scores
-    for i, r in zip(todo, scored):
+    for i, r in zip(todo, scored, strict=True):
         if r.scores:
             results[i] = r
         elif rollouts[CORRECT][i]:
@@ -103,7 +109,7 @@ def step_score(
         )
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
-    low = [a is not None and a <= cfg.threshold and bool(ok) for a, ok in zip(agg, rollouts[CORRECT])]
+    low = [a is not None and a <= cfg.threshold and bool(ok) for a, ok in zip(agg, rollouts[CORRECT], strict=True)]
     out = rollouts.with_columns(
         pl.Series(STEPS, steps, dtype=pl.List(pl.String)),
         pl.Series(STEP_SCORES, scores, dtype=pl.List(pl.Float64)),

@@ -130,61 +130,60 @@ def build_tokenizer(out: Path | None = None):
     return tok
 
 
-class PRM:
-    """Qwen2 backbone + Qwen2.5-Math-PRM's two-layer head, as a torch module (built lazily: torch is optional)."""
+def build_net(init: str | Path, vocab_size: int, seed: int, layers: int | None = None):
+    """(its Qwen2 config, the model): a Qwen2 backbone holding the first `layers` layers of the causal LM `init`, and
+    Qwen2.5-Math-PRM's two-layer head — a torch ModuleDict {"model", "score"} (torch is imported here: optional)."""
+    import torch
+    from torch import nn
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2Model
 
-    @staticmethod
-    def build(init: str | Path, vocab_size: int, seed: int, layers: int | None = None):
-        import torch
-        from torch import nn
-        from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2Model
-
-        torch.manual_seed(seed)
-        teacher = AutoModelForCausalLM.from_pretrained(str(init), dtype=torch.float32)
-        t = teacher.config
-        if layers is not None and not 1 <= layers <= t.num_hidden_layers:
-            raise ConfigError("--layers", str(layers), f"1 to {t.num_hidden_layers} (the layers of {init})")
-        kept = layers or t.num_hidden_layers  # the teacher's first `kept` layers (and its final norm)
-        cfg = Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size,
-            num_hidden_layers=kept,
-            num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads,
-            max_position_embeddings=t.max_position_embeddings,
-            rms_norm_eps=t.rms_norm_eps,
-            rope_theta=(t.rope_parameters or {}).get("rope_theta", 10000.0),
-            tie_word_embeddings=False,
-            bos_token_id=t.bos_token_id,
-            eos_token_id=t.eos_token_id,
-            pad_token_id=t.pad_token_id,
+    torch.manual_seed(seed)
+    teacher = AutoModelForCausalLM.from_pretrained(str(init), dtype=torch.float32)
+    t = teacher.config
+    if layers is not None and not 1 <= layers <= t.num_hidden_layers:
+        raise ConfigError("--layers", str(layers), f"1 to {t.num_hidden_layers} (the layers of {init})")
+    kept = layers or t.num_hidden_layers  # the teacher's first `kept` layers (and its final norm)
+    cfg = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=kept,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        rms_norm_eps=t.rms_norm_eps,
+        rope_theta=(t.rope_parameters or {}).get("rope_theta", 10000.0),
+        tie_word_embeddings=False,
+        bos_token_id=t.bos_token_id,
+        eos_token_id=t.eos_token_id,
+        pad_token_id=t.pad_token_id,
+    )
+    backbone = Qwen2Model(cfg)
+    state = {k.removeprefix("model."): v for k, v in teacher.state_dict().items() if k.startswith("model.")}
+    state = {k: v for k, v in state.items() if not k.startswith("layers.") or int(k.split(".")[1]) < kept}
+    emb = state["embed_tokens.weight"]
+    if emb.shape[0] >= vocab_size:  # e.g. the R1-shaped teacher: its think tags would take the separator's id
+        raise ConfigError(
+            "--init",
+            str(init),
+            f"a causal LM whose vocabulary is the PRM tokenizer's {vocab_size - 1} base "
+            f"tokens (it has {emb.shape[0]}): the plain teacher, data/teacher-plain",
         )
-        backbone = Qwen2Model(cfg)
-        state = {k.removeprefix("model."): v for k, v in teacher.state_dict().items() if k.startswith("model.")}
-        state = {k: v for k, v in state.items() if not k.startswith("layers.") or int(k.split(".")[1]) < kept}
-        emb = state["embed_tokens.weight"]
-        if emb.shape[0] >= vocab_size:  # e.g. the R1-shaped teacher: its think tags would take the separator's id
-            raise ConfigError(
-                "--init",
-                str(init),
-                f"a causal LM whose vocabulary is the PRM tokenizer's {vocab_size - 1} base "
-                f"tokens (it has {emb.shape[0]}): the plain teacher, data/teacher-plain",
-            )
-        extra = emb.mean(0, keepdim=True).repeat(vocab_size - emb.shape[0], 1)  # the separator starts as the mean
-        state["embed_tokens.weight"] = torch.cat([emb, extra])
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        if unexpected or any(not k.endswith((".q_proj.bias", ".k_proj.bias", ".v_proj.bias")) for k in missing):
-            raise RuntimeError(f"teacher weights do not map onto Qwen2: missing {missing}, unexpected {unexpected}")
-        for k in missing:  # Llama has no q/k/v biases: zero ones give the same function
-            dict(backbone.named_parameters())[k].data.zero_()
-        head = nn.Sequential(nn.Linear(t.hidden_size, t.hidden_size), nn.ReLU(), nn.Linear(t.hidden_size, 2))
-        return cfg, nn.ModuleDict({"model": backbone, "score": head})
+    extra = emb.mean(0, keepdim=True).repeat(vocab_size - emb.shape[0], 1)  # the separator starts as the mean
+    state["embed_tokens.weight"] = torch.cat([emb, extra])
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith((".q_proj.bias", ".k_proj.bias", ".v_proj.bias")) for k in missing):
+        raise RuntimeError(f"teacher weights do not map onto Qwen2: missing {missing}, unexpected {unexpected}")
+    for k in missing:  # Llama has no q/k/v biases: zero ones give the same function
+        dict(backbone.named_parameters())[k].data.zero_()
+    head = nn.Sequential(nn.Linear(t.hidden_size, t.hidden_size), nn.ReLU(), nn.Linear(t.hidden_size, 2))
+    return cfg, nn.ModuleDict({"model": backbone, "score": head})
 
-    @staticmethod
-    def logits(net, ids, mask):
-        hidden = net["model"](input_ids=ids, attention_mask=mask).last_hidden_state
-        return net["score"](hidden)
+
+def step_logits(net, ids, mask):
+    """The head's two logits (bad, good) at every position."""
+    hidden = net["model"](input_ids=ids, attention_mask=mask).last_hidden_state
+    return net["score"](hidden)
 
 
 def encode(tok, examples: Sequence[Example], max_len: int) -> list[tuple[list[int], list[int], list[float], int]]:
@@ -227,7 +226,7 @@ def step_probabilities(net, rows, pad_id: int, batch: int = 64) -> list[list[flo
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             ids, mask, b, t, _, _ = _batch(chunk, pad_id)
-            p = PRM.logits(net, ids, mask)[b, t].float().softmax(-1)[:, 1].tolist()
+            p = step_logits(net, ids, mask)[b, t].float().softmax(-1)[:, 1].tolist()
             for x in chunk:
                 out.append(p[: len(x[1])])
                 p = p[len(x[1]) :]
@@ -264,7 +263,7 @@ def train(
     rng = random.Random(seed)
     build_tokenizer(out)
     tok = load_tokenizer(str(out))  # exactly as `scorer: prm` will load it
-    cfg, net = PRM.build(init, len(tok), seed, layers)
+    cfg, net = build_net(init, len(tok), seed, layers)
     train_ex = [e for e in examples if not held_out(e.family, holdout, seed)]
     eval_ex = [e for e in examples if held_out(e.family, holdout, seed)]
     rows = encode(tok, train_ex, max_len)
@@ -287,10 +286,10 @@ def train(
         net.train()
         for chunk in chunks:
             scale = min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps_total))
-            for g, b in zip(opt.param_groups, base):
+            for g, b in zip(opt.param_groups, base, strict=True):
                 g["lr"] = b * scale
             ids, mask, b_idx, t_idx, target, weight = _batch([rows[i] for i in chunk], tok.pad_token_id)
-            logp = PRM.logits(net, ids, mask)[b_idx, t_idx].log_softmax(-1)
+            logp = step_logits(net, ids, mask)[b_idx, t_idx].log_softmax(-1)
             loss = -(weight * (target * logp[:, 1] + (1 - target) * logp[:, 0])).sum() / weight.sum()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -315,8 +314,8 @@ def train(
     threshold, flag_rate = calibrate(net, tok, [e for e in examples if e.correct], max_len)
     held = encode(tok, eval_ex, max_len)
     probs = step_probabilities(net, held, tok.pad_token_id)
-    pos = [p for r, ps in zip(held, probs) for p, y in zip(ps, r[2]) if y >= 0.5]
-    neg = [p for r, ps in zip(held, probs) for p, y in zip(ps, r[2]) if y < 0.5]
+    pos = [p for r, ps in zip(held, probs, strict=True) for p, y in zip(ps, r[2], strict=True) if y >= 0.5]
+    neg = [p for r, ps in zip(held, probs, strict=True) for p, y in zip(ps, r[2], strict=True) if y < 0.5]
     record = {
         "examples": len(examples),
         "train_traces": len(rows),
@@ -354,8 +353,8 @@ def calibrate(net, tok, correct: Sequence[Example], max_len: int) -> tuple[float
     if not rows:
         return None, None
     weights = [e.weight for e in correct]
-    rate = sum(w for e, w in zip(correct, weights) if 0.0 in e.targets) / sum(weights)
-    lows = sorted((min(p), r[3]) for p, r in zip(step_probabilities(net, rows, tok.pad_token_id), rows))
+    rate = sum(w for e, w in zip(correct, weights, strict=True) if 0.0 in e.targets) / sum(weights)
+    lows = sorted((min(p), r[3]) for p, r in zip(step_probabilities(net, rows, tok.pad_token_id), rows, strict=True))
     total, seen = sum(w for _, w in lows), 0
     for low, w in lows:  # the weighted quantile at `rate`: the lowest minima are the flagged ones
         seen += w

@@ -285,9 +285,8 @@ class Evaluator:
         from tracefactory.config import SamplingConfig, TeacherConfig
 
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-        self.teacher = VLLMTeacher(TeacherConfig(model=str(architecture), max_model_len=512), progress=False)
-        kwargs = self.teacher.engine_kwargs
-        self.teacher.engine_kwargs = lambda on_cpu: {**kwargs(on_cpu), "enforce_eager": True}
+        cfg = TeacherConfig(model=str(architecture), max_model_len=512, enforce_eager=True)
+        self.teacher = VLLMTeacher(cfg, progress=False)
         self.params = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)
         self.loaded: Path | None = architecture
 
@@ -306,7 +305,7 @@ class Evaluator:
         results = self.teacher.generate(prompts, 1, self.params)
         think = think_of(self.teacher) if prompts else ThinkSpec()
         out = []
-        for p, res in zip(problems, results):
+        for p, res in zip(problems, results, strict=True):
             c = res.completions[0] if res.completions else None
             out.append(Scored(p.id, p.level, c is not None and solves(c.text, p, think), c.tokens if c else 0))
         return out
@@ -317,7 +316,7 @@ class Evaluator:
         self.load(weights)
         results = self.teacher.generate([[{"role": "user", "content": q}] for q, _ in drills], 1, self.params)
         first = [(r.completions[0].text.strip().splitlines() or [""])[0] if r.completions else "" for r in results]
-        return sum(got == line for got, (_, line) in zip(first, drills)) / len(drills)
+        return sum(got == line for got, (_, line) in zip(first, drills, strict=True)) / len(drills)
 
     def close(self) -> None:
         self.teacher.close()
