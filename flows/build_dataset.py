@@ -93,8 +93,15 @@ def start_task(engines: Engines) -> None:
 
 
 @stage_task("rollout", task_run_name="rollout-shard-{shard}", **RETRY)  # a retry resumes from committed chunks
-def rollout_task(run: io.RunDir, shard: int, problems, cfg: FactoryConfig, engines: Engines) -> StageReport:
-    return engines.rollout_shard(run, shard, problems, cfg)
+def rollout_task(
+    run: io.RunDir, shard: int, problems, cfg: FactoryConfig, engines: Engines, samples: tuple[int, int]
+) -> StageReport:
+    return engines.rollout_shard(run, shard, problems, cfg, samples)
+
+
+@stage_task("budget", task_run_name="budget-round-{r}", **RETRY)  # grading this round's samples may need a retry
+def budget_task(run: io.RunDir, cfg: FactoryConfig, problems, tally, teacher: Teacher, r: int):
+    return pipeline.close_round(run, cfg, problems, tally, teacher, r)
 
 
 @stage_task("grade", **RETRY)  # e.g. a grading worker pool that could not start
@@ -158,15 +165,29 @@ def run_build(
     return flow_fn(config=config, out=out, overrides=overrides, teacher=teacher)
 
 
-def _rollouts(run: io.RunDir, cfg: FactoryConfig, shards: list, engines: Engines) -> StageReport:
-    if pipeline.rollouts_pending(run, cfg, shards, engines.teacher):
-        start_task(engines)
-    if cfg.run.task_runner == "ray":  # shard tasks on Ray workers, all at once; each hands its shard to an actor
-        futures = [rollout_task.submit(run, i, shard, cfg, engines) for i, shard in enumerate(shards)]
-        reports = [f.result() for f in futures]
-    else:  # one in-process engine: shards in turn
-        reports = [rollout_task(run, i, shard, cfg, engines) for i, shard in enumerate(shards)]
-    return pipeline.rollout_total(reports)
+def _rollouts(run: io.RunDir, cfg: FactoryConfig, problems, engines: Engines):
+    """Every round of the sampling budget (one under the fixed budget): its shards, then the budget's decision of
+    which problems go on. Returns the budget's tally and the funnel's rollout row."""
+    tally, reports, shard_no = pipeline.budget_tally(problems), [], 0
+    for r, samples in enumerate(pipeline.budget_rounds(cfg)):
+        shards = pipeline.shard_frames(pipeline.round_problems(problems, tally), cfg.run.shard_size)
+        if r and not len(shards[0]):
+            break  # every problem has stopped
+        if pipeline.rollouts_pending(run, cfg, shards, engines.teacher, samples):
+            start_task(engines)
+        if cfg.run.task_runner == "ray":  # shard tasks on Ray workers, all at once; each hands its shard to an actor
+            futures = [
+                rollout_task.submit(run, shard_no + i, shard, cfg, engines, samples) for i, shard in enumerate(shards)
+            ]
+            reports += [f.result() for f in futures]
+        else:  # one in-process engine: shards in turn
+            reports += [rollout_task(run, shard_no + i, shard, cfg, engines, samples) for i, shard in enumerate(shards)]
+        shard_no += len(shards)
+        if cfg.sampling.budget.policy == "adaptive":  # grade the round, decide who goes on
+            tally = budget_task(run, cfg, problems, tally, engines.teacher, r)
+        else:  # nothing to decide: the tallies only
+            tally = pipeline.close_round(run, cfg, problems, tally, engines.teacher, r)
+    return tally, pipeline.rollout_total(reports, tally)
 
 
 @flow(name="build_dataset")
@@ -192,11 +213,12 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         loaded, r_rewrite = rewrite_task(cfg, loaded, engines.teacher) if cfg.rewrite.enabled else (loaded, None)
         loaded, r_dedup = dedup_task(cfg, loaded) if cfg.dedup.enabled else (loaded, None)
         loaded, r_decon = decontaminate_task(cfg, loaded) if cfg.decontaminate.enabled else (loaded, None)
-        r_roll = _rollouts(run, cfg, pipeline.shard_frames(loaded.problems, cfg.run.shard_size), engines)
-        graded, r_grade = grade_task(run, cfg, loaded.problems, engines.teacher)
-        scored, r_step = step_score_task(run, cfg, graded, loaded.problems, engines.teacher)
+        tally, r_roll = _rollouts(run, cfg, loaded.problems, engines)
+        problems = pipeline.with_budget(loaded.problems, tally)
+        graded, r_grade = grade_task(run, cfg, problems, engines.teacher)
+        scored, r_step = step_score_task(run, cfg, graded, problems, engines.teacher)
         chosen, r_select = select_task(cfg, scored)
-        tagged, r_diff = difficulty_task(cfg, loaded.problems, chosen)
+        tagged, r_diff = difficulty_task(cfg, pipeline.with_step_tokens(problems, scored), chosen)
         dataset, r_curr = curriculum_task(cfg, chosen, tagged)
         step_eval = eval_steps_task(cfg, engines.teacher) if cfg.step_score.eval_set else None
     finally:

@@ -108,12 +108,52 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """How many samples each problem gets (`sampling.budget`). `fixed`: `sampling.n` each, in one request.
+    `adaptive`: rounds — `first` samples each, then more (the drawn count doubling, at most `max`) for the problems
+    still open, most promising first, within `run_tokens` teacher output tokens if set (stages.budget)."""
+
+    policy: Literal["fixed", "adaptive"] = "fixed"
+    first: int = 4
+    max: int = 32
+    run_tokens: int | None = None
+    # an unsolved problem stops when the chance that its next round finds a first correct trace (from the pass-rate
+    # prior of the run's own problems) falls below this
+    hopeless: float = 0.05
+    # a problem with its traces stops when the chance that the next round moves its difficulty bucket falls below
+    # this (0: only a Wilson interval inside one bucket stops it)
+    stable: float = 0.0
+
+    def __post_init__(self):
+        _positive("sampling.budget.first", self.first)
+        if self.max < self.first:
+            raise ConfigError("sampling.budget.max", self.max, f"at least sampling.budget.first ({self.first})")
+        if self.run_tokens is not None:
+            _positive("sampling.budget.run_tokens", self.run_tokens)
+        for name in ("hopeless", "stable"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"sampling.budget.{name}", getattr(self, name), "a probability in [0, 1)")
+
+    def rounds(self, n: int) -> list[tuple[int, int]]:
+        """The sample-index ranges [lo, hi) of each round: one of `n` for `fixed`; else `first`, then doubling."""
+        if self.policy == "fixed":
+            return [(0, n)]
+        out, lo, hi = [], 0, self.first
+        while True:
+            out.append((lo, hi))
+            if hi >= self.max:
+                return out
+            lo, hi = hi, min(2 * hi, self.max)
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
-    n: int = 8
+    n: int = 8  # samples per problem under the fixed budget (sampling.budget.policy: fixed, the default)
     temperature: float = 0.7
     top_p: float = 1.0
     max_tokens: int = 512
     seed: int = 0
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def __post_init__(self):
         _positive("sampling.n", self.n)
@@ -346,7 +386,9 @@ class FactoryConfig:
         teacher's identity (weights, engine settings) joins them in each request's key."""
         d = self.to_dict()
         prompt = {k: v for k, v in d["prompt"].items() if k != "thinking"}
-        return digest({"sampling": d["sampling"], "prompt": prompt})
+        # how many samples are drawn (n, budget) changes no sample: sample j is the same in every run
+        sampling = {k: v for k, v in d["sampling"].items() if k not in ("n", "budget")}
+        return digest({"sampling": sampling, "prompt": prompt})
 
     @property
     def rollout(self) -> RolloutConfig:

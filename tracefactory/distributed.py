@@ -56,8 +56,8 @@ class TeacherActor:
     def generate(self, prompts, n, params, seeds) -> list[RequestResult]:
         return self.teacher.generate(prompts, n, params, seeds)
 
-    def rollout_shard(self, root: str, shard: int, problems, cfg: FactoryConfig) -> StageReport:
-        return pipeline.rollout_shard(io.RunDir(root), shard, problems, cfg, self.teacher)
+    def rollout_shard(self, root: str, shard: int, problems, cfg: FactoryConfig, samples=None) -> StageReport:
+        return pipeline.rollout_shard(io.RunDir(root), shard, problems, cfg, self.teacher, samples)
 
     def close(self) -> None:
         self.teacher.close()
@@ -136,14 +136,14 @@ class RayTeacherPool:
                 on_result(i, r)
         return results
 
-    def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig) -> StageReport:
-        if pipeline.shard_done(run, cfg, problems, self):  # nothing to generate: read it here, no engine needed
-            return pipeline.rollout_shard(run, shard, problems, cfg, self)
+    def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig, samples=None) -> StageReport:
+        if pipeline.shard_done(run, cfg, problems, self, samples):  # nothing to generate: read it here, no engine
+            return pipeline.rollout_shard(run, shard, problems, cfg, self, samples)
         ray = import_ray()
         if not self.actors:
             raise BackendError("the engine actors must be started (start()) before shards are handed out")
         actor = self.actors[shard % len(self.actors)]
-        return ray.get(actor.rollout_shard.remote(str(run.root.resolve()), shard, problems, cfg))
+        return ray.get(actor.rollout_shard.remote(str(run.root.resolve()), shard, problems, cfg, samples))
 
     def close(self) -> None:
         if not self.actors:

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.metadata as md
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
 from tracefactory.grading.think import ThinkSpec, opener_of
 from tracefactory.grading.verify import check_golds, judge_texts
+from tracefactory.stages.budget import decide, new_tally, open_problems, record_round
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition, removed
@@ -36,6 +38,7 @@ from tracefactory.store.failpoints import failpoint
 from tracefactory.store.report import StageReport, funnel_frame, merge_reports
 from tracefactory.store.schema import (
     ANSWER,
+    CORRECT,
     GENERATION_SCHEMA,
     MATCH,
     MEMORISATION_GAP,
@@ -45,7 +48,12 @@ from tracefactory.store.schema import (
     REASON,
     REWRITE_KIND,
     REWRITE_OF,
+    ROUNDS,
     SAMPLE_INDEX,
+    SAMPLES_DRAWN,
+    STEP_TOKENS,
+    STOP_REASON,
+    TEACHER_TOKENS,
     columns,
 )
 from tracefactory.store.sources import read_source
@@ -130,23 +138,38 @@ def _requests(cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> d
     )
 
 
-def shard_done(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> bool:
-    """Whether every problem's request is committed — checked against the chunks, not a marker."""
+Samples = tuple[int, int]  # sample indices [lo, hi) of a round
+
+
+def all_samples(cfg: FactoryConfig) -> Samples:
+    return 0, cfg.sampling.n
+
+
+def shard_done(
+    run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher, samples: Samples | None = None
+) -> bool:
+    """Whether every sample asked of every problem is committed — checked against the chunks, not a marker."""
+    lo, hi = samples or all_samples(cfg)
     done = run.generations().done_keys()
-    return all(k.key in done for k in _requests(cfg, problems, teacher).values())
+    return all(done.issuperset(k.samples(lo, hi)) for k in _requests(cfg, problems, teacher).values())
 
 
-def rollouts_pending(run: io.RunDir, cfg: FactoryConfig, shards: list[pl.DataFrame], teacher: Teacher) -> bool:
+def rollouts_pending(
+    run: io.RunDir, cfg: FactoryConfig, shards: list[pl.DataFrame], teacher: Teacher, samples: Samples | None = None
+) -> bool:
     """Whether any shard still needs the teacher (a fully resumed run never loads an engine)."""
-    return any(len(s) and not shard_done(run, cfg, s, teacher) for s in shards)
+    return any(len(s) and not shard_done(run, cfg, s, teacher, samples) for s in shards)
 
 
 _PARTS = ("prompt", "sampling", "teacher")
 
 
-def why_generated(history: dict[str, tuple[str, str, str]], todo: dict[str, RequestKey]) -> dict[str, int]:
-    """Why each request to generate is not reused: `new` (nothing committed for its problem), or which
-    of its parts changed since the last commit (`prompt_changed`, `teacher_changed`, ...)."""
+def why_generated(
+    history: dict[str, tuple[str, str, str]], todo: dict[str, RequestKey], first: int = 0
+) -> dict[str, int]:
+    """Why each request to generate is not reused: `new` (nothing committed for its problem), which of its
+    parts changed since the last commit (`prompt_changed`, `teacher_changed`, ...), `more_samples` (a later
+    round: samples from `first` on), or `retried` (the same samples again: a request that failed)."""
     out: dict[str, int] = {}
     for pid, k in todo.items():
         before = history.get(pid)
@@ -154,27 +177,31 @@ def why_generated(history: dict[str, tuple[str, str, str]], todo: dict[str, Requ
             why = "new"
         else:
             now = (k.prompt, k.sampling, k.teacher)
-            why = (
-                "+".join(f"{part}_changed" for part, a, b in zip(_PARTS, before, now, strict=True) if a != b)
-                or "retried"
-            )
+            changed = [f"{part}_changed" for part, a, b in zip(_PARTS, before, now, strict=True) if a != b]
+            why = "+".join(changed) or ("more_samples" if first else "retried")
         out[why] = out.get(why, 0) + 1
     return out
 
 
 def rollout_shard(
-    run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig, teacher: Teacher
+    run: io.RunDir,
+    shard: int,
+    problems: pl.DataFrame,
+    cfg: FactoryConfig,
+    teacher: Teacher,
+    samples: Samples | None = None,
 ) -> StageReport:
-    """Generate the shard's requests that no intact chunk holds (by content key: an edited question, a
-    retrained teacher or new sampling settings regenerate exactly the problems they touch); commit
-    results as they finish. Requests that failed for good (`teacher_error`) or that the teacher could
-    not take (`prompt_too_long`) are recorded, not done: the next run tries them again."""
+    """Generate the shard's samples [lo, hi) (all `sampling.n` by default) that no intact chunk holds (by
+    content key: an edited question, a retrained teacher or new sampling settings regenerate exactly the
+    problems they touch); commit results as they finish. Requests that failed for good (`teacher_error`) or
+    that the teacher could not take (`prompt_too_long`) are recorded, not done: the next run tries them again."""
     started = time.perf_counter()
+    lo, hi = samples or all_samples(cfg)
     store = run.generations()
     keys = _requests(cfg, problems, teacher)
     done = store.done_keys()
-    todo = {pid: k for pid, k in keys.items() if k.key not in done}
-    why = why_generated(store.history(), todo)
+    todo = {pid: k for pid, k in keys.items() if not done.issuperset(k.samples(lo, hi))}
+    why = why_generated(store.history(), todo, lo)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     if todo:
@@ -189,7 +216,8 @@ def rollout_shard(
                 reasons,
             )
         with io.ChunkWriter(store, keys, shard, cfg.run.flush_every, cfg.run.flush_seconds) as writer:
-            rollout(problems.filter(pl.col(PROBLEM_ID).is_in(list(todo))), cfg.rollout, teacher, sink=writer)
+            asked = problems.filter(pl.col(PROBLEM_ID).is_in(list(todo)))
+            rollout(asked, cfg.rollout, teacher, sink=writer, samples=(lo, hi))
         failed, skipped = writer.failed, writer.skipped
         if failed:
             log.warning(
@@ -198,11 +226,11 @@ def rollout_shard(
                 len(failed),
                 next(iter(failed.values())),
             )
-    frame = store.read({k.key for k in keys.values()})
+    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)})
     frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
     detail = {"problems_reused": len(keys) - len(todo), "problems_generated": len(todo)}
     detail.update({f"generated_{k}": v for k, v in why.items()})
-    report = rollout_report(len(problems), cfg.sampling.n, frame, len(failed), len(skipped), detail)
+    report = rollout_report(len(problems), hi - lo, frame, len(failed), len(skipped), detail)
     report = dataclasses.replace(report, seconds=time.perf_counter() - started)
     log.info(
         "rollout shard %d: %d of %d completions, %d tokens, %.1f s",
@@ -215,10 +243,90 @@ def rollout_shard(
     return report
 
 
-def rollout_total(reports: list[StageReport]) -> StageReport:
+def rollout_total(reports: list[StageReport], tally: pl.DataFrame | None = None) -> StageReport:
+    """The rollout row of the funnel: every shard of every round; with the budget's tally, how many rounds ran
+    and why problems stopped (`stopped_<reason>`)."""
     total = merge_reports(reports)
+    if tally is not None and len(tally):
+        detail = {**total.detail, "rounds": int(tally[ROUNDS].max() or 0)}
+        detail.update({f"stopped_{k}": v for k, v in sorted(Counter(tally[STOP_REASON].drop_nulls()).items())})
+        total = dataclasses.replace(total, detail=detail)
     log.info(total.line())
     return total
+
+
+# ---- rollout budget (stages.budget) -----------------------------------------------------------------
+
+
+def budget_rounds(cfg: FactoryConfig) -> list[Samples]:
+    return cfg.sampling.budget.rounds(cfg.sampling.n)
+
+
+def budget_tally(problems: pl.DataFrame) -> pl.DataFrame:
+    """Every problem open, nothing drawn yet."""
+    return new_tally(problems[PROBLEM_ID].to_list())
+
+
+def round_problems(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:
+    """The problems the next round asks for samples: those whose tally is still open."""
+    return problems.filter(pl.col(PROBLEM_ID).is_in(open_problems(tally)[PROBLEM_ID].implode()))
+
+
+def close_round(
+    run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, tally: pl.DataFrame, teacher: Teacher, r: int
+) -> pl.DataFrame:
+    """After round `r`: the tallies of the problems it asked (samples, tokens; correct traces, graded here, under
+    the adaptive budget) and which of them stop (stages.budget) — from the committed samples only, so a resumed
+    run decides the same."""
+    rounds = budget_rounds(cfg)
+    lo, hi = rounds[r]
+    asked = round_problems(problems, tally)
+    keys = _requests(cfg, asked, teacher)
+    frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)})
+    frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
+    if cfg.sampling.budget.policy == "adaptive":
+        frame, _ = grade(frame, cfg.grade, asked, think_spec(cfg, teacher))
+    else:
+        frame = frame.with_columns(pl.lit(False).alias(CORRECT))  # nothing to decide: every problem stops here
+    tally = record_round(tally, asked[PROBLEM_ID], hi, frame)
+    tally = decide(tally, cfg.sampling.budget, cfg.select.keep, cfg.difficulty, rounds, r)
+    failpoint("budget.round_closed")
+    if cfg.sampling.budget.policy == "fixed":
+        return tally
+    was_asked = pl.col(PROBLEM_ID).is_in(asked[PROBLEM_ID].implode())
+    stopped = tally.filter(was_asked & pl.col(STOP_REASON).is_not_null())
+    log.info(
+        "budget round %d: samples %d-%d of %d problems; %d stop (%s), %d go on; %d teacher tokens so far",
+        r + 1,
+        lo,
+        hi - 1,
+        len(asked),
+        len(stopped),
+        ", ".join(f"{k}={v}" for k, v in sorted(Counter(stopped[STOP_REASON]).items())) or "none",
+        len(open_problems(tally)),
+        int(tally[TEACHER_TOKENS].sum()),
+    )
+    return tally
+
+
+def with_budget(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:
+    """`problems` with what the budget gave each: samples_drawn, rounds, teacher_tokens (rollouts), stop_reason."""
+    cols = [SAMPLES_DRAWN, ROUNDS, TEACHER_TOKENS, STOP_REASON]
+    return problems.drop([c for c in cols if c in problems.columns]).join(
+        tally.select(PROBLEM_ID, *cols), on=PROBLEM_ID, how="left"
+    )
+
+
+def with_step_tokens(problems: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+    """Adds the teacher tokens the step scorer spent on each problem's traces to its `teacher_tokens`."""
+    if STEP_TOKENS not in scored.columns:
+        return problems
+    spent = scored.group_by(PROBLEM_ID).agg(pl.col(STEP_TOKENS).sum().cast(pl.Int64).alias("_s"))
+    return (
+        problems.join(spent, on=PROBLEM_ID, how="left")
+        .with_columns((pl.col(TEACHER_TOKENS) + pl.col("_s").fill_null(0)).alias(TEACHER_TOKENS))
+        .drop("_s")
+    )
 
 
 class Engines(Protocol):
@@ -232,7 +340,9 @@ class Engines(Protocol):
 
     def close(self) -> None: ...
 
-    def rollout_shard(self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig) -> StageReport: ...
+    def rollout_shard(
+        self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig, samples: Samples | None = None
+    ) -> StageReport: ...
 
 
 class LocalEngines:
@@ -251,14 +361,20 @@ class LocalEngines:
     def close(self) -> None:
         self._teacher.close()
 
-    def rollout_shard(self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig) -> StageReport:
-        return rollout_shard(run, shard, problems, cfg, self._teacher)
+    def rollout_shard(
+        self, run: io.RunDir, shard: int, problems: pl.DataFrame, cfg: FactoryConfig, samples: Samples | None = None
+    ) -> StageReport:
+        return rollout_shard(run, shard, problems, cfg, self._teacher, samples)
 
 
 def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> pl.DataFrame:
-    """The committed completions of `problems`' current requests, in problem order then sample index —
-    the same order whatever order requests finished in, or how many runs it took."""
-    frame = run.generations().read({k.key for k in _requests(cfg, problems, teacher).values()})
+    """The committed completions of `problems`' samples — the first `samples_drawn` of each where the column
+    is there (an adaptive budget), else the first `sampling.n` — in problem order then sample index: the same
+    order whatever order requests finished in, or how many runs or rounds it took."""
+    drawn = problems[SAMPLES_DRAWN].to_list() if SAMPLES_DRAWN in problems.columns else [cfg.sampling.n] * len(problems)
+    keys = _requests(cfg, problems, teacher)
+    wanted = {s for k, m in zip(keys.values(), drawn, strict=True) for s in k.samples(0, m)}
+    frame = run.generations().read(wanted)
     if frame is None:
         return pl.DataFrame(schema=GENERATION_SCHEMA)
     order = problems.select(PROBLEM_ID).with_row_index("_order")

@@ -378,3 +378,129 @@ def test_rewrite_dedup_and_decontamination_through_the_flow(prefect_harness, tmp
     # every variant's gold is its own: the fake teacher (a real solver of these stories) agrees with it
     _, solved = query(run, "SELECT avg(pass_rate) FROM problems WHERE rewrite_kind = 'perturb'")
     assert solved[0][0] > 0.7
+
+
+ADAPTIVE = {"sampling.budget.policy": "adaptive"}
+
+
+def _rows(out, table="rollouts"):
+    return pl.read_parquet(out / table)
+
+
+def test_an_adaptive_budget_draws_a_prefix_of_fixed_k_and_stops_settled_problems_after_one_round(
+    prefect_harness, tmp_path, input_file
+):
+    teacher = FakeTeacher(slip_rate=0.05)
+    quiet = {"step_score.enabled": False}
+    fixed, ad = tmp_path / "fixed", tmp_path / "adaptive"
+    _run(fixed, input_file, teacher, **quiet, **{"sampling.n": 64})
+    budget = {"sampling.budget.first": 16, "sampling.budget.max": 64}
+    _run(ad, input_file, teacher, **quiet, **ADAPTIVE, **budget)
+    a, f = _rows(ad), _rows(fixed)
+    # sample j is sample j: the adaptive run's samples are fixed K=64's, text for text
+    both = a.join(f, on=["problem_id", "sample_index"], how="left", suffix="_fixed")
+    assert len(a) < len(f) and both["text_fixed"].null_count() == 0
+    assert (
+        both["text"].equals(both["text_fixed"], check_names=False)
+        and (both["cot_tokens"] == both["cot_tokens_fixed"]).all()
+    )
+    problems = _rows(ad, "problems")
+    assert set(problems["stop_reason"]) <= {"settled", "max_samples", "hopeless", "stable"}
+    # a problem settled after the first round (16 of 16 correct: Wilson [0.81, 1], easy) got no second
+    first = problems.filter((pl.col("stop_reason") == "settled") & (pl.col("rounds") == 1))
+    assert len(first) and (first["samples_drawn"] == 16).all() and (first["n_correct"] == 16).all()
+    assert a.filter(pl.col("problem_id").is_in(first["problem_id"].implode()))["sample_index"].max() == 15
+    # every problem's accounting matches its rows: samples drawn, rounds, tokens
+    per = a.group_by("problem_id").agg(pl.len().alias("rows"), pl.col("cot_tokens").sum().alias("tokens"))
+    joined = problems.join(per, on="problem_id")
+    assert (joined["rows"] == joined["samples_drawn"]).all() and (joined["tokens"] == joined["teacher_tokens"]).all()
+    assert (joined["n_rollouts"] == joined["samples_drawn"]).all()
+    rounds = {16: 1, 32: 2, 64: 3}
+    assert all(rounds[d] == r for d, r in problems.select("samples_drawn", "rounds").iter_rows())
+    funnel = _rows(ad, "funnel").filter(pl.col("stage") == "rollout").row(0, named=True)
+    detail = json.loads(funnel["detail"])
+    assert detail["rounds"] == 3 and sum(v for k, v in detail.items() if k.startswith("stopped_")) == len(problems)
+    assert funnel["kept"] == len(a) and funnel["tokens"] == int(a["cot_tokens"].sum())
+    # fixed K: one round, every problem `fixed`, sampling.n each
+    fp = _rows(fixed, "problems")
+    assert set(fp["stop_reason"]) == {"fixed"} and set(fp["samples_drawn"]) == {64} and set(fp["rounds"]) == {1}
+    # a larger max draws only the new samples: of the problems that stopped at max_samples, from index 64 on
+    store = ad / "_work" / "generations"
+    before = set(store.glob("*.parquet"))
+    _run(ad, input_file, teacher, **quiet, **ADAPTIVE, **{**budget, "sampling.budget.max": 128})
+    new = pl.concat([pl.read_parquet(p) for p in set(store.glob("*.parquet")) - before])
+    at_max = problems.filter(pl.col("stop_reason") == "max_samples")["problem_id"]
+    assert len(new) and new["sample_index"].min() == 64 and set(new["problem_id"]) <= set(at_max)
+
+
+def test_the_run_budget_is_never_exceeded_by_more_than_one_round(prefect_harness, tmp_path, input_file):
+    bounds = [0, 4, 8, 16, 32, 64]
+    for run_tokens in (20_000, 5_000):  # the second is less than the first round costs (~15,500 here)
+        budget = {"sampling.budget.first": 4, "sampling.budget.max": 64, "sampling.budget.run_tokens": run_tokens}
+        out = tmp_path / str(run_tokens)
+        _run(out, input_file, FakeTeacher(slip_rate=0.2), **{"step_score.enabled": False}, **ADAPTIVE, **budget)
+        rows, problems = _rows(out), _rows(out, "problems")
+        last = max(lo for lo in bounds[:-1] if lo <= rows["sample_index"].max())
+        before_last = int(rows.filter(pl.col("sample_index") < last)["cot_tokens"].sum())
+        # a round starts only while the budget has room: what is spent beyond it is at most the last round's
+        assert before_last < run_tokens
+        total = int(rows["cot_tokens"].sum())
+        assert (problems["stop_reason"] == "run_budget").sum() > 0
+        assert int(problems["teacher_tokens"].sum()) == total
+    assert set(problems["rounds"]) == {1} and set(problems["stop_reason"]) == {"run_budget"}
+
+
+CRASH_ADAPTIVE = """
+import sys
+from flows.build_dataset import build_dataset
+from tracefactory.backends.fake import FakeTeacher
+overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0}
+overrides.update({"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False})
+overrides.update({"sampling.budget.policy": "adaptive", "sampling.budget.first": 4, "sampling.budget.max": 16})
+build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.2))
+"""
+
+
+def _killed(out, input_file, failpoint):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_ADAPTIVE, str(out), str(input_file)],
+        env={**os.environ, "TRACEFACTORY_FAILPOINT": failpoint},
+        cwd=Path(__file__).parents[2],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its temporary Prefect server
+        except ProcessLookupError:
+            pass
+
+
+def test_an_adaptive_run_killed_between_or_inside_rounds_resumes_to_identical_tables(
+    prefect_harness, tmp_path, input_file
+):
+    over = {**ADAPTIVE, "sampling.budget.first": 4, "sampling.budget.max": 16}
+    clean = tmp_path / "clean"
+    _run(clean, input_file, FakeTeacher(slip_rate=0.2), **over)
+    assert json.loads(_rows(clean, "funnel").filter(pl.col("stage") == "rollout")["detail"][0])["rounds"] == 3
+    # the chunks of round 1 (shards 0-3: 62 problems in shards of 16); round 2's shards are numbered on from 4
+    first_round = sum(int(p.name.split("-")[1]) < 4 for p in (clean / "_work" / "generations").glob("*.parquet"))
+    kills = {"between": "budget.round_closed:1", "inside": f"rollout.chunk_committed:{first_round + 1}"}
+    for where, failpoint in kills.items():
+        crashed = tmp_path / where
+        _killed(crashed, input_file, failpoint)
+        shards = {int(p.name.split("-")[1]) for p in (crashed / "_work" / "generations").glob("*.parquet")}
+        assert shards == set(range(4)) if where == "between" else max(shards) >= 4, (where, shards)
+        _run(crashed, input_file, FakeTeacher(slip_rate=0.2), **over)
+        for table in ("problems", "rollouts", "dataset"):
+            assert pl.read_parquet(crashed / table).equals(pl.read_parquet(clean / table)), (where, table)
+        funnel = [pl.read_parquet(d / "funnel").drop("seconds", "detail") for d in (clean, crashed)]
+        assert funnel[0].equals(funnel[1]), where

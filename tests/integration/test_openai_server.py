@@ -40,6 +40,9 @@ def test_server_completions_match_the_in_process_engine(server, embedded_teacher
         [(c.text, c.tokens, c.finish_reason, c.reasoning_tokens) for c in r.completions] for r in local
     ]
     assert any("</think>" in c.text for r in local for c in r.completions)
+    # the server seeds the k-th completion of a request with its seed + k too: a later round's samples
+    later = _teacher(server).generate(qs[:2], 2, params, [s + 2 for s in seeds[:2]])
+    assert [[c.text for c in r.completions] for r in later] == [[c.text for c in r.completions[2:]] for r in local[:2]]
 
 
 def test_the_server_splits_what_the_engine_writes_and_plain_completions_are_raw(server, embedded_teacher):

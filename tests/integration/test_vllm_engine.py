@@ -36,6 +36,10 @@ def test_seeded_requests_do_not_depend_on_the_batch(plain_teacher):
             assert c.finish_reason in ("stop", "length") and 0 < c.tokens <= 200
             assert c.tokens in (len(c.text), len(c.text) + 1)  # char-level tokenizer (+ EOS when stopped)
     assert len({c.text for c in full[4]}) > 1  # K samples, not K copies
+    # sample j of a request seeded s is the first sample of one seeded s + j: rounds of an adaptive budget draw
+    # what one request of K would (samples 2-3 asked alone, seeded +2)
+    later = plain_teacher.generate([_chat(qs[4])], 2, PARAMS, [seeds[4] + 2])[0].completions
+    assert [(c.text, c.tokens) for c in later] == [(c.text, c.tokens) for c in full[4][2:]]
 
 
 @pytest.mark.parametrize("which", ["plain_teacher", "embedded_teacher"])

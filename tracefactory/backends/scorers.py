@@ -13,6 +13,7 @@ continuations of that prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol, Sequence
@@ -266,11 +267,19 @@ class CachedScorer:
         for start in range(0, len(missing), self.block):
             chunk = missing[start : start + self.block]
             for (k, _), res in zip(chunk, self.inner.score([it for _, it in chunk]), strict=True):
-                self.cache[k] = res
+                self.cache[k] = dataclasses.replace(res, cost=res.tokens)
             if self.on_block:
                 self.on_block()
-        fresh = {k for k, _ in missing}
-        return [
-            self.cache[k] if k in fresh else StepScores(self.cache[k].scores, self.cache[k].first_bad_step)
-            for k in keys
-        ]
+        # scores computed by an earlier run cost this one nothing (`tokens` 0) but keep their `cost`; a trace scored
+        # twice in one call (the same steps of the same problem) costs once, at its first row
+        fresh, seen, out = {k for k, _ in missing}, set(), []
+        for k in keys:
+            res = self.cache[k]
+            if k in seen:
+                out.append(StepScores(res.scores, res.first_bad_step, note=res.note))
+            else:
+                out.append(
+                    res if k in fresh else StepScores(res.scores, res.first_bad_step, note=res.note, cost=res.cost)
+                )
+            seen.add(k)
+        return out

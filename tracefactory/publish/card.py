@@ -24,6 +24,7 @@ from tracefactory.store.schema import (
     REASONING_TOKENS,
     RESPONSE_TOKENS,
     SCHEMA_DIR,
+    TEACHER_TOKENS,
     THINK_CLOSED,
     UNSOLVED,
 )
@@ -32,7 +33,7 @@ PLOTS = {
     "difficulty": "Problems per difficulty bucket",
     "pass_rate": "Teacher pass rate per problem",
     "cot_length": "Chain-of-thought length (tokens) by difficulty",
-    "tokens_per_trace": "Rollout tokens spent per accepted trace, by difficulty",
+    "tokens_per_trace": "Teacher tokens spent per accepted trace, by difficulty",
     "reasoning_length": "Reasoning vs response tokens of the kept traces, by difficulty",
 }
 
@@ -76,7 +77,10 @@ def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts:
 
     order = [*bucket_order(dataset), *sorted(set(problems[DIFFICULTY].drop_nulls()) - set(dataset[DIFFICULTY]))]
     counts = dict(problems.group_by(DIFFICULTY).len().iter_rows())
-    spent = dict(rollouts.group_by(PROBLEM_ID).agg(pl.col(COT_TOKENS).sum()).iter_rows())
+    if TEACHER_TOKENS in problems.columns:  # rollouts and step scoring, however many samples each problem drew
+        spent = dict(problems.select(PROBLEM_ID, pl.col(TEACHER_TOKENS).fill_null(0)).iter_rows())
+    else:  # a release made before problems kept their tokens
+        spent = dict(rollouts.group_by(PROBLEM_ID).agg(pl.col(COT_TOKENS).sum()).iter_rows())
     per_bucket_tokens = {
         b: sum(spent.get(p, 0) for p in problems.filter(pl.col(DIFFICULTY) == b)[PROBLEM_ID]) for b in order
     }
@@ -122,7 +126,7 @@ def plots(folder: Path, problems: pl.DataFrame, dataset: pl.DataFrame, rollouts:
         present = [b for b in order if accepted.get(b)]
         total = sum(spent.values()) / max(len(dataset), 1)  # with what unsolved problems cost
         ax.bar([*present, "all (with unsolved)"], [*(per_bucket_tokens[b] / accepted[b] for b in present), total])
-        ax.set_ylabel("rollout tokens / accepted trace")
+        ax.set_ylabel("teacher tokens / accepted trace")
 
     for name, draw in (
         ("difficulty", difficulty),
@@ -219,7 +223,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         "",
         "## How it was made",
         "",
-        f"- **Teacher**: `{teacher.get('name')}` ({teacher.get('kind')}), {cfg['sampling']['n']} samples per problem,"
+        f"- **Teacher**: `{teacher.get('name')}` ({teacher.get('kind')}), {_budget(cfg, funnel)},"
         f" temperature {cfg['sampling']['temperature']}, top-p {cfg['sampling']['top_p']},"
         f" at most {cfg['sampling']['max_tokens']} tokens, seed {cfg['sampling']['seed']}.",
         "- **Grading**: the final answer extracted from each trace is checked against the gold with Math-Verify"
@@ -298,6 +302,23 @@ def _traces(t: dict) -> list[str]:
             f" {t['mean_response_tokens']} tokens. `messages` holds each trace as an SFT conversation.",
         ]
     return [*lines, ""]
+
+
+def _budget(cfg: dict, funnel: pl.DataFrame) -> str:
+    """How many samples each problem got: sampling.n, or what the adaptive budget did (from the funnel's rollout
+    row: its rounds and why problems stopped)."""
+    budget = cfg["sampling"].get("budget") or {"policy": "fixed"}
+    if budget["policy"] == "fixed":
+        return f"{cfg['sampling']['n']} samples per problem"
+    row = funnel.filter(pl.col("stage") == "rollout")
+    detail = json.loads(row["detail"][0]) if len(row) and row["detail"][0] else {}
+    stops = ", ".join(f"{k.removeprefix('stopped_')} {v:,}" for k, v in detail.items() if k.startswith("stopped_"))
+    limit = f", at most {budget['run_tokens']:,} teacher tokens in all" if budget.get("run_tokens") else ""
+    return (
+        f"an adaptive budget: {budget['first']} samples per problem, then more for the problems still open (the"
+        f" count doubling, at most {budget['max']}{limit}) over {detail.get('rounds', '?')} rounds; problems stopped"
+        f" as {stops or 'n/a'}"
+    )
 
 
 def _problem_stages(cfg: dict) -> str:

@@ -1,9 +1,11 @@
-"""rollout: problems -> K completions each, from ONE teacher call for the whole batch.
+"""rollout: problems -> samples [lo, hi) of each, from ONE teacher call for the whole batch.
 
-Each problem's request is seeded from (sampling.seed, problem_id), so a problem gets the same K
-completions whatever batch or shard it lands in — the basis of resuming without regenerating. Each
-request has a content key (`request_key`): the hash of its rendered prompt, its sampling settings and
-seed, and the teacher's identity; finished work is found by that key, never by problem id alone.
+Each problem is seeded from (sampling.seed, problem_id) and its sample j from that seed + j (as vLLM seeds
+the j-th completion of an n-request), so sample j is the same whatever batch, shard or round asks for it
+and however many samples are asked: a run of 4 samples draws a prefix of a run of 8 — the basis of resuming
+and of adaptive budgets. Each sample has a content key (`RequestKey.sample`): the hash of the problem's
+rendered prompt, its sampling settings and seed, the teacher's identity and the sample's index; finished
+work is found by that key, never by problem id alone.
 """
 
 from __future__ import annotations
@@ -48,18 +50,25 @@ def request_seed(base_seed: int, problem_id: str) -> int:
 
 @dataclass(frozen=True)
 class RequestKey:
-    """A request's content key and its parts (to say why a request is generated again)."""
+    """A problem's content key and its parts (to say why a request is generated again); its samples' keys."""
 
     key: str
     prompt: str
     sampling: str
     teacher: str
 
+    def sample(self, j: int) -> str:
+        return digest([self.key, j])
+
+    def samples(self, lo: int, hi: int) -> list[str]:
+        return [self.sample(j) for j in range(lo, hi)]
+
 
 def request_keys(problems: pl.DataFrame, cfg: RolloutConfig, teacher_id: str) -> list[RequestKey]:
-    """One key per problem: hash(rendered prompt, sampling settings + request seed, teacher identity)."""
+    """One key per problem: hash(rendered prompt, sampling settings + request seed, teacher identity). The
+    number of samples is not part of it: sample j's key is the hash of this key and j."""
     s: SamplingConfig = cfg.sampling
-    settings = [s.n, s.temperature, s.top_p, s.max_tokens]
+    settings = [s.temperature, s.top_p, s.max_tokens]
     out = []
     for pid, question in problems.select(PROBLEM_ID, QUESTION).iter_rows():
         prompt = digest(build_prompt(question, cfg.prompt))
@@ -69,16 +78,21 @@ def request_keys(problems: pl.DataFrame, cfg: RolloutConfig, teacher_id: str) ->
 
 
 def rollout(
-    problems: pl.DataFrame, cfg: RolloutConfig, teacher: Teacher, sink: Sink | None = None
+    problems: pl.DataFrame,
+    cfg: RolloutConfig,
+    teacher: Teacher,
+    sink: Sink | None = None,
+    samples: tuple[int, int] | None = None,
 ) -> tuple[pl.DataFrame, StageReport]:
-    """One row per completion the teacher returned (n asked per problem), each with its request's
-    content key (`rollout_key`). Nothing is dropped: a problem whose request failed for good, or whose
-    prompt is longer than the teacher's context, simply has fewer rows, counted `teacher_error` /
-    `prompt_too_long` in the report. `sink` sees each problem's rows as its request finishes (to
-    persist them before the batch ends)."""
-    n = cfg.sampling.n
+    """One row per completion the teacher returned (samples [lo, hi) asked per problem; [0, sampling.n) by
+    default), each with its sample's content key (`rollout_key`). Nothing is dropped: a problem whose request
+    failed for good, or whose prompt is longer than the teacher's context, simply has fewer rows, counted
+    `teacher_error` / `prompt_too_long` in the report. `sink` sees each problem's rows as its request
+    finishes (to persist them before the batch ends)."""
+    lo, hi = samples or (0, cfg.sampling.n)
+    n = hi - lo
     ids = problems[PROBLEM_ID].to_list()
-    keys = [k.key for k in request_keys(problems, cfg, teacher_key(teacher))]
+    keys = request_keys(problems, cfg, teacher_key(teacher))
     seeds = [request_seed(cfg.sampling.seed, pid) for pid in ids]
     prompts = [build_prompt(q, cfg.prompt) for q in problems[QUESTION].to_list()]
 
@@ -87,8 +101,8 @@ def rollout(
             [
                 {
                     PROBLEM_ID: ids[i],
-                    SAMPLE_INDEX: c.index,
-                    ROLLOUT_KEY: keys[i],
+                    SAMPLE_INDEX: lo + c.index,
+                    ROLLOUT_KEY: keys[i].sample(lo + c.index),
                     SEED: seeds[i],
                     TEXT: c.text,
                     COT_TOKENS: c.tokens,
@@ -107,7 +121,9 @@ def rollout(
         built[i] = rows(i, result)
         sink(ids[i], built[i], result.error)
 
-    results = teacher.generate(prompts, n, cfg.sampling, seeds, on_result=on_result if sink else None)
+    # the teacher seeds the k-th completion of a request with its seed + k: this request's k-th is sample lo + k
+    starts = [s + lo for s in seeds]
+    results = teacher.generate(prompts, n, cfg.sampling, starts, on_result=on_result if sink else None)
     frames = [built[i] if i in built else rows(i, r) for i, r in enumerate(results)]
     frame = pl.concat(frames) if frames else pl.DataFrame(schema=GENERATION_SCHEMA)
     failed = sum(not r.ok for r in results)

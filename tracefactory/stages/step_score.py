@@ -41,7 +41,9 @@ from tracefactory.store.schema import (
     SEED,
     STEP_COLUMNS,
     STEP_SCORES,
+    STEP_TOKENS,
     STEPS,
+    StepScores,
 )
 
 LOW_STEP_SCORE = "low_step_score"
@@ -126,9 +128,19 @@ def step_score(
             [_reason(i, why, low[i], unscorable, cfg) for i, why in enumerate(rollouts[DROP_REASON])],
             dtype=pl.String,
         ),
+        # what each trace's scores took of the teacher, whenever they were computed (a problem's teacher_tokens)
+        pl.Series(STEP_TOKENS, [r.cost for r in _per_row(todo, scored, len(rollouts))], dtype=pl.Int64),
     )
     tokens = sum(r.tokens for r in scored)
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
+
+
+def _per_row(todo: list[int], scored: list[StepScores], rows: int) -> list[StepScores]:
+    by_row = dict(zip(todo, scored, strict=True))
+    return [by_row.get(i, _NOTHING) for i in range(rows)]
+
+
+_NOTHING = StepScores([], None)
 
 
 def _head(cot: str, reasoning: str | None, steps: list[str]) -> str:

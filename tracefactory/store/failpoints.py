@@ -2,7 +2,8 @@
 the K-th time (default: the first) it reaches `failpoint(NAME)` — no cleanup, no flushing, exactly as
 an OOM kill or a lost node would end it. Unset (as it is for users) a failpoint is one dict lookup.
 
-Points: `rollout.chunk_committed` (after a chunk of finished requests is on disk), `grade.batch`
+Points: `rollout.chunk_committed` (after a chunk of finished requests is on disk), `budget.round_closed`
+(a rollout round's tallies decided, the next round not begun), `grade.batch`
 (half-way through a grading batch: its fast verdicts, or the grading pool's pairs), `write.table`
 (between the output tables of a run).
 """

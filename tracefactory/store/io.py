@@ -47,6 +47,7 @@ from tracefactory.store.schema import (
     SAMPLE_INDEX,
     STEP_COLUMNS,
     STEP_SCORES,
+    STEP_TOKENS,
     STEPS,
     ScoreKey,
     StepScores,
@@ -201,9 +202,9 @@ class DamagedFile(Exception):
 
 
 class GenerationStore:
-    """The teacher's output, found by request key (see `stages.rollout.request_key`): each chunk of
-    finished requests is ONE Parquet file whose footer carries its commit record — the requests it
-    completes (problem -> key), the run that generated them, failed or skipped requests, and a checksum
+    """The teacher's output, found by sample key (see `stages.rollout.RequestKey`): each chunk of
+    finished requests is ONE Parquet file whose footer carries its commit record — the samples it
+    completes (problem -> their keys), the run that generated them, failed or skipped requests, and a checksum
     of its rows — written atomically (temp file + rename, fsynced). A chunk exists whole, committed, or
     not at all. Each chunk is verified when a process first reads it (Parquet page CRCs and the row
     checksum); a damaged one is moved to `RUN/_work/quarantine/` with a warning, and its requests are
@@ -245,9 +246,15 @@ class GenerationStore:
                 self.quarantine(path, str(why))
         return out
 
+    @staticmethod
+    def _keys(commit: dict) -> list[str]:
+        """The sample keys a commit record holds (a record written before samples had keys of their own holds one
+        request key per problem: it matches no sample key, so those requests are generated again)."""
+        return [k for v in commit["keys"].values() for k in (v if isinstance(v, list) else [v])]
+
     def done_keys(self) -> set[str]:
-        """Keys of requests whose completions are committed (a skipped or failed request is not done)."""
-        return {key for c in self.commits() for key in c["keys"].values()}
+        """Keys of the samples whose completions are committed (a skipped or failed request is not done)."""
+        return {key for c in self.commits() for key in self._keys(c)}
 
     def history(self) -> dict[str, tuple[str, str, str]]:
         """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it."""
@@ -267,11 +274,15 @@ class GenerationStore:
         failed: dict[str, str] | None = None,
         skipped: dict[str, str] | None = None,
     ) -> None:
-        """`keys`: problem -> RequestKey of each request that finished with completions."""
+        """`keys`: problem -> RequestKey of each request that finished with completions (`frame`'s rows: each
+        sample's key is in its `rollout_key`)."""
+        samples: dict[str, list[str]] = {}
+        for pid, key in frame.select(PROBLEM_ID, ROLLOUT_KEY).iter_rows():
+            samples.setdefault(pid, []).append(key)
         record = {
             "run": run_id,
             "shard": shard,
-            "keys": {pid: k.key for pid, k in keys.items()},
+            "keys": {pid: samples.get(pid, []) for pid in keys},
             "parts": {pid: [k.prompt, k.sampling, k.teacher] for pid, k in keys.items()},
             "completions": len(frame),
             "tokens": int(frame[COT_TOKENS].sum() or 0) if len(frame) else 0,
@@ -285,11 +296,11 @@ class GenerationStore:
         write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
     def read(self, keys: set[str]) -> pl.DataFrame | None:
-        """Committed completions of the requests `keys`, each (problem, sample) once; None if none."""
+        """Committed completions of the samples `keys`, each (problem, sample) once; None if none."""
         paths = [
             self.root / f"{c['chunk']}.parquet"
             for c in self.commits()
-            if c["completions"] and not keys.isdisjoint(c["keys"].values())
+            if c["completions"] and not keys.isdisjoint(self._keys(c))
         ]
         if not paths:
             return None
@@ -419,8 +430,14 @@ class StepScoreStore:
         if not self.path.is_file():
             return {}
         try:
-            rows = list(pl.read_parquet(self.path).iter_rows())
-            return {(pid, pkey, tuple(steps)): StepScores(list(scores), bad) for pid, pkey, steps, scores, bad in rows}
+            frame = pl.read_parquet(self.path)
+            if STEP_TOKENS not in frame.columns:  # saved before the cost was kept
+                frame = frame.with_columns(pl.lit(0, pl.Int64).alias(STEP_TOKENS))
+            rows = frame.select(PROBLEM_ID, PROBLEM_KEY, STEPS, STEP_SCORES, FIRST_BAD_STEP, STEP_TOKENS).iter_rows()
+            return {
+                (pid, pkey, tuple(steps)): StepScores(list(scores), bad, cost=cost)
+                for pid, pkey, steps, scores, bad, cost in rows
+            }
         except (OSError, ValueError, TypeError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
             self.quarantine(self.path, f"unreadable: {exc}")
             return {}
@@ -431,6 +448,7 @@ class StepScoreStore:
             PROBLEM_ID: pl.String,
             PROBLEM_KEY: pl.String,
             **{c: STEP_COLUMNS[c] for c in (STEPS, STEP_SCORES, FIRST_BAD_STEP)},
+            STEP_TOKENS: pl.Int64,
         }
         frame = pl.DataFrame(
             {
@@ -439,6 +457,7 @@ class StepScoreStore:
                 STEPS: [list(k[2]) for k in done],
                 STEP_SCORES: [v.scores for v in done.values()],
                 FIRST_BAD_STEP: [v.first_bad_step for v in done.values()],
+                STEP_TOKENS: [v.cost for v in done.values()],
             },
             schema=schema,
         )
