@@ -37,6 +37,7 @@ from tracefactory.stages.difficulty import bucket  # noqa: E402
 from tracefactory.store.schema import (  # noqa: E402
     CORRECT,
     COT_TOKENS,
+    LEVEL,
     N_CORRECT,
     PROBLEM_ID,
     SAMPLE_INDEX,
@@ -68,10 +69,10 @@ def build_pool(config: str | None, out: Path, pool: int, seed: int) -> pl.DataFr
     return pl.read_parquet(out / "rollouts", columns=[PROBLEM_ID, SAMPLE_INDEX, CORRECT, COT_TOKENS])
 
 
-def replay(pool: pl.DataFrame, ids: list[str], budget: BudgetConfig, n: int, cfg) -> pl.DataFrame:
+def replay(pool: pl.DataFrame, problems: pl.DataFrame, budget: BudgetConfig, n: int, cfg) -> pl.DataFrame:
     """The budget's tally over the pool, round by round as `flows.build_dataset._rollouts` draws it."""
     rounds = budget.rounds(n)
-    tally = new_tally(ids)
+    tally = new_tally(problems[PROBLEM_ID].to_list(), problems[LEVEL].to_list())
     for r, (lo, hi) in enumerate(rounds):
         asked = open_problems(tally)[PROBLEM_ID]
         if r and not len(asked):
@@ -161,10 +162,10 @@ def main() -> None:
     for seed in args.seeds:
         pool_dir = args.out / f"pool-s{seed}"
         pool = build_pool(args.config, pool_dir, args.pool, seed)
-        ids = pl.read_parquet(pool_dir / "problems", columns=[PROBLEM_ID])[PROBLEM_ID].to_list()
-        base = replay(pool, ids, BudgetConfig(), FIXED_K, cfg)
+        problems = pl.read_parquet(pool_dir / "problems", columns=[PROBLEM_ID, LEVEL])
+        base = replay(pool, problems, BudgetConfig(), FIXED_K, cfg)
         b = measures(base, cfg)
-        print(f"\nseed {seed}: {len(ids)} problems, pool of {args.pool}")
+        print(f"\nseed {seed}: {len(problems)} problems, pool of {args.pool}")
         head = "policy                               tokens  accepted  tok/acc  hard acc  easy med hard unsol  agree"
         print(head)
 
@@ -187,7 +188,7 @@ def main() -> None:
                     stable=stable,
                     run_tokens=b["tokens"] if equal else None,
                 )
-                t = replay(pool, ids, budget, FIXED_K, cfg)
+                t = replay(pool, problems, budget, FIXED_K, cfg)
                 m = measures(t, cfg)
                 name = f"adaptive {first}/{mx} h={hopeless} s={stable}{' =tok' if equal else ''}"
                 show(name, t, m, base)
@@ -204,7 +205,8 @@ def main() -> None:
         if args.check:
             first, mx, hopeless, stable = SETTINGS[0]
             budget = BudgetConfig(policy="adaptive", first=first, max=mx, hopeless=hopeless, stable=stable)
-            check(args.config, pool_dir, args.out / f"check-s{seed}", seed, budget, replay(pool, ids, budget, 8, cfg))
+            want = replay(pool, problems, budget, FIXED_K, cfg)
+            check(args.config, pool_dir, args.out / f"check-s{seed}", seed, budget, want)
     if len(args.seeds) > 1:
         print("\nover seeds (tokens per accepted trace and accepted problems, relative to fixed K=8):")
         for name in dict.fromkeys(n for _, n, _, _ in lines):

@@ -40,6 +40,7 @@ from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
     GENERATION_SCHEMA,
+    LEVEL,
     MATCH,
     MEMORISATION_GAP,
     MEMORISED,
@@ -263,8 +264,8 @@ def budget_rounds(cfg: FactoryConfig) -> list[Samples]:
 
 
 def budget_tally(problems: pl.DataFrame) -> pl.DataFrame:
-    """Every problem open, nothing drawn yet."""
-    return new_tally(problems[PROBLEM_ID].to_list())
+    """Every problem open, nothing drawn yet (with its source level, for the budget's priors)."""
+    return new_tally(problems[PROBLEM_ID].to_list(), problems[LEVEL].to_list() if LEVEL in problems.columns else None)
 
 
 def round_problems(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:

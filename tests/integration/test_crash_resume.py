@@ -18,7 +18,7 @@ pytestmark = pytest.mark.vllm
 CLI = [sys.executable, "-m", "tracefactory.cli", "run"]
 
 
-def _args(out: Path, source: Path, verbose: bool = False) -> list[str]:
+def _args(out: Path, source: Path, verbose: bool = False, extra: dict | None = None) -> list[str]:
     sets = {
         "source.path": source,
         "sampling.n": 4,
@@ -27,18 +27,25 @@ def _args(out: Path, source: Path, verbose: bool = False) -> list[str]:
         "step_score.enabled": "false",
         "rewrite.enabled": "false",  # the source's own problems: this test is about crashes
         "run.progress": "false",
+        **(extra or {}),
     }
     sets = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     return [*CLI, "--out", str(out), *sets, *(["--verbose"] if verbose else [])]
 
 
-def _start(out: Path, source: Path, failpoint: str | None = None, verbose: bool = False) -> subprocess.Popen:
+def _start(
+    out: Path, source: Path, failpoint: str | None = None, verbose: bool = False, extra: dict | None = None
+) -> subprocess.Popen:
     """`tracefactory run` in its own process group (the engine and Prefect server die with it); what it
     prints goes to `proc.console` (a file)."""
     env = {**os.environ, "TRACEFACTORY_FAILPOINT": failpoint or ""}
     path = out.parent / f"{out.name}-{time.monotonic_ns()}.console"
     proc = subprocess.Popen(
-        _args(out, source, verbose), env=env, stdout=open(path, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        _args(out, source, verbose, extra),
+        env=env,
+        stdout=open(path, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     proc.console = path
     return proc
@@ -133,3 +140,20 @@ def test_sigkill_at_any_point_then_resume_matches_an_uninterrupted_run(tmp_path,
     assert len(per_run) >= 3  # the work really was spread over several runs
     gens = pl.read_parquet(list((crashed / "_work" / "generations").glob("chunk-*.parquet")))
     assert len(gens) == 200 and gens.select("problem_id", "sample_index").is_unique().all()
+
+    # then an adaptive budget on both run directories: round 1 (samples 0-3) is read back, round 2 (4-7) generated
+    # for the problems still open; SIGKILL inside round 2 (the first chunk this run commits), and the resumed run's
+    # tables equal the uninterrupted adaptive run's
+    adaptive = {"sampling.budget.policy": "adaptive", "sampling.budget.first": 4, "sampling.budget.max": 8}
+    assert _reap(_start(whole, source, extra=adaptive)) == 0
+    proc = _start(crashed, source, "rollout.chunk_committed:1", extra=adaptive)
+    assert _reap(proc) == -signal.SIGKILL
+    assert 200 < sum(c["completions"] for c in _commits(crashed)) < sum(c["completions"] for c in _commits(whole))
+    assert _reap(_start(crashed, source, extra=adaptive)) == 0
+    for table in ("problems", "rollouts", "dataset", "funnel"):
+        a, b = pl.read_parquet(whole / table), pl.read_parquet(crashed / table)
+        if table == "funnel":
+            a, b = a.drop("seconds", "detail"), b.drop("seconds", "detail")
+        assert a.equals(b), table
+    problems = pl.read_parquet(whole / "problems")
+    assert problems["rounds"].max() == 2 and set(problems["samples_drawn"]) <= {4, 8}

@@ -233,19 +233,16 @@ build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTea
 """
 
 
-def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_path, input_file, monkeypatch):
+def _killed(script, out, input_file, failpoint):
+    """`script` (the flow on `input_file` into `out`) in a process of its own, SIGKILLed at `failpoint`."""
     import os
     import signal
     import subprocess
     import sys
 
-    clean = tmp_path / "clean"
-    _run(clean, input_file, FakeTeacher(slip_rate=0.08))
-    crashed = tmp_path / "crashed"
-    env = {**os.environ, "TRACEFACTORY_FAILPOINT": "grade.persisted"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASH_AFTER_GRADING, str(crashed), str(input_file)],
-        env=env,
+        [sys.executable, "-c", script, str(out), str(input_file)],
+        env={**os.environ, "TRACEFACTORY_FAILPOINT": failpoint},
         cwd=Path(__file__).parents[2],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -258,6 +255,14 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
             os.killpg(proc.pid, signal.SIGKILL)  # its temporary Prefect server
         except ProcessLookupError:
             pass
+
+
+def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_path, input_file, monkeypatch):
+
+    clean = tmp_path / "clean"
+    _run(clean, input_file, FakeTeacher(slip_rate=0.08))
+    crashed = tmp_path / "crashed"
+    _killed(CRASH_AFTER_GRADING, crashed, input_file, "grade.persisted")
     assert list((crashed / "_work" / "graded").glob("*.parquet")) and not (crashed / "dataset").exists()
 
     from tracefactory.errors import BackendError
@@ -461,29 +466,6 @@ build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTea
 """
 
 
-def _killed(out, input_file, failpoint):
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CRASH_ADAPTIVE, str(out), str(input_file)],
-        env={**os.environ, "TRACEFACTORY_FAILPOINT": failpoint},
-        cwd=Path(__file__).parents[2],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert proc.wait(timeout=300) == -signal.SIGKILL
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # its temporary Prefect server
-        except ProcessLookupError:
-            pass
-
-
 def test_an_adaptive_run_killed_between_or_inside_rounds_resumes_to_identical_tables(
     prefect_harness, tmp_path, input_file
 ):
@@ -496,7 +478,7 @@ def test_an_adaptive_run_killed_between_or_inside_rounds_resumes_to_identical_ta
     kills = {"between": "budget.round_closed:1", "inside": f"rollout.chunk_committed:{first_round + 1}"}
     for where, failpoint in kills.items():
         crashed = tmp_path / where
-        _killed(crashed, input_file, failpoint)
+        _killed(CRASH_ADAPTIVE, crashed, input_file, failpoint)
         shards = {int(p.name.split("-")[1]) for p in (crashed / "_work" / "generations").glob("*.parquet")}
         assert shards == set(range(4)) if where == "between" else max(shards) >= 4, (where, shards)
         _run(crashed, input_file, FakeTeacher(slip_rate=0.2), **over)

@@ -135,3 +135,21 @@ def test_stable_stops_a_problem_the_next_round_would_hardly_move_out_of_its_buck
     # off (the default): 4 of 4 is not settled (Wilson [0.51, 1] spans easy and medium), so it goes on
     off = BudgetConfig(policy="adaptive", first=4, max=32, hopeless=0.0)
     assert _reasons(next_round(tally, off, 1, DIFF, drawn=4, more=4, spent=0))["sure"] is None
+
+
+def test_priors_are_fitted_per_source_level_when_a_level_has_enough_problems():
+    from tracefactory.stages.budget import MIN_GROUP, fit_priors
+
+    # level 1 solved about half the time, level 5 never; level 9 has too few problems for a prior of its own
+    ks = [2] * (MIN_GROUP - 1) + [0] + [0] * MIN_GROUP + [0] * 3
+    levels = ["L1"] * MIN_GROUP + ["L5"] * MIN_GROUP + ["L9"] * 3
+    priors = fit_priors(ks, [4] * len(ks), levels)
+    l1, l5, l9 = priors[0], priors[MIN_GROUP], priors[-1]
+    assert l1[0] / sum(l1) == pytest.approx(0.475, abs=0.01) and l5[0] / sum(l5) < 0.01
+    assert l9 == fit_prior(ks, [4] * len(ks))  # the run's prior
+    # 0 of 4 at level 1 is bad luck, at level 5 it is the level: the next round's chance differs accordingly
+    assert chance_of_at_least(1, 0, 4, 4, l1) > 0.5 > 0.05 > chance_of_at_least(1, 0, 4, 4, l5)
+    tally = _tally([(f"p{i}", 4, k, 400) for i, k in enumerate(ks)]).with_columns(pl.Series("level", levels))
+    out = next_round(tally, BudgetConfig(policy="adaptive", first=4, max=32), 1, DIFF, drawn=4, more=4, spent=0)
+    # 0 of 4 at level 5 stops; 0 of 4 at level 1 goes on
+    assert out["stop_reason"][MIN_GROUP] == HOPELESS and out["stop_reason"][MIN_GROUP - 1] is None

@@ -8,9 +8,10 @@ Each problem's tally is (samples drawn, correct traces, teacher tokens spent). A
   its pass rate, not of the interval) is below `budget.stable` (off at 0);
 - `max_samples`: it has drawn `budget.max`;
 - `hopeless`: no correct trace yet, and the chance that the next round finds one is below `budget.hopeless`.
-  The chance comes from the pass rates of the run's own problems: a beta prior fitted to every tally by the
+  The chance comes from the pass rates of the run's own problems: a beta prior fitted to the tallies by the
   method of moments (an empirical-Bayes prior: a teacher that solves half of a run's problems all the time and
-  never the other half makes 0 of 4 much more telling than one whose problems all sit near 0.3);
+  never the other half makes 0 of 4 much more telling than one whose problems all sit near 0.3), one per source
+  level where the source has levels (MATH's, the demo's), else one for the run;
 - `run_budget`: the run's `budget.run_tokens` is spent, or the next round of this problem would not fit in it.
 
 The others go on, most promising first when the run budget cannot take them all: the problems still short of
@@ -29,6 +30,7 @@ from tracefactory.stages.difficulty import bucket, wilson
 from tracefactory.store.schema import (
     CORRECT,
     COT_TOKENS,
+    LEVEL,
     N_CORRECT,
     PROBLEM_ID,
     ROUNDS,
@@ -71,6 +73,25 @@ def fit_prior(ks: list[int], ns: list[int]) -> Prior:
     total = mean * (1 - mean) / var_p - 1  # a + b
     total = min(max(total, 0.05), 1000.0)
     return mean * total, (1 - mean) * total
+
+
+MIN_GROUP = 20  # problems a source level needs to have a prior of its own
+
+
+def fit_priors(ks: list[int], ns: list[int], levels: list[str | None]) -> list[Prior]:
+    """Each problem's prior: fitted to the problems of its source `level` (MATH's "Level 3", the demo's L1-L5)
+    when the level has at least MIN_GROUP of them — a level is what the source already knows of a problem's
+    difficulty —, else to every problem of the run."""
+    everyone = fit_prior(ks, ns)
+    groups: dict[str | None, list[int]] = {}
+    for i, level in enumerate(levels):
+        groups.setdefault(level, []).append(i)
+    by_level = {
+        level: fit_prior([ks[i] for i in idx], [ns[i] for i in idx])
+        for level, idx in groups.items()
+        if level is not None and len(idx) >= MIN_GROUP
+    }
+    return [by_level.get(level, everyone) for level in levels]
 
 
 def _log_beta(a: float, b: float) -> float:
@@ -121,11 +142,12 @@ def next_round(
     samples; the rest (stop_reason null) are asked `more` samples next round. `spent`: the run's teacher tokens
     so far (rollouts)."""
     ks, ns = tally[N_CORRECT].to_list(), tally[SAMPLES_DRAWN].to_list()
-    prior = fit_prior(ks, ns)
+    priors = fit_priors(ks, ns, tally[LEVEL].to_list())
     reasons: list[str | None] = []
     priority: dict[int, float] = {}
     for i, (k, n, open_) in enumerate(zip(ks, ns, tally[STOP_REASON].is_null().to_list(), strict=True)):
         reason = tally[STOP_REASON][i]
+        prior = priors[i]
         if open_:
             if k >= keep and settled(k, n, difficulty):
                 reason = SETTLED
@@ -189,10 +211,12 @@ def open_problems(tally: pl.DataFrame) -> pl.DataFrame:
     return tally.filter(pl.col(STOP_REASON).is_null())
 
 
-def new_tally(problem_ids: list[str]) -> pl.DataFrame:
+def new_tally(problem_ids: list[str], levels: list[str | None] | None = None) -> pl.DataFrame:
+    """Every problem open, nothing drawn; `levels`: the source's difficulty label of each (priors by level)."""
     return pl.DataFrame(
         {
             PROBLEM_ID: problem_ids,
+            LEVEL: levels if levels is not None else [None] * len(problem_ids),
             SAMPLES_DRAWN: [0] * len(problem_ids),
             N_CORRECT: [0] * len(problem_ids),
             TEACHER_TOKENS: [0] * len(problem_ids),
@@ -201,6 +225,7 @@ def new_tally(problem_ids: list[str]) -> pl.DataFrame:
         },
         schema={
             PROBLEM_ID: pl.String,
+            LEVEL: pl.String,
             SAMPLES_DRAWN: pl.Int64,
             N_CORRECT: pl.Int64,
             TEACHER_TOKENS: pl.Int64,
