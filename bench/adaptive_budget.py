@@ -49,10 +49,10 @@ from tracefactory.store.schema import (  # noqa: E402
 FIXED_K = 8
 # (first, max, hopeless, stable): the settings compared with fixed K=8
 SETTINGS = [
-    (4, 16, 0.05, 0.0),  # the defaults but max (the pool's size)
+    (4, 16, 0.10, 0.2),  # the defaults (`--check` runs this one through the real flow)
+    (4, 16, 0.05, 0.0),  # settled or hopeless only
     (4, 16, 0.05, 0.1),
     (4, 16, 0.05, 0.2),
-    (4, 16, 0.10, 0.2),
     (4, 16, 0.20, 0.2),
     (2, 16, 0.10, 0.2),
     (4, 8, 0.10, 0.2),

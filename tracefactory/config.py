@@ -113,16 +113,17 @@ class BudgetConfig:
     `adaptive`: rounds — `first` samples each, then more (the drawn count doubling, at most `max`) for the problems
     still open, most promising first, within `run_tokens` teacher output tokens if set (stages.budget)."""
 
+    # the adaptive defaults are the ones bench/adaptive_budget.py measured (README, "Sampling budget")
     policy: Literal["fixed", "adaptive"] = "fixed"
     first: int = 4
-    max: int = 32
+    max: int = 16
     run_tokens: int | None = None
     # an unsolved problem stops when the chance that its next round finds a first correct trace (from the pass-rate
     # prior of the run's own problems) falls below this
-    hopeless: float = 0.05
+    hopeless: float = 0.1
     # a problem with its traces stops when the chance that the next round moves its difficulty bucket falls below
     # this (0: only a Wilson interval inside one bucket stops it)
-    stable: float = 0.0
+    stable: float = 0.2
 
     def __post_init__(self):
         _positive("sampling.budget.first", self.first)

@@ -399,7 +399,8 @@ def test_an_adaptive_budget_draws_a_prefix_of_fixed_k_and_stops_settled_problems
     quiet = {"step_score.enabled": False}
     fixed, ad = tmp_path / "fixed", tmp_path / "adaptive"
     _run(fixed, input_file, teacher, **quiet, **{"sampling.n": 64})
-    budget = {"sampling.budget.first": 16, "sampling.budget.max": 64}
+    # `stable` off: problems go on until settled or at max (a larger max must find some to continue)
+    budget = {"sampling.budget.first": 16, "sampling.budget.max": 64, "sampling.budget.stable": 0.0}
     _run(ad, input_file, teacher, **quiet, **ADAPTIVE, **budget)
     a, f = _rows(ad), _rows(fixed)
     # sample j is sample j: the adaptive run's samples are fixed K=64's, text for text
@@ -452,7 +453,8 @@ def test_the_run_budget_is_never_exceeded_by_more_than_one_round(prefect_harness
         total = int(rows["cot_tokens"].sum())
         assert (problems["stop_reason"] == "run_budget").sum() > 0
         assert int(problems["teacher_tokens"].sum()) == total
-    assert set(problems["rounds"]) == {1} and set(problems["stop_reason"]) == {"run_budget"}
+    # spent after the first round: no problem got a second (those not stopped by their tallies stop for the budget)
+    assert set(problems["rounds"]) == {1} and "run_budget" in set(problems["stop_reason"])
 
 
 CRASH_ADAPTIVE = """

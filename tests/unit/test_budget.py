@@ -92,7 +92,7 @@ def _reasons(t):
 
 
 def test_after_a_round_settled_problems_stop_hopeless_ones_stop_the_rest_go_on():
-    budget = BudgetConfig(policy="adaptive", first=16, max=64)
+    budget = BudgetConfig(policy="adaptive", first=16, max=64, stable=0.0)  # the Wilson rule alone
     rows = [("easy", 16, 16, 1600), ("hard", 16, 1, 1600), ("mixed", 16, 9, 1600)]
     rows += [(f"never{i}", 16, 0, 3200) for i in range(20)] + [(f"always{i}", 16, 16, 1600) for i in range(20)]
     out = _reasons(next_round(_tally(rows), budget, 1, DIFF, drawn=16, more=16, spent=0))
@@ -132,8 +132,8 @@ def test_stable_stops_a_problem_the_next_round_would_hardly_move_out_of_its_buck
     stable = BudgetConfig(policy="adaptive", first=4, max=32, hopeless=0.0, stable=0.2)
     out = _reasons(next_round(tally, stable, 1, DIFF, drawn=4, more=4, spent=0))
     assert out["sure"] == STABLE and out["edge"] is None
-    # off (the default): 4 of 4 is not settled (Wilson [0.51, 1] spans easy and medium), so it goes on
-    off = BudgetConfig(policy="adaptive", first=4, max=32, hopeless=0.0)
+    # off: 4 of 4 is not settled (Wilson [0.51, 1] spans easy and medium), so it goes on
+    off = BudgetConfig(policy="adaptive", first=4, max=32, hopeless=0.0, stable=0.0)
     assert _reasons(next_round(tally, off, 1, DIFF, drawn=4, more=4, spent=0))["sure"] is None
 
 
