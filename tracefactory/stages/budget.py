@@ -45,7 +45,6 @@ MAX_SAMPLES = "max_samples"
 HOPELESS = "hopeless"
 RUN_BUDGET = "run_budget"
 FIXED = "fixed"  # the fixed policy: every problem drew sampling.n in one round
-STOP_REASONS = (SETTLED, STABLE, MAX_SAMPLES, HOPELESS, RUN_BUDGET, FIXED)
 
 Prior = tuple[float, float]  # beta(a, b) over a problem's pass rate
 
