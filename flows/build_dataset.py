@@ -218,7 +218,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         graded, r_grade = grade_task(run, cfg, problems, engines.teacher)
         scored, r_step = step_score_task(run, cfg, graded, problems, engines.teacher)
         chosen, r_select = select_task(cfg, scored)
-        tagged, r_diff = difficulty_task(cfg, pipeline.with_step_tokens(problems, scored), chosen)
+        tagged, r_diff = difficulty_task(cfg, pipeline.with_teacher_tokens(problems, scored), chosen)
         dataset, r_curr = curriculum_task(cfg, chosen, tagged)
         step_eval = eval_steps_task(cfg, engines.teacher) if cfg.step_score.eval_set else None
     finally:

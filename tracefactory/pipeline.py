@@ -39,6 +39,7 @@ from tracefactory.store.report import StageReport, funnel_frame, merge_reports
 from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
+    COT_TOKENS,
     GENERATION_SCHEMA,
     LEVEL,
     MATCH,
@@ -282,13 +283,13 @@ def close_round(
     rounds = budget_rounds(cfg)
     lo, hi = rounds[r]
     asked = round_problems(problems, tally)
-    keys = _requests(cfg, asked, teacher)
-    frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)})
-    frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
     if cfg.sampling.budget.policy == "adaptive":
+        keys = _requests(cfg, asked, teacher)
+        frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)})
+        frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
         frame, _ = grade(frame, cfg.grade, asked, think_spec(cfg, teacher))
-    else:
-        frame = frame.with_columns(pl.lit(False).alias(CORRECT))  # nothing to decide: every problem stops here
+    else:  # nothing to decide, so nothing to read: every problem drew its n and stops
+        frame = pl.DataFrame(schema={PROBLEM_ID: pl.String, CORRECT: pl.Boolean, COT_TOKENS: pl.Int64})
     tally = record_round(tally, asked[PROBLEM_ID], hi, frame)
     tally = decide(tally, cfg.sampling.budget, cfg.select.keep, cfg.difficulty, rounds, r)
     failpoint("budget.round_closed")
@@ -311,22 +312,22 @@ def close_round(
 
 
 def with_budget(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:
-    """`problems` with what the budget gave each: samples_drawn, rounds, teacher_tokens (rollouts), stop_reason."""
-    cols = [SAMPLES_DRAWN, ROUNDS, TEACHER_TOKENS, STOP_REASON]
+    """`problems` with what the budget gave each: samples_drawn, rounds, stop_reason."""
+    cols = [SAMPLES_DRAWN, ROUNDS, STOP_REASON]
     return problems.drop([c for c in cols if c in problems.columns]).join(
         tally.select(PROBLEM_ID, *cols), on=PROBLEM_ID, how="left"
     )
 
 
-def with_step_tokens(problems: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
-    """Adds the teacher tokens the step scorer spent on each problem's traces to its `teacher_tokens`."""
-    if STEP_TOKENS not in scored.columns:
-        return problems
-    spent = scored.group_by(PROBLEM_ID).agg(pl.col(STEP_TOKENS).sum().cast(pl.Int64).alias("_s"))
+def with_teacher_tokens(problems: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+    """`problems` with `teacher_tokens`: what its rollouts (every sample drawn) and the step scorer's continuations
+    of them took, summed over its rows of the step_score stage's output."""
+    step = pl.col(STEP_TOKENS) if STEP_TOKENS in scored.columns else pl.lit(0)
+    spent = scored.group_by(PROBLEM_ID).agg((pl.col(COT_TOKENS) + step.fill_null(0)).sum().alias(TEACHER_TOKENS))
     return (
-        problems.join(spent, on=PROBLEM_ID, how="left")
-        .with_columns((pl.col(TEACHER_TOKENS) + pl.col("_s").fill_null(0)).alias(TEACHER_TOKENS))
-        .drop("_s")
+        problems.drop([TEACHER_TOKENS] if TEACHER_TOKENS in problems.columns else [])
+        .join(spent, on=PROBLEM_ID, how="left")
+        .with_columns(pl.col(TEACHER_TOKENS).fill_null(0).cast(pl.Int64))
     )
 
 

@@ -142,12 +142,11 @@ def next_round(
     so far (rollouts)."""
     ks, ns = tally[N_CORRECT].to_list(), tally[SAMPLES_DRAWN].to_list()
     priors = fit_priors(ks, ns, tally[LEVEL].to_list())
-    reasons: list[str | None] = []
+    reasons: list[str | None] = tally[STOP_REASON].to_list()
     priority: dict[int, float] = {}
-    for i, (k, n, open_) in enumerate(zip(ks, ns, tally[STOP_REASON].is_null().to_list(), strict=True)):
-        reason = tally[STOP_REASON][i]
-        prior = priors[i]
-        if open_:
+    for i, (k, n, prior) in enumerate(zip(ks, ns, priors, strict=True)):
+        if reasons[i] is None:  # still open
+            reason = None
             if k >= keep and settled(k, n, difficulty):
                 reason = SETTLED
             elif k >= keep and more > 0 and chance_bucket_moves(k, n, more, prior, difficulty) < budget.stable:
@@ -158,11 +157,11 @@ def next_round(
                 reason = HOPELESS
             else:  # short of its traces: the chance the next round completes them; settling only: after those
                 priority[i] = chance_of_at_least(keep - k, k, n, more, prior) if k < keep else -1.0 + 1.0 / (1 + n)
-        reasons.append(reason)
+            reasons[i] = reason
     if budget.run_tokens is not None:
-        tokens = tally[TEACHER_TOKENS].to_list()
+        tokens, ids = tally[TEACHER_TOKENS].to_list(), tally[PROBLEM_ID].to_list()
         room = budget.run_tokens - spent
-        for i in sorted(priority, key=lambda i: (-priority[i], tally[PROBLEM_ID][i])):
+        for i in sorted(priority, key=lambda i: (-priority[i], ids[i])):
             cost = tokens[i] / max(1, ns[i]) * more  # this problem's own tokens per sample so far
             if room <= 0 or cost > room:
                 reasons[i] = RUN_BUDGET

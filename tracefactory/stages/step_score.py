@@ -43,7 +43,6 @@ from tracefactory.store.schema import (
     STEP_SCORES,
     STEP_TOKENS,
     STEPS,
-    StepScores,
 )
 
 LOW_STEP_SCORE = "low_step_score"
@@ -109,6 +108,7 @@ def step_score(
             dict(Counter(unscorable.values())),
             "dropped" if cfg.unscored == "drop" else "kept, null scores",
         )
+    cost = {i: r.cost for i, r in zip(todo, scored, strict=True)}  # scored or not, what each trace's scoring took
     scores = [results[i].scores if i in results else None for i in range(len(rollouts))]
     agg = [_aggregate(s, cfg.aggregate) for s in scores]
     low = [a is not None and a <= cfg.threshold and bool(ok) for a, ok in zip(agg, rollouts[CORRECT], strict=True)]
@@ -129,18 +129,10 @@ def step_score(
             dtype=pl.String,
         ),
         # what each trace's scores took of the teacher, whenever they were computed (a problem's teacher_tokens)
-        pl.Series(STEP_TOKENS, [r.cost for r in _per_row(todo, scored, len(rollouts))], dtype=pl.Int64),
+        pl.Series(STEP_TOKENS, [cost.get(i, 0) for i in range(len(rollouts))], dtype=pl.Int64),
     )
     tokens = sum(r.tokens for r in scored)
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
-
-
-def _per_row(todo: list[int], scored: list[StepScores], rows: int) -> list[StepScores]:
-    by_row = dict(zip(todo, scored, strict=True))
-    return [by_row.get(i, _NOTHING) for i in range(rows)]
-
-
-_NOTHING = StepScores([], None)
 
 
 def _head(cot: str, reasoning: str | None, steps: list[str]) -> str:
