@@ -1,7 +1,7 @@
 """Adaptive vs fixed sampling budgets on the same problems (`sampling.budget`, issue 24).
 
     .venv/bin/python bench/adaptive_budget.py [--config CONFIG] [--pool 16] [--seeds 0] [--out runs/bench-budget]
-                                              [--check]
+                                              [--check] [--headline N_PER_LEVEL]
 
 1. A pool per seed: the config's problems (the embedded demo's 588 by default) through the factory with the
    fixed budget at n = POOL, step scoring off (its cost is not what a budget changes). Sample j of a problem is
@@ -14,6 +14,10 @@
    correct traces), tokens per accepted trace, problems per difficulty bucket, the share of problems whose
    bucket agrees with fixed K=8's; and each setting again with `run_tokens` = fixed K=8's tokens (equal spend).
    Intervals: 95% bootstrap over problems; with several seeds, each seed's line and their spread.
+3. `--headline N`: a larger set through the real flow, no pool: N problems per level from the demo's generator
+   (`training.synth`, seed HEADLINE_SEED), rewritten as the demo's are (about 2N per level after dedup); the
+   fixed K=8 run, then the default adaptive budget on a hard-linked copy of its generation store (it draws only
+   the samples past the eighth), both compared from their `problems` tables.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from tracefactory.store.schema import (  # noqa: E402
 )
 
 FIXED_K = 8
+HEADLINE_SEED = 2027  # the demo's problems are seed 2026
 # (first, max, hopeless, stable): the settings compared with fixed K=8
 SETTINGS = [
     (4, 16, 0.10, 0.2),  # the defaults (`--check` runs this one through the real flow)
@@ -64,6 +69,7 @@ def build_pool(config: str | None, out: Path, pool: int, seed: int) -> pl.DataFr
     from flows.build_dataset import run_build
 
     over = {"sampling.n": pool, "sampling.seed": seed, "step_score.enabled": False, "name": f"budget-pool-{seed}"}
+    over["sampling.budget.policy"] = "fixed"
     if not (out / "rollouts").exists():
         started = time.time()
         run_build(config, str(out), over)
@@ -151,6 +157,67 @@ def check(config: str | None, pool_dir: Path, out: Path, seed: int, budget: Budg
         )
 
 
+def headline(config: str | None, out: Path, per_level: int, seed: int, cfg) -> None:
+    """Fixed K=8 and the default adaptive budget through the real flow on a larger generated set."""
+    from flows.build_dataset import run_build
+    from tracefactory.training.synth import generate, write_jsonl
+
+    source = out / "problems.jsonl"
+    if not source.exists():
+        write_jsonl(generate(per_level, HEADLINE_SEED), source)
+    over = {"source.path": str(source.resolve()), "sampling.seed": seed, "step_score.enabled": False}
+    fixed_dir, adaptive_dir = out / f"fixed-s{seed}", out / f"adaptive-s{seed}"
+    timings = {}
+    if not (fixed_dir / "problems").exists():
+        started = time.time()
+        fixed = {"sampling.budget.policy": "fixed", "sampling.n": FIXED_K, "name": "budget-headline-fixed"}
+        run_build(config, str(fixed_dir), {**over, **fixed})
+        timings["fixed"] = time.time() - started
+    if not (adaptive_dir / "problems").exists():
+        if adaptive_dir.exists():
+            shutil.rmtree(adaptive_dir)
+        shutil.copytree(
+            fixed_dir / "_work" / "generations", adaptive_dir / "_work" / "generations", copy_function=os.link
+        )
+        started = time.time()
+        adaptive = {f"sampling.budget.{k}": v for k, v in vars(BudgetConfig(policy="adaptive")).items()}
+        run_build(config, str(adaptive_dir), {**over, **adaptive, "name": "budget-headline-adaptive"})
+        timings["adaptive (past the fixed run's samples)"] = time.time() - started
+    base, cand = (pl.read_parquet(d / "problems") for d in (fixed_dir, adaptive_dir))
+    print(f"\nheadline, seed {seed}: {len(base)} problems ({per_level} per level generated, rewritten)")
+    for name, secs in timings.items():
+        print(f"  {name}: {secs:.0f} s")
+    print(HEAD)
+    show(f"fixed K={FIXED_K}", base, measures(base, cfg), base, cfg)
+    show("adaptive (defaults)", cand, measures(cand, cfg), base, cfg)
+    compare(base, cand, cfg)
+
+
+HEAD = "policy                               tokens  accepted  tok/acc  hard acc  easy med hard unsol  agree"
+
+
+def show(name: str, t: pl.DataFrame, m: dict, base_t: pl.DataFrame, cfg) -> None:
+    agree = agreement(t, base_t, cfg)
+    print(
+        f"{name:34s} {m['tokens']:8d} {m['accepted']:9d} {m['tokens_per_accepted']:8.0f}"
+        f" {m['accepted_hard']:9d}"
+        f"  {m['easy']:4d} {m['medium']:3d} {m['hard']:4d} {m['unsolved']:5d}  {agree:5.3f}"
+    )
+
+
+def compare(base: pl.DataFrame, t: pl.DataFrame, cfg) -> None:
+    """The candidate against the baseline: ratios with their bootstrap intervals, and why problems stopped."""
+    b, m, ci = measures(base, cfg), measures(t, cfg), bootstrap(base, t, cfg)
+    print(
+        f"{'':34s} tok/acc x{m['tokens_per_accepted'] / b['tokens_per_accepted']:.3f}"
+        f" [{ci['tpa'][0]:.3f}, {ci['tpa'][1]:.3f}]  accepted x{m['accepted'] / b['accepted']:.3f}"
+        f" [{ci['accepted'][0]:.3f}, {ci['accepted'][1]:.3f}]  hard accepted"
+        f" x{m['accepted_hard'] / max(1, b['accepted_hard']):.3f}"
+        f" [{ci['hard'][0]:.3f}, {ci['hard'][1]:.3f}]"
+        f"  stops {dict(sorted(t[STOP_REASON].value_counts().rows()))}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="default: the embedded demo")
@@ -158,8 +225,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-budget")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--headline", type=int, metavar="N_PER_LEVEL", help="only the larger real-flow comparison")
     args = ap.parse_args()
     cfg = load_config(args.config)
+    if args.headline:
+        for seed in args.seeds:
+            headline(args.config, args.out / f"headline-{args.headline}", args.headline, seed, cfg)
+        return
     lines = []
     for seed in args.seeds:
         pool_dir = args.out / f"pool-s{seed}"
@@ -168,18 +240,9 @@ def main() -> None:
         base = replay(pool, problems, BudgetConfig(), FIXED_K, cfg)
         b = measures(base, cfg)
         print(f"\nseed {seed}: {len(problems)} problems, pool of {args.pool}")
-        head = "policy                               tokens  accepted  tok/acc  hard acc  easy med hard unsol  agree"
-        print(head)
+        print(HEAD)
 
-        def show(name, t, m, base_t):
-            agree = agreement(t, base_t, cfg)
-            print(
-                f"{name:34s} {m['tokens']:8d} {m['accepted']:9d} {m['tokens_per_accepted']:8.0f}"
-                f" {m['accepted_hard']:9d}"
-                f"  {m['easy']:4d} {m['medium']:3d} {m['hard']:4d} {m['unsolved']:5d}  {agree:5.3f}"
-            )
-
-        show(f"fixed K={FIXED_K}", base, b, base)
+        show(f"fixed K={FIXED_K}", base, b, base, cfg)
         for first, mx, hopeless, stable in SETTINGS:
             for equal in (False, True):
                 budget = BudgetConfig(
@@ -193,16 +256,8 @@ def main() -> None:
                 t = replay(pool, problems, budget, FIXED_K, cfg)
                 m = measures(t, cfg)
                 name = f"adaptive {first}/{mx} h={hopeless} s={stable}{' =tok' if equal else ''}"
-                show(name, t, m, base)
-                ci = bootstrap(base, t, cfg)
-                print(
-                    f"{'':34s} tok/acc x{m['tokens_per_accepted'] / b['tokens_per_accepted']:.3f}"
-                    f" [{ci['tpa'][0]:.3f}, {ci['tpa'][1]:.3f}]  accepted x{m['accepted'] / b['accepted']:.3f}"
-                    f" [{ci['accepted'][0]:.3f}, {ci['accepted'][1]:.3f}]  hard accepted"
-                    f" x{m['accepted_hard'] / max(1, b['accepted_hard']):.3f}"
-                    f" [{ci['hard'][0]:.3f}, {ci['hard'][1]:.3f}]"
-                    f"  stops {dict(sorted(t[STOP_REASON].value_counts().rows()))}"
-                )
+                show(name, t, m, base, cfg)
+                compare(base, t, cfg)
                 lines.append((seed, name, m, b))
         if args.check:
             first, mx, hopeless, stable = SETTINGS[0]

@@ -22,6 +22,7 @@ def _args(out: Path, source: Path, verbose: bool = False, extra: dict | None = N
     sets = {
         "source.path": source,
         "sampling.n": 4,
+        "sampling.budget.policy": "fixed",  # 4 samples per problem; the adaptive budget below
         "run.shard_size": 20,
         "run.flush_every": 3,
         "step_score.enabled": "false",

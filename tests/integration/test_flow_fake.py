@@ -38,12 +38,14 @@ def input_file(tmp_path_factory):
     return path
 
 
-# rewriting and its filters off unless a test asks: the counts below are of the source's own problems
+# rewriting and its filters off unless a test asks: the counts below are of the source's own problems; the
+# fixed budget (sampling.n per problem) unless a test asks for the demo's adaptive one
 QUIET = {"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False}
+FIXED = {"sampling.budget.policy": "fixed"}
 
 
 def _run(out, input_file, teacher, **over):
-    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET, **over}
+    overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET, **FIXED, **over}
     return build_dataset(config=None, out=str(out), overrides=overrides, teacher=teacher)
 
 
@@ -217,9 +219,19 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
         if set(states.values()) == {"COMPLETED"} or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    shards = [f"rollout-shard-{i}" for i in range(4)]  # 62 problems, shards of 16
-    stages = ["load", "start-teacher", *shards, "grade", "step_score", "select", "difficulty", "curriculum", "write"]
-    assert sorted(states) == sorted(stages) and len(runs) == len(stages)
+    # the demo's adaptive budget: each round's shards (62 problems in shards of 16, then those still open,
+    # numbered on), then the round's decision
+    out = tmp_path / "r"
+    rounds = json.loads(pl.read_parquet(out / "funnel").filter(pl.col("stage") == "rollout")["detail"][0])["rounds"]
+    drawn = pl.read_parquet(out / "problems").select("rounds").to_series()
+    n_shards = sum(-(-int((drawn > r).sum()) // 16) for r in range(rounds))
+    assert rounds == 3 and n_shards > 4
+    shards = [f"rollout-shard-{i}" for i in range(n_shards)]
+    budget = [f"budget-round-{r}" for r in range(rounds)]
+    # each round with samples to draw starts (or finds started) the teacher in a task of its own
+    stages = ["load", *["start-teacher"] * rounds, *shards, *budget, "grade", "step_score", "select", "difficulty"]
+    stages += ["curriculum", "write"]
+    assert sorted(r.name for r in runs) == sorted(stages)
     assert set(states.values()) == {"COMPLETED"}
 
 
@@ -229,6 +241,7 @@ from flows.build_dataset import build_dataset
 from tracefactory.backends.fake import FakeTeacher
 overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0}
 overrides.update({"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False})
+overrides["sampling.budget.policy"] = "fixed"
 build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.08))
 """
 

@@ -74,8 +74,8 @@ def test_token_counts_without_token_ids(server):
 def test_a_run_through_the_reasoning_parser_equals_the_in_process_run(
     prefect_harness, server, demo_run, r1_subset, tmp_path
 ):
-    """The demo (the R1-shaped teacher; rewriting, Monte-Carlo step scores continuing reasoning prefixes)
-    through the server: every table equals the in-process run's, byte for byte."""
+    """The demo (the R1-shaped teacher; rewriting, the adaptive budget's rounds, Monte-Carlo step scores
+    continuing reasoning prefixes) through the server: every table equals the in-process run's, byte for byte."""
     from conftest import R1_OVERRIDES
 
     run, _ = demo_run
@@ -95,6 +95,7 @@ def test_a_run_through_the_reasoning_parser_equals_the_in_process_run(
     served, local = (pl.read_parquet(d / "rollouts").drop("rollout_key") for d in (out, run))
     assert served.equals(local)  # the request keys differ: another teacher identity (a server, not weights)
     assert pl.read_parquet(out / "dataset")["reasoning"].is_not_null().all()
+    assert pl.read_parquet(out / "problems")["rounds"].max() > 1  # samples j >= 4 asked with seed + j, as in-process
 
 
 def test_bad_request_is_a_clear_error(server):
@@ -116,6 +117,7 @@ def test_flow_through_a_faulty_network_loses_nothing(prefect_harness, server, de
         "teacher.kind": "openai",
         "teacher.model": SERVED,
         "sampling.n": 4,
+        "sampling.budget.policy": "fixed",  # one request of 4 per problem, as the timeout below assumes
         "step_score.enabled": False,
         "rewrite.enabled": False,
         "teacher.retries": 4,

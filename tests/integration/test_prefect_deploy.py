@@ -103,6 +103,7 @@ def test_a_deployed_flow_runs_on_a_process_worker_and_its_schedule_is_registered
             "source.path": str(demo_subset),
             "source.limit": 20,
             "sampling.n": 2,
+            "sampling.budget.policy": "fixed",
             "rewrite.enabled": False,
             "step_score.enabled": False,
         }

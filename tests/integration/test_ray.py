@@ -17,6 +17,7 @@ def test_two_shards_on_ray_give_the_local_runners_dataset(prefect_harness, embed
         "source.limit": 24,
         "run.shard_size": 12,
         "sampling.n": 4,
+        "sampling.budget.policy": "fixed",  # one shard per 12 problems; the adaptive budget below
         "step_score.enabled": False,
         "rewrite.enabled": False,
     }

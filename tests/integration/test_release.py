@@ -216,3 +216,8 @@ def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_car
         assert info[reason] == rollouts.filter(pl.col("drop_reason") == reason).height, reason
     assert info["think_closed_rate"] == round(rollouts["think_closed"].mean(), 4) > 0.9
     assert f"{info['think_unclosed']:,} stopped without closing it" in text and "(plots/reasoning_length.png)" in text
+    # the demo's adaptive budget, as the funnel tells it
+    problems = pl.read_parquet(run / "problems")
+    stops = problems["stop_reason"].value_counts().sort("stop_reason").rows()
+    assert "an adaptive budget: 4 samples per problem" in text and f"over {problems['rounds'].max()} rounds" in text
+    assert all(f"{reason} {count:,}" in text for reason, count in stops)

@@ -67,6 +67,7 @@ def test_planted_tokens_appear_in_no_file_of_the_run_and_no_log(tmp_path):
         "teacher.return_token_ids": "false",
         "source.path": source,
         "sampling.n": 2,
+        "sampling.budget.policy": "fixed",
         "step_score.enabled": "false",
         "rewrite.enabled": "false",
     }
