@@ -21,9 +21,11 @@ from tracefactory.config import FactoryConfig, load_config
 from tracefactory.errors import TraceFactoryError
 from tracefactory.pipeline import Engines, Loaded, run_stage
 from tracefactory.redact import install_log_redaction
+from tracefactory.stages.audit import audit
 from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.decontaminate import benchmark_index, decontaminate
 from tracefactory.stages.dedup import dedup
+from tracefactory.stages.pairs import pairs
 from tracefactory.stages.select import select
 from tracefactory.store import io, watchdog
 from tracefactory.store.manifest import build_manifest
@@ -109,6 +111,11 @@ def grade_task(run: io.RunDir, cfg: FactoryConfig, problems, teacher: Teacher):
     return pipeline.grade_rollouts(run, cfg, problems, teacher)
 
 
+@stage_task("audit")
+def audit_task(cfg: FactoryConfig, graded, problems):
+    return run_stage(audit, graded, cfg.audit, problems)
+
+
 @stage_task("step_score", **RETRY)  # a retry re-scores only what the step-score store lacks
 def step_score_task(run: io.RunDir, cfg: FactoryConfig, graded, problems, teacher: Teacher):
     return pipeline.score_steps(run, cfg, graded, problems, teacher)
@@ -129,6 +136,11 @@ def curriculum_task(cfg: FactoryConfig, chosen, tagged):
     return run_stage(curriculum, chosen, cfg.curriculum, tagged, cfg.prompt)
 
 
+@stage_task("pairs")
+def pairs_task(cfg: FactoryConfig, chosen, dataset):
+    return run_stage(pairs, chosen, cfg.pairs, dataset)
+
+
 @stage_task("eval-steps")
 def eval_steps_task(cfg: FactoryConfig, teacher: Teacher) -> dict:
     return pipeline.evaluate_steps(cfg, teacher)
@@ -136,9 +148,9 @@ def eval_steps_task(cfg: FactoryConfig, teacher: Teacher) -> dict:
 
 @stage_task("write", **RETRY)
 def write_task(
-    run: io.RunDir, loaded: Loaded, tagged, chosen, dataset, reports: list[StageReport], manifest: dict
+    run: io.RunDir, loaded: Loaded, tagged, chosen, dataset, extra: dict, reports: list[StageReport], manifest: dict
 ) -> None:
-    pipeline.write_outputs(run, loaded, tagged, chosen, dataset, reports, manifest)
+    pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, manifest)
 
 
 def make_engines(cfg: FactoryConfig) -> Engines:
@@ -216,19 +228,25 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         tally, r_roll = _rollouts(run, cfg, loaded.problems, engines)
         problems = pipeline.with_budget(loaded.problems, tally)
         graded, r_grade = grade_task(run, cfg, problems, engines.teacher)
+        verdicts = audit_table = r_audit = None
+        if cfg.audit.enabled:
+            (graded, verdicts, audit_table), r_audit = audit_task(cfg, graded, problems)
         scored, r_step = step_score_task(run, cfg, graded, problems, engines.teacher)
         chosen, r_select = select_task(cfg, scored)
-        tagged, r_diff = difficulty_task(cfg, pipeline.with_teacher_tokens(problems, scored), chosen)
+        problems = pipeline.with_audit(pipeline.with_teacher_tokens(problems, scored), verdicts)
+        tagged, r_diff = difficulty_task(cfg, problems, chosen)
         dataset, r_curr = curriculum_task(cfg, chosen, tagged)
+        pairs, r_pairs = pairs_task(cfg, chosen, dataset) if cfg.pairs.enabled else (None, None)
         step_eval = eval_steps_task(cfg, engines.teacher) if cfg.step_score.eval_set else None
     finally:
         if teacher is None:  # ours to close; a caller's teacher stays the caller's
             engines.close()
-    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_step, r_select, r_diff, r_curr)
+    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_audit, r_step, r_select, r_diff, r_curr)
+    stages += (r_pairs,)
     reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
     manifest = build_manifest(cfg, teacher_identity(cfg, engines.teacher), reports, started, extra)
-    write_task(run, loaded, tagged, chosen, dataset, reports, manifest)
+    write_task(run, loaded, tagged, chosen, dataset, {"pairs": pairs, "audit": audit_table}, reports, manifest)
     create_table_artifact(
         key="funnel",
         table=[r.as_dict() for r in reports],

@@ -282,6 +282,41 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Golds that look wrong (stages/audit.py): the rollouts agree on another answer."""
+
+    enabled: bool = False
+    share: float = 0.6  # of the rollouts with an answer, at least this share agree on one wrong answer
+    min_votes: int = 4  # and at least this many
+    exclude: bool = True  # a suspect problem's correct traces are dropped (`gold_suspect`)
+
+    def __post_init__(self):
+        if not 0.5 < self.share <= 1:
+            raise ConfigError("audit.share", self.share, "a share in (0.5, 1]: a majority")
+        _positive("audit.min_votes", self.min_votes)
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Preference pairs for DPO (stages/pairs.py): each kept trace against another trace of its problem."""
+
+    enabled: bool = False
+    # where the rejected trace comes from, first rule that has one: a wrong final answer; the gold by steps the
+    # step filter rejected; a correct trace longer than the chosen one
+    rejected: tuple[Literal["wrong", "low_step_score", "longest_correct"], ...] = (
+        "wrong",
+        "low_step_score",
+        "longest_correct",
+    )
+    per_problem: int = 1  # pairs per problem at most (each with its own rejected trace)
+
+    def __post_init__(self):
+        _positive("pairs.per_problem", self.per_problem)
+        if not self.rejected or len(set(self.rejected)) != len(self.rejected):
+            raise ConfigError("pairs.rejected", list(self.rejected), "a non-empty list of distinct rules")
+
+
+@dataclass(frozen=True)
 class DifficultyConfig:
     # pass-rate lower bounds, easiest first; a problem with pass rate 0 is "unsolved"
     buckets: tuple[tuple[str, float], ...] = (("easy", 0.75), ("medium", 0.4), ("hard", 0.0))
@@ -363,7 +398,9 @@ class FactoryConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     grade: GradeConfig = field(default_factory=GradeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     step_score: StepScoreConfig = field(default_factory=StepScoreConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)

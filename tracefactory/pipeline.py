@@ -41,10 +41,15 @@ from tracefactory.store.schema import (
     CORRECT,
     COT_TOKENS,
     GENERATION_SCHEMA,
+    GOLD_SUSPECT,
     LEVEL,
+    MAJORITY_ANSWER,
+    MAJORITY_SHARE,
+    MAJORITY_VOTES,
     MATCH,
     MEMORISATION_GAP,
     MEMORISED,
+    N_ANSWERED,
     PASS_RATE,
     PROBLEM_ID,
     REASON,
@@ -331,6 +336,16 @@ def with_teacher_tokens(problems: pl.DataFrame, scored: pl.DataFrame) -> pl.Data
     )
 
 
+def with_audit(problems: pl.DataFrame, verdicts: pl.DataFrame | None) -> pl.DataFrame:
+    """`problems` with the audit's verdicts (`gold_suspect`, the majority answer's columns); null without one."""
+    cols = [N_ANSWERED, MAJORITY_ANSWER, MAJORITY_VOTES, MAJORITY_SHARE, GOLD_SUSPECT]
+    problems = problems.drop([c for c in cols if c in problems.columns])
+    if verdicts is None:
+        types = [pl.Int64, pl.String, pl.Int64, pl.Float64, pl.Boolean]
+        return problems.with_columns(pl.lit(None, t).alias(c) for c, t in zip(cols, types, strict=True))
+    return problems.join(verdicts.select(PROBLEM_ID, *cols), on=PROBLEM_ID, how="left")
+
+
 class Engines(Protocol):
     """Where rollout shards are generated: this process's teacher (`LocalEngines`), or teacher engines
     in Ray actors (`distributed.RayTeacherPool`). `teacher` takes the other calls (step scoring)."""
@@ -517,12 +532,14 @@ def write_outputs(
     problems: pl.DataFrame,
     rollouts: pl.DataFrame,
     dataset: pl.DataFrame,
+    extra: dict[str, pl.DataFrame | None],
     reports: list[StageReport],
     manifest: dict,
 ) -> None:
     """Every table, then the manifest last: a manifest on disk describes tables that are all there.
     The previous manifest goes first, so a run that fails half-way leaves no manifest vouching for a
-    mix of old and new tables."""
+    mix of old and new tables. Of the `extra` tables (`pairs`, `audit`), one this run does not make (None: its
+    stage is off) is removed: no earlier run's copy stays beside this run's tables."""
     (run.root / "manifest.json").unlink(missing_ok=True)
     run.write_table(loaded.rejected, "rejected")
     run.write_table(problems.select(columns("problems")), "problems")
@@ -531,5 +548,10 @@ def write_outputs(
     rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left")
     run.write_table(rollouts.select(columns("rollouts")), "rollouts")
     run.write_table(dataset, "dataset")
+    for table, frame in extra.items():
+        if frame is not None:
+            run.write_table(frame, table)
+        else:
+            run.remove_table(table)
     run.write_table(funnel_frame(reports), "funnel")
     io.write_json({**manifest, "status": "complete"}, run.root / "manifest.json")

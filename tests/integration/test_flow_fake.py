@@ -65,10 +65,12 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     _, funnel = query(run, "SELECT stage, rows_in, kept, dropped FROM funnel")
     assert all(r[1] == r[2] + r[3] for r in funnel)
     assert funnel[0] == ("load", 60 + 15, 62, 13)
-    assert [r[0] for r in funnel] == ["load", "rollout", "grade", "step_score", "select", "difficulty", "curriculum"]
+    stages = ["load", "rollout", "grade", "audit", "step_score", "select", "difficulty", "curriculum", "pairs"]
+    assert [r[0] for r in funnel] == stages
     assert data["step_scores"].list.len().min() >= 2 and (data["prm_min"] > 0).all()
     stage = {r[0]: r for r in funnel}
-    assert stage["grade"][2] == stage["step_score"][1] and stage["step_score"][2] == stage["select"][1]
+    assert stage["grade"][2] == stage["audit"][1] and stage["audit"][2] == stage["step_score"][1]
+    assert stage["step_score"][2] == stage["select"][1]
     rolls = pl.read_parquet(run / "rollouts")
     assert rolls.filter(pl.col("drop_reason") == "low_step_score")["first_bad_step"].is_not_null().all()
     # unsolved problems stay in `problems`
@@ -229,8 +231,9 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
     shards = [f"rollout-shard-{i}" for i in range(n_shards)]
     budget = [f"budget-round-{r}" for r in range(rounds)]
     # each round with samples to draw starts (or finds started) the teacher in a task of its own
-    stages = ["load", *["start-teacher"] * rounds, *shards, *budget, "grade", "step_score", "select", "difficulty"]
-    stages += ["curriculum", "write"]
+    stages = ["load", *["start-teacher"] * rounds, *shards, *budget, "grade", "audit", "step_score", "select"]
+    stages.append("difficulty")
+    stages += ["curriculum", "pairs", "write"]
     assert sorted(r.name for r in runs) == sorted(stages)
     assert set(states.values()) == {"COMPLETED"}
 
@@ -501,3 +504,66 @@ def test_an_adaptive_run_killed_between_or_inside_rounds_resumes_to_identical_ta
             assert pl.read_parquet(crashed / table).equals(pl.read_parquet(clean / table)), (where, table)
         funnel = [pl.read_parquet(d / "funnel").drop("seconds", "detail") for d in (clean, crashed)]
         assert funnel[0].equals(funnel[1]), where
+
+
+def test_preference_pairs_in_trls_format_from_the_runs_own_traces(prefect_harness, tmp_path, input_file):
+    import datasets
+
+    out = tmp_path / "r"
+    _run(out, input_file, FakeTeacher(slip_rate=0.3, thinks=True), **{"pairs.per_problem": 2})
+    pairs, data, rollouts = _rows(out, "pairs"), _rows(out, "dataset"), _rows(out, "rollouts")
+    assert len(pairs) and pairs.columns[:3] == ["prompt", "chosen", "rejected"]
+    key = ["problem_id", "sample_index"]
+    chosen = pairs.join(data, left_on=["problem_id", "chosen_sample_index"], right_on=key, how="left", suffix="_d")
+    # chosen: a kept trace, its conversation exactly the dataset's; rejected: another trace of the same problem
+    assert [p + c for p, c in zip(chosen["prompt"].to_list(), chosen["chosen"].to_list(), strict=True)] == chosen[
+        "messages"
+    ].to_list()
+    rejected = pairs.join(rollouts, left_on=["problem_id", "rejected_sample_index"], right_on=key, how="left")
+    assert (rejected["rejected"].list.first().struct.field("content") == rejected["cot"]).all()
+    assert (rejected["rejected_tokens"] == rejected["cot_tokens"]).all()
+    wrong = rejected.filter(pl.col("rejected_reason") == "wrong")
+    assert len(wrong) and (wrong["drop_reason"] == "wrong_answer").all() and not wrong["correct"].any()
+    assert pairs.select("problem_id", "rejected_sample_index").is_unique().all()
+    assert (pairs["chosen_sample_index"] != pairs["rejected_sample_index"]).all()
+    assert pairs["curriculum_rank"].is_sorted()
+    # the funnel: problems with a kept trace = with a pair + without
+    row = _rows(out, "funnel").filter(pl.col("stage") == "pairs").row(0, named=True)
+    assert row["rows_in"] == data["problem_id"].n_unique() and row["kept"] == pairs["problem_id"].n_unique()
+    assert json.loads(row["detail"])["pairs"] == len(pairs)
+    # TRL's DPOTrainer reads prompt/chosen/rejected conversations: the table loads as such with `datasets`
+    files = str(out / "pairs" / "*.parquet")
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.column_names[:3] == ["prompt", "chosen", "rejected"]
+    assert loaded[0]["chosen"][0]["role"] == "assistant" and loaded[0]["prompt"][-1]["role"] == "user"
+    # turned off, the run's pairs go: no table from an earlier run stays beside this run's
+    _run(out, input_file, FakeTeacher(slip_rate=0.3, thinks=True), **{"pairs.enabled": False})
+    assert not (out / "pairs").exists() and "pairs" not in set(_rows(out, "funnel")["stage"])
+
+
+def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path):
+    demo = [json.loads(line) for line in (Path(__file__).parents[2] / "data/demo/problems.jsonl").open()][::5]
+    planted = {r["id"] for r in demo if r["level"] == 1}  # 12 golds the teacher gets right most of the time, +1
+    for r in demo:
+        r["answer"] = str(int(r["answer"]) + 1) if r["id"] in planted else r["answer"]
+    source = tmp_path / "planted.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in demo))
+    out = tmp_path / "r"
+    _run(out, source, FakeTeacher(slip_rate=0.05))  # right on most samples at every level
+    problems, data, audit = _rows(out, "problems"), _rows(out, "dataset"), _rows(out, "audit")
+    flagged = set(problems.filter(pl.col("gold_suspect"))["problem_id"])
+    assert flagged == planted == set(audit["problem_id"])
+    assert not set(data["problem_id"]) & planted  # none of their traces is taught
+    rollouts = _rows(out, "rollouts").filter(pl.col("problem_id").is_in(list(planted)))
+    # a slip that lands on the planted gold is "correct", and dropped as gold_suspect
+    assert set(rollouts.filter(pl.col("correct"))["drop_reason"]) <= {"gold_suspect"}
+    assert (audit["majority_answer"].cast(int) == audit["answer"].cast(int) - 1).all()
+    assert audit["majority_cot"].str.contains(r"\\boxed").all() and (audit["majority_share"] >= 0.6).all()
+    # the funnel: grade -> audit -> step_score in completions, each stage adding up
+    funnel = {r["stage"]: r for r in _rows(out, "funnel").iter_rows(named=True)}
+    assert (
+        funnel["grade"]["kept"] == funnel["audit"]["rows_in"]
+        and funnel["audit"]["kept"] == funnel["step_score"]["rows_in"]
+    )
+    assert json.loads(funnel["audit"]["detail"]) == {"suspect_problems": len(planted)}
+    assert json.loads(funnel["audit"]["dropped_by_reason"]).get("gold_suspect", 0) == int(rollouts["correct"].sum())

@@ -216,6 +216,17 @@ def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_car
         assert info[reason] == rollouts.filter(pl.col("drop_reason") == reason).height, reason
     assert info["think_closed_rate"] == round(rollouts["think_closed"].mean(), 4) > 0.9
     assert f"{info['think_unclosed']:,} stopped without closing it" in text and "(plots/reasoning_length.png)" in text
+    # the demo's preference pairs: their own config, in TRL's conversational format, the chosen turn a dataset row's
+    card = DatasetCard.load(folder / "README.md")
+    assert "pairs" in [c["config_name"] for c in card.data.configs]
+    pairs = _load(folder, "pairs", tmp_path / "cache")
+    assert len(pairs) == len(pl.read_parquet(run / "pairs")) > 0 and pairs.columns[:3] == [
+        "prompt",
+        "chosen",
+        "rejected",
+    ]
+    assert set(pairs["chosen"].list.first().struct.field("content")) <= set(default["cot"])
+    assert 'load_dataset("tf-org/arith-demo", "pairs")' in text
     # the demo's adaptive budget, as the funnel tells it
     problems = pl.read_parquet(run / "problems")
     stops = problems["stop_reason"].value_counts().sort("stop_reason").rows()

@@ -124,6 +124,15 @@ def _number(text: str) -> Fraction | None:
     return None
 
 
+def vote_key(answer: str) -> str:
+    """Answers that are the same value count as one vote: a plain number or simple fraction by its value
+    (`1,250`, `1250.0`; `\\frac{1}{2}`, `0.5`), any other answer by its text without spaces."""
+    value = _number(answer)
+    if value is not None:
+        return str(value)
+    return "".join(answer.split())
+
+
 def fast_verdict(gold: str, pred: str) -> Verdict | None:
     """The verdict Math-Verify would give, where it is certain without it: the same text, or two plain
     numbers that are equal or differ by far more than any rounding Math-Verify allows. None: ask it."""

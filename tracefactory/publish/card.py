@@ -163,7 +163,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
     """The README of a release described by `info` (its release.json) for the run of `manifest`."""
     cfg = manifest["config"]
     teacher = manifest.get("teacher", {})
-    buckets = [c for c in configs if c not in ("default", "rollouts", "problems")]
+    buckets = [c for c in configs if c not in ("default", "rollouts", "problems", "pairs", "audit")]
     front = {
         "license": license,
         "pretty_name": f"{info['repo_id'].split('/')[-1]} (tracefactory)",
@@ -210,6 +210,23 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f"| `rollouts` | {r['rollouts']:,} | every trace the teacher wrote, right or wrong, with its verdict"
         " (`correct`) and why it was dropped (`drop_reason`): negatives for DPO |",
         f"| `problems` | {r['problems']:,} | every problem with the teacher's pass rate and its difficulty |",
+        *(
+            [
+                f"| `pairs` | {r.get('pairs', 0):,} | preference pairs for DPO in TRL's conversational format"
+                " (`prompt`, `chosen`, `rejected`): a kept trace against another trace of its problem"
+                " (`rejected_reason`) |"
+            ]
+            if "pairs" in configs
+            else []
+        ),
+        *(
+            [
+                f"| `audit` | {r.get('audit', 0):,} | problems whose gold the rollouts agree against, with the answer"
+                " they agree on and a trace that reached it: golds to check by hand |"
+            ]
+            if "audit" in configs
+            else []
+        ),
         "",
         "```python",
         "from datasets import load_dataset",
@@ -217,6 +234,11 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f'ds = load_dataset("{info["repo_id"]}")                # default: curriculum order',
         *[f'{b} = load_dataset("{info["repo_id"]}", "{b}")' for b in buckets[:1]],
         f'rollouts = load_dataset("{info["repo_id"]}", "rollouts")',
+        *(
+            [f'pairs = load_dataset("{info["repo_id"]}", "pairs")    # trl.DPOTrainer(train_dataset=pairs["train"])']
+            if "pairs" in configs
+            else []
+        ),
         "```",
         "",
         f'A release is a tag: `load_dataset("{info["repo_id"]}", revision="{tag}")`.',
@@ -235,8 +257,10 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f" teacher's pass rate (bucket lower bounds {', '.join(f'{n} ≥ {b}' for n, b in cfg['difficulty']['buckets'])};"
         f" pass rate 0 is `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
         f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
+        *_pairs(cfg, funnel),
         "",
         *_traces(info.get("traces") or {}),
+        *_audit(cfg, info.get("audit")),
         "## Funnel",
         "",
         "What each stage of the run kept (the whole run; this release holds its new problems).",
@@ -273,6 +297,34 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         "",
     ]
     return "\n".join(lines)
+
+
+def _audit(cfg: dict, audit: dict | None) -> list[str]:
+    """The card's section on golds the rollouts agree against (stages/audit.py), with the most confident ones."""
+    a = cfg.get("audit") or {}
+    if not a.get("enabled") or audit is None:
+        return []
+    kept = "kept out of `default`" if a.get("exclude", True) else "still in `default` (`audit.exclude` off)"
+    lines = [
+        "## Golds that look wrong",
+        "",
+        f"{audit['suspects']:,} of this release's {audit['problems']:,} problems have a gold their rollouts agree"
+        f" against: one other answer from at least {a['share']:.0%} of the rollouts with an answer and at least"
+        f" {a['min_votes']} of them. Their traces are {kept}; the `audit` config lists them all with the first trace"
+        " that reached the other answer, for a person to judge.",
+        "",
+    ]
+    if audit["first"]:
+        lines += ["| problem | question | gold | rollouts' answer | share |", "|---|---|---|---|---:|"]
+        for r in audit["first"]:
+            question = " ".join(r["question"].split())
+            question = question if len(question) <= 90 else question[:89] + "…"
+            lines.append(
+                f"| `{r['problem_id']}` | {question.replace('|', '/')} | `{r['answer']}` | `{r['majority_answer']}`"
+                f" | {r['majority_share']:.0%} ({r['majority_votes']} of {r['n_answered']}) |"
+            )
+        lines.append("")
+    return lines
 
 
 def _traces(t: dict) -> list[str]:
@@ -319,6 +371,23 @@ def _budget(cfg: dict, funnel: pl.DataFrame) -> str:
         f" count doubling, at most {budget['max']}{limit}) over {detail.get('rounds', '?')} rounds; problems stopped"
         f" as {stops or 'n/a'}"
     )
+
+
+def _pairs(cfg: dict, funnel: pl.DataFrame) -> list[str]:
+    """The preference pairs' line: the rule, and what it found (the funnel's pairs row)."""
+    pairs = cfg.get("pairs") or {}
+    row = funnel.filter(pl.col("stage") == "pairs")
+    if not pairs.get("enabled") or not len(row):
+        return []
+    detail = json.loads(row["detail"][0] or "{}")
+    rules = ", then ".join(f"`{r}`" for r in pairs["rejected"])
+    found = ", ".join(f"{k.removeprefix('rejected_')} {v:,}" for k, v in detail.items() if k.startswith("rejected_"))
+    return [
+        f"- **Preference pairs**: up to {pairs['per_problem']} per problem, a kept trace against a rejected one of"
+        f" the same problem by the first rule that has one ({rules}; a wrong answer of the closest length first);"
+        f" {detail.get('pairs', 0):,} pairs ({found or 'none'}), {row['dropped'][0]:,} of {row['rows_in'][0]:,}"
+        " problems with kept traces had no trace to set against them."
+    ]
 
 
 def _problem_stages(cfg: dict) -> str:

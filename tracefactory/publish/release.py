@@ -46,7 +46,13 @@ RELEASE_JSON = "release.json"
 HASHES = "problem_hashes.parquet"
 FUNNEL = "funnel.parquet"
 # a release folder's tables, as `tracefactory query` reads them
-TABLES = {"dataset": "data/default", "rollouts": "data/rollouts", "problems": "data/problems"}
+TABLES = {
+    "dataset": "data/default",
+    "rollouts": "data/rollouts",
+    "problems": "data/problems",
+    "pairs": "data/pairs",
+    "audit": "data/audit",
+}
 REPO_ID = r"[\w.-]+/[\w.-]+"
 
 
@@ -95,6 +101,9 @@ def build(
     if manifest.get("status") != "complete":
         raise ConfigError("RUN_DIR", str(run_dir), "a finished run (its manifest.json says status: complete)")
     tables = {t: run.read_table(t) for t in ("problems", "rollouts", "dataset", "funnel")}
+    made = run.tables()  # the optional tables (pairs, audit) where the run made them
+    pairs = run.read_table("pairs") if "pairs" in made else None
+    audit = run.read_table("audit") if "audit" in made else None
 
     prev, prev_hashes = previous
     prev_hashes = (
@@ -128,6 +137,12 @@ def build(
     frames = {"default": dataset}
     frames.update({b: dataset.filter(pl.col(DIFFICULTY) == b) for b in bucket_order(dataset)})
     frames.update({"rollouts": rollouts, "problems": problems_out})
+    if pairs is not None:
+        pairs = pairs.filter(pl.col(PROBLEM_ID).is_in(ids)).sort(CURRICULUM_RANK)
+    if audit is not None:
+        audit = audit.filter(pl.col(PROBLEM_ID).is_in(ids))
+    # a config without rows in this release gets no file (an empty one would be a config that loads nothing)
+    frames.update({name: f for name, f in (("pairs", pairs), ("audit", audit)) if f is not None and len(f)})
     for config, frame in frames.items():
         (out / "data" / config).mkdir(parents=True)
         frame.write_parquet(out / "data" / config / name, statistics=False)
@@ -149,6 +164,9 @@ def build(
         "configs": configs,
         "added": {"problems": len(new), "rows": rows},
         "traces": trace_stats(rollouts, dataset),
+        "audit": None
+        if audit is None
+        else {"problems": len(new), "suspects": len(audit), "first": audit.head(10).drop("majority_cot").to_dicts()},
         "run": {
             "name": manifest.get("name"),
             "config_hash": manifest.get("config_hash"),

@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -122,6 +123,9 @@ class RunDir:
         path = self.table_path(table, part)
         write_parquet(validate_frame(frame, table), path)
         return path
+
+    def remove_table(self, table: str) -> None:
+        shutil.rmtree(self.root / table, ignore_errors=True)
 
     def read_table(self, table: str) -> pl.DataFrame:
         return pl.read_parquet(self.root / table / "*.parquet")

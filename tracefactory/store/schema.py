@@ -61,6 +61,11 @@ REWRITE_KIND = "rewrite_kind"  # how the variant was made: "perturb" (null for a
 MEMORISATION_GAP = "memorisation_gap"  # an original's pass rate minus its perturbed variants' mean
 MEMORISED = "memorised"  # memorisation_gap >= difficulty.memorisation_gap
 MATCH = "match"  # a rejected problem: the id it duplicates, or benchmark:item it overlaps
+GOLD_SUSPECT = "gold_suspect"  # the rollouts agree on another answer than the gold (stages.audit)
+MAJORITY_ANSWER = "majority_answer"  # the wrong answer most rollouts of a problem agree on
+MAJORITY_SHARE = "majority_share"  # its votes over the rollouts with an answer
+MAJORITY_VOTES = "majority_votes"
+N_ANSWERED = "n_answered"  # rollouts with an extracted answer
 
 STEPS = "steps"
 STEP_SCORES = "step_scores"

@@ -1,0 +1,110 @@
+"""audit: golds that look wrong. A problem whose graded rollouts agree on one answer that is not its gold — the
+same value (`grading.verify.vote_key`) in at least `min_votes` rollouts and at least `share` of those with an
+answer — is `gold_suspect`: the teacher is more likely right than the gold when it agrees with itself that much
+and never with the gold. A suspect problem's correct traces are dropped (`gold_suspect`, unless
+`audit.exclude` is off): a trace that reaches a wrong gold teaches a wrong solution. The problems stay in
+`problems` with `majority_answer`, `majority_share` and `majority_votes`, and the suspects are listed in the
+`audit` table for a person to check.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from tracefactory.config import AuditConfig
+from tracefactory.grading.verify import vote_key
+from tracefactory.store.report import StageReport
+from tracefactory.store.schema import (
+    ANSWER,
+    CORRECT,
+    COT,
+    DROP_REASON,
+    GOLD_SUSPECT,
+    LEVEL,
+    MAJORITY_ANSWER,
+    MAJORITY_SHARE,
+    MAJORITY_VOTES,
+    N_ANSWERED,
+    PRED_ANSWER,
+    PROBLEM_ID,
+    QUESTION,
+    SAMPLE_INDEX,
+    SOURCE,
+    columns,
+)
+
+
+def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
+    """Per problem: `n_answered` (rollouts with an extracted answer) and the most common wrong answer — its
+    `majority_answer` (the lowest sample's text), `majority_votes`, `majority_share` of the answered, and the
+    sample that wrote it first (`_example`). Ties go to the answer first written (lowest sample index)."""
+    answered = rollouts.filter(pl.col(PRED_ANSWER).is_not_null())
+    counts = answered.group_by(PROBLEM_ID).agg(pl.len().alias(N_ANSWERED))
+    wrong = answered.filter(~pl.col(CORRECT)).with_columns(
+        pl.col(PRED_ANSWER).map_elements(vote_key, return_dtype=pl.String).alias("_key")
+    )
+    top = (
+        wrong.sort(PROBLEM_ID, SAMPLE_INDEX)
+        .group_by(PROBLEM_ID, "_key", maintain_order=True)
+        .agg(
+            pl.len().alias(MAJORITY_VOTES),
+            pl.col(PRED_ANSWER).first().alias(MAJORITY_ANSWER),
+            pl.col(SAMPLE_INDEX).first().alias("_example"),
+        )
+        .sort(PROBLEM_ID, MAJORITY_VOTES, "_example", descending=[False, True, False])
+        .unique(PROBLEM_ID, keep="first", maintain_order=True)
+        .drop("_key")
+    )
+    out = counts.join(top, on=PROBLEM_ID, how="left")
+    return out.with_columns(
+        (pl.col(MAJORITY_VOTES) / pl.col(N_ANSWERED)).alias(MAJORITY_SHARE),
+        pl.col(MAJORITY_VOTES).fill_null(0).cast(pl.Int64),
+    )
+
+
+def audit(
+    rollouts: pl.DataFrame, cfg: AuditConfig, problems: pl.DataFrame
+) -> tuple[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], StageReport]:
+    """(`rollouts` with the suspects' correct traces dropped as `gold_suspect`, the per-problem verdicts: every
+    problem of `problems` with `gold_suspect` and the majority columns, the `audit` table). Reports on the
+    correct traces still in the running (the grade stage's kept), as the stages after it do; `detail` counts the
+    suspect problems."""
+    v = votes(rollouts)
+    verdicts = (
+        problems.select(PROBLEM_ID)
+        .join(v, on=PROBLEM_ID, how="left")
+        .with_columns(
+            pl.col(N_ANSWERED).fill_null(0).cast(pl.Int64),
+            pl.col(MAJORITY_VOTES).fill_null(0).cast(pl.Int64),
+            ((pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share))
+            .fill_null(False)
+            .alias(GOLD_SUSPECT),
+        )
+    )
+    suspects = verdicts.filter(pl.col(GOLD_SUSPECT))[PROBLEM_ID].implode()
+    in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null()
+    if cfg.exclude:
+        rollouts = rollouts.with_columns(
+            pl.when(in_running & pl.col(PROBLEM_ID).is_in(suspects))
+            .then(pl.lit(GOLD_SUSPECT))
+            .otherwise(pl.col(DROP_REASON))
+            .alias(DROP_REASON)
+        )
+    was = rollouts.filter(in_running | (pl.col(CORRECT) & (pl.col(DROP_REASON) == GOLD_SUSPECT)))
+    detail = {"suspect_problems": int(verdicts[GOLD_SUSPECT].sum())}
+    report = StageReport.from_reasons("audit", "completions", was[DROP_REASON], detail=detail)
+    table = _table(problems, verdicts, rollouts)
+    return (rollouts, verdicts.drop("_example"), table), report
+
+
+def _table(problems: pl.DataFrame, verdicts: pl.DataFrame, rollouts: pl.DataFrame) -> pl.DataFrame:
+    """The `audit` table: each suspect problem with its gold, the answer its rollouts agree on, and the first
+    trace that wrote it (`majority_cot`), most confident first."""
+    examples = rollouts.select(PROBLEM_ID, pl.col(SAMPLE_INDEX).alias("_example"), pl.col(COT).alias("majority_cot"))
+    out = (
+        verdicts.filter(pl.col(GOLD_SUSPECT))
+        .join(problems.select(PROBLEM_ID, QUESTION, ANSWER, SOURCE, LEVEL), on=PROBLEM_ID, how="left")
+        .join(examples, on=[PROBLEM_ID, "_example"], how="left")
+        .sort([MAJORITY_SHARE, MAJORITY_VOTES, PROBLEM_ID], descending=[True, True, False])
+    )
+    return out.select(columns("audit"))
