@@ -16,8 +16,8 @@
    Intervals: 95% bootstrap over problems; with several seeds, each seed's line and their spread.
 3. `--headline N`: a larger set through the real flow, no pool: N problems per level from the demo's generator
    (`training.synth`, seed HEADLINE_SEED), rewritten as the demo's are (about 2N per level after dedup); the
-   fixed K=8 run, then the default adaptive budget on a hard-linked copy of its generation store (it draws only
-   the samples past the eighth), both compared from their `problems` tables.
+   fixed K=8 run, then adaptive budgets (HEADLINE_SETTINGS), each on a hard-linked copy of the run before's
+   generation store (drawing only samples no earlier run drew), compared from their `problems` tables.
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ FIXED_K = 8
 HEADLINE_SEED = 2027  # the demo's problems are seed 2026
 # (first, max, hopeless, stable): the settings compared with fixed K=8
 SETTINGS = [
-    (4, 16, 0.10, 0.2),  # the defaults (`--check` runs this one through the real flow)
+    (2, 16, 0.10, 0.2),  # the defaults (`--check` runs this one through the real flow)
+    (4, 16, 0.10, 0.2),
     (4, 16, 0.05, 0.0),  # settled or hopeless only
     (4, 16, 0.05, 0.1),
     (4, 16, 0.05, 0.2),
     (4, 16, 0.20, 0.2),
-    (2, 16, 0.10, 0.2),
     (4, 8, 0.10, 0.2),
 ]
 
@@ -157,8 +157,12 @@ def check(config: str | None, pool_dir: Path, out: Path, seed: int, budget: Budg
         )
 
 
+HEADLINE_SETTINGS = [(4, 16), (2, 16)]  # (first, max), the other settings at their defaults
+
+
 def headline(config: str | None, out: Path, per_level: int, seed: int, cfg) -> None:
-    """Fixed K=8 and the default adaptive budget through the real flow on a larger generated set."""
+    """Fixed K=8, then each of HEADLINE_SETTINGS through the real flow on a larger generated set, each run on a
+    hard-linked copy of the one before's generation store (it draws only samples no earlier run drew)."""
     from flows.build_dataset import run_build
     from tracefactory.training.synth import generate, write_jsonl
 
@@ -166,31 +170,34 @@ def headline(config: str | None, out: Path, per_level: int, seed: int, cfg) -> N
     if not source.exists():
         write_jsonl(generate(per_level, HEADLINE_SEED), source)
     over = {"source.path": str(source.resolve()), "sampling.seed": seed, "step_score.enabled": False}
-    fixed_dir, adaptive_dir = out / f"fixed-s{seed}", out / f"adaptive-s{seed}"
-    timings = {}
-    if not (fixed_dir / "problems").exists():
-        started = time.time()
-        fixed = {"sampling.budget.policy": "fixed", "sampling.n": FIXED_K, "name": "budget-headline-fixed"}
-        run_build(config, str(fixed_dir), {**over, **fixed})
-        timings["fixed"] = time.time() - started
-    if not (adaptive_dir / "problems").exists():
-        if adaptive_dir.exists():
-            shutil.rmtree(adaptive_dir)
-        shutil.copytree(
-            fixed_dir / "_work" / "generations", adaptive_dir / "_work" / "generations", copy_function=os.link
-        )
-        started = time.time()
-        adaptive = {f"sampling.budget.{k}": v for k, v in vars(BudgetConfig(policy="adaptive")).items()}
-        run_build(config, str(adaptive_dir), {**over, **adaptive, "name": "budget-headline-adaptive"})
-        timings["adaptive (past the fixed run's samples)"] = time.time() - started
-    base, cand = (pl.read_parquet(d / "problems") for d in (fixed_dir, adaptive_dir))
+    fixed = {"sampling.budget.policy": "fixed", "sampling.n": FIXED_K}
+    runs = [(f"fixed K={FIXED_K}", out / f"fixed-s{seed}", fixed)]
+    for first, mx in HEADLINE_SETTINGS:
+        budget = {f"sampling.budget.{k}": v for k, v in vars(BudgetConfig(policy="adaptive")).items()}
+        budget.update({"sampling.budget.first": first, "sampling.budget.max": mx})
+        runs.append((f"adaptive {first}/{mx}", out / f"adaptive-{first}-{mx}-s{seed}", budget))
+    timings, before = {}, None
+    for name, run_dir, settings in runs:
+        if not (run_dir / "problems").exists():
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            if before is not None:
+                gens = "_work/generations"
+                shutil.copytree(before / gens, run_dir / gens, copy_function=os.link)
+            started = time.time()
+            run_build(config, str(run_dir), {**over, **settings, "name": "budget-headline"})
+            timings[name] = time.time() - started
+        before = run_dir
+    tables = [pl.read_parquet(d / "problems") for _, d, _ in runs]
+    base = tables[0]
     print(f"\nheadline, seed {seed}: {len(base)} problems ({per_level} per level generated, rewritten)")
     for name, secs in timings.items():
-        print(f"  {name}: {secs:.0f} s")
+        print(f"  {name}: {secs:.0f} s (samples no earlier run drew)")
     print(HEAD)
-    show(f"fixed K={FIXED_K}", base, measures(base, cfg), base, cfg)
-    show("adaptive (defaults)", cand, measures(cand, cfg), base, cfg)
-    compare(base, cand, cfg)
+    show(runs[0][0], base, measures(base, cfg), base, cfg)
+    for (name, _, _), t in zip(runs[1:], tables[1:], strict=True):
+        show(name, t, measures(t, cfg), base, cfg)
+        compare(base, t, cfg)
 
 
 HEAD = "policy                               tokens  accepted  tok/acc  hard acc  easy med hard unsol  agree"

@@ -115,7 +115,7 @@ class BudgetConfig:
 
     # the adaptive defaults are the ones bench/adaptive_budget.py measured (README, "Sampling budget")
     policy: Literal["fixed", "adaptive"] = "fixed"
-    first: int = 4
+    first: int = 2
     max: int = 16
     run_tokens: int | None = None
     # an unsolved problem stops when the chance that its next round finds a first correct trace (from the pass-rate

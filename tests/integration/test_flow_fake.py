@@ -227,7 +227,7 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
     rounds = json.loads(pl.read_parquet(out / "funnel").filter(pl.col("stage") == "rollout")["detail"][0])["rounds"]
     drawn = pl.read_parquet(out / "problems").select("rounds").to_series()
     n_shards = sum(-(-int((drawn > r).sum()) // 16) for r in range(rounds))
-    assert rounds == 3 and n_shards > 4
+    assert rounds > 1 and n_shards > 4
     shards = [f"rollout-shard-{i}" for i in range(n_shards)]
     budget = [f"budget-round-{r}" for r in range(rounds)]
     # each round with samples to draw starts (or finds started) the teacher in a task of its own

@@ -230,5 +230,5 @@ def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_car
     # the demo's adaptive budget, as the funnel tells it
     problems = pl.read_parquet(run / "problems")
     stops = problems["stop_reason"].value_counts().sort("stop_reason").rows()
-    assert "an adaptive budget: 4 samples per problem" in text and f"over {problems['rounds'].max()} rounds" in text
+    assert "an adaptive budget: 2 samples per problem" in text and f"over {problems['rounds'].max()} rounds" in text
     assert all(f"{reason} {count:,}" in text for reason, count in stops)
