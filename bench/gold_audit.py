@@ -31,7 +31,8 @@ from tracefactory.config import AuditConfig  # noqa: E402
 from tracefactory.stages.audit import audit  # noqa: E402
 
 DELTAS = (-10, -2, -1, 1, 2, 10)
-BARS = [(0.6, 4), (0.6, 3), (0.5001, 4), (0.7, 4), (0.8, 4), (0.6, 6)]
+# (share, min_votes, gold_share): the defaults first
+BARS = [(0.6, 4, 0.0), (0.6, 4, 0.1), (0.6, 4, 0.2), (0.6, 3, 0.0), (0.5001, 4, 0.0), (0.8, 4, 0.0), (0.8, 4, 0.2)]
 
 
 def plant(source: Path, out: Path, n: int, seed: int) -> set[str]:
@@ -87,7 +88,7 @@ def main() -> None:
     planted = plant(ROOT / "data" / "demo" / "problems.jsonl", source, args.planted, args.seed)
     print(f"{len(planted)} of 300 golds planted wrong (seed {args.seed})")
     runs = {
-        "demo config (adaptive budget, 4-16 samples)": {},
+        "demo config (adaptive budget, 2-16 samples)": {},
         "fixed budget, 16 samples": {"sampling.budget.policy": "fixed", "sampling.n": 16},
     }
     for name, over in runs.items():
@@ -98,12 +99,13 @@ def main() -> None:
         )
         print(f"\n{name}: {len(problems)} problems, {generated} generated (0: all read from the pool's store)")
         flagged = set(problems.filter(pl.col("gold_suspect"))["problem_id"])
-        print(f"  the run (share 0.6, 4 votes): {score(flagged, planted, problems)}")
+        print(f"  the run (the demo's bars):           {score(flagged, planted, problems)}")
         rollouts = pl.read_parquet(out / "rollouts").with_columns(pl.lit(None, pl.String).alias("drop_reason"))
-        for share, votes in BARS:
-            (_, verdicts, _), _ = audit(rollouts, AuditConfig(enabled=True, share=share, min_votes=votes), problems)
+        for share, votes, gold in BARS:
+            cfg = AuditConfig(enabled=True, share=share, min_votes=votes, gold_share=gold)
+            (_, verdicts, _), _ = audit(rollouts, cfg, problems)
             flagged = set(verdicts.filter(pl.col("gold_suspect"))["problem_id"])
-            print(f"  replayed: share {share:.2f}, {votes} votes: {score(flagged, planted, problems)}")
+            print(f"  replayed: share {share:.2f}, {votes} votes, gold {gold:.1f}: {score(flagged, planted, problems)}")
 
 
 if __name__ == "__main__":

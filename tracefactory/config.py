@@ -288,12 +288,17 @@ class AuditConfig:
     enabled: bool = False
     share: float = 0.6  # of the rollouts with an answer, at least this share agree on one wrong answer
     min_votes: int = 4  # and at least this many
+    # and at most this share reach the gold (0: none does; a gold some rollouts reach is one the teacher can reach,
+    # and a teacher's consistent mistake on a hard problem looks like a wrong gold otherwise: bench/gold_audit.py)
+    gold_share: float = 0.0
     exclude: bool = True  # a suspect problem's correct traces are dropped (`gold_suspect`)
 
     def __post_init__(self):
         if not 0.5 < self.share <= 1:
             raise ConfigError("audit.share", self.share, "a share in (0.5, 1]: a majority")
         _positive("audit.min_votes", self.min_votes)
+        if not 0 <= self.gold_share < 0.5:
+            raise ConfigError("audit.gold_share", self.gold_share, "a share in [0, 0.5)")
 
 
 @dataclass(frozen=True)

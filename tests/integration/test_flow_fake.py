@@ -543,9 +543,9 @@ def test_preference_pairs_in_trls_format_from_the_runs_own_traces(prefect_harnes
 
 def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path):
     demo = [json.loads(line) for line in (Path(__file__).parents[2] / "data/demo/problems.jsonl").open()][::5]
-    planted = {r["id"] for r in demo if r["level"] == 1}  # 12 golds the teacher gets right most of the time, +1
+    planted = {r["id"] for r in demo if r["level"] == 1}  # 12 golds the teacher gets right most of the time, +100
     for r in demo:
-        r["answer"] = str(int(r["answer"]) + 1) if r["id"] in planted else r["answer"]
+        r["answer"] = str(int(r["answer"]) + 100) if r["id"] in planted else r["answer"]
     source = tmp_path / "planted.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in demo))
     out = tmp_path / "r"
@@ -555,9 +555,8 @@ def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path)
     assert flagged == planted == set(audit["problem_id"])
     assert not set(data["problem_id"]) & planted  # none of their traces is taught
     rollouts = _rows(out, "rollouts").filter(pl.col("problem_id").is_in(list(planted)))
-    # a slip that lands on the planted gold is "correct", and dropped as gold_suspect
-    assert set(rollouts.filter(pl.col("correct"))["drop_reason"]) <= {"gold_suspect"}
-    assert (audit["majority_answer"].cast(int) == audit["answer"].cast(int) - 1).all()
+    assert not rollouts["correct"].any()  # no slip lands 100 off: no rollout reaches a planted gold
+    assert (audit["majority_answer"].cast(int) == audit["answer"].cast(int) - 100).all()
     assert audit["majority_cot"].str.contains(r"\\boxed").all() and (audit["majority_share"] >= 0.6).all()
     # the funnel: grade -> audit -> step_score in completions, each stage adding up
     funnel = {r["stage"]: r for r in _rows(out, "funnel").iter_rows(named=True)}
@@ -566,4 +565,17 @@ def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path)
         and funnel["audit"]["kept"] == funnel["step_score"]["rows_in"]
     )
     assert json.loads(funnel["audit"]["detail"]) == {"suspect_problems": len(planted)}
-    assert json.loads(funnel["audit"]["dropped_by_reason"]).get("gold_suspect", 0) == int(rollouts["correct"].sum())
+    # a gold that some rollout reaches is not suspect by default; allowed a share, its correct traces are dropped:
+    # planted 10 off, where a third of this teacher's slips land
+    for r in demo:
+        r["answer"] = str(int(r["answer"]) - 90) if r["id"] in planted else r["answer"]
+    source.write_text("".join(json.dumps(r) + "\n" for r in demo))
+    out = tmp_path / "allowed"
+    _run(out, source, FakeTeacher(slip_rate=0.3), **{"audit.gold_share": 0.3})
+    problems, rollouts = _rows(out, "problems"), _rows(out, "rollouts")
+    flagged = problems.filter(pl.col("gold_suspect"))
+    assert set(flagged["problem_id"]) & planted  # most of them: a 30% slip rate leaves a thin majority at times
+    hit = rollouts.filter(pl.col("problem_id").is_in(flagged["problem_id"].implode()) & pl.col("correct"))
+    assert len(hit) and (hit["drop_reason"] == "gold_suspect").all()
+    dropped = json.loads(_rows(out, "funnel").filter(pl.col("stage") == "audit")["dropped_by_reason"][0])
+    assert dropped.get("gold_suspect", 0) == len(hit)

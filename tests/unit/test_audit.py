@@ -51,9 +51,10 @@ PROBLEMS = pl.DataFrame(
 )
 
 
-def test_suspect_only_above_both_bars_and_its_correct_traces_are_dropped():
+def test_suspect_only_above_the_bars_and_its_correct_traces_are_dropped():
     graded = _graded(ROWS)
-    (out, verdicts, table), report = audit(graded, AuditConfig(enabled=True), PROBLEMS)
+    # planted and fraction: one rollout of 6 (5) reaches the gold — allowed here, up to a fifth
+    (out, verdicts, table), report = audit(graded, AuditConfig(enabled=True, gold_share=0.2), PROBLEMS)
     v = {r["problem_id"]: r for r in verdicts.iter_rows(named=True)}
     assert {p for p, r in v.items() if r["gold_suspect"]} == {"planted", "fraction"}
     assert (v["planted"]["majority_answer"], v["planted"]["majority_votes"]) == ("14", 4)
@@ -80,11 +81,19 @@ def test_suspect_only_above_both_bars_and_its_correct_traces_are_dropped():
 
 def test_lower_bars_flag_more_and_exclude_off_keeps_the_traces():
     graded = _graded(ROWS)
-    cfg = AuditConfig(enabled=True, share=0.6, min_votes=3, exclude=False)
+    cfg = AuditConfig(enabled=True, share=0.6, min_votes=3, gold_share=0.2, exclude=False)
     (out, verdicts, table), report = audit(graded, cfg, PROBLEMS)
     assert set(verdicts.filter(pl.col("gold_suspect"))["problem_id"]) == {"planted", "few", "fraction"}
     assert out.equals(graded) and report.dropped == 0 and report.detail == {"suspect_problems": 3}
     assert table["problem_id"].to_list() == ["few", "fraction", "planted"]  # most confident first
+
+
+def test_by_default_a_gold_that_some_rollout_reaches_is_not_suspect():
+    rows = [*ROWS, ("never", ["14", "14", "14", "14", "3", "16"], "15")]  # planted's votes, none reaching the gold
+    problems = pl.concat([PROBLEMS, PROBLEMS.head(1).with_columns(pl.lit("never").alias("problem_id"))])
+    (out, verdicts, table), report = audit(_graded(rows), AuditConfig(enabled=True), problems)
+    assert set(verdicts.filter(pl.col("gold_suspect"))["problem_id"]) == {"never"}
+    assert report.dropped == 0 and report.detail == {"suspect_problems": 1}  # it had no correct trace to drop
 
 
 def test_a_bad_audit_config_names_its_field():
@@ -95,3 +104,5 @@ def test_a_bad_audit_config_names_its_field():
         load_config(None, {"audit.share": 0.5})
     with pytest.raises(ConfigError, match=r"audit\.min_votes"):
         load_config(None, {"audit.min_votes": 0})
+    with pytest.raises(ConfigError, match=r"audit\.gold_share"):
+        load_config(None, {"audit.gold_share": 0.5})

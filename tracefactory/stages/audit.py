@@ -1,10 +1,10 @@
 """audit: golds that look wrong. A problem whose graded rollouts agree on one answer that is not its gold — the
 same value (`grading.verify.vote_key`) in at least `min_votes` rollouts and at least `share` of those with an
-answer — is `gold_suspect`: the teacher is more likely right than the gold when it agrees with itself that much
-and never with the gold. A suspect problem's correct traces are dropped (`gold_suspect`, unless
-`audit.exclude` is off): a trace that reaches a wrong gold teaches a wrong solution. The problems stay in
-`problems` with `majority_answer`, `majority_share` and `majority_votes`, and the suspects are listed in the
-`audit` table for a person to check.
+answer — while at most `gold_share` of them reach the gold (none, by default) is `gold_suspect`: the teacher is
+more likely right than the gold when it agrees with itself that much and never with the gold. A suspect
+problem's correct traces are dropped (`gold_suspect`, unless `audit.exclude` is off): a trace that reaches a wrong
+gold teaches a wrong solution. The problems stay in `problems` with `majority_answer`, `majority_share` and
+`majority_votes`, and the suspects are listed in the `audit` table for a person to check.
 """
 
 from __future__ import annotations
@@ -70,16 +70,18 @@ def audit(
     correct traces still in the running (the grade stage's kept), as the stages after it do; `detail` counts the
     suspect problems."""
     v = votes(rollouts)
+    reached = rollouts.filter(pl.col(PRED_ANSWER).is_not_null()).group_by(PROBLEM_ID).agg(pl.col(CORRECT).sum())
+    agree = (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
     verdicts = (
         problems.select(PROBLEM_ID)
         .join(v, on=PROBLEM_ID, how="left")
+        .join(reached, on=PROBLEM_ID, how="left")
         .with_columns(
             pl.col(N_ANSWERED).fill_null(0).cast(pl.Int64),
             pl.col(MAJORITY_VOTES).fill_null(0).cast(pl.Int64),
-            ((pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share))
-            .fill_null(False)
-            .alias(GOLD_SUSPECT),
+            (agree & (pl.col(CORRECT) <= cfg.gold_share * pl.col(N_ANSWERED))).fill_null(False).alias(GOLD_SUSPECT),
         )
+        .drop(CORRECT)
     )
     suspects = verdicts.filter(pl.col(GOLD_SUSPECT))[PROBLEM_ID].implode()
     in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null()
