@@ -35,6 +35,8 @@ demo: venv
 	  min(curriculum_rank) AS first_rank, round(avg(cot_tokens), 1) AS mean_cot_tokens FROM dataset GROUP BY difficulty ORDER BY first_rank"
 	$(BIN)/tracefactory query $(RUN) "SELECT CASE WHEN rewrite_kind IS NULL THEN 'original' ELSE rewrite_kind END AS problems, \
 	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
+	$(BIN)/tracefactory query $(RUN) "SELECT rejected_reason, count(*) AS pairs, round(avg(chosen_tokens), 1) AS chosen_tokens, \
+	  round(avg(rejected_tokens), 1) AS rejected_tokens FROM pairs GROUP BY 1 ORDER BY 2 DESC"
 
 # The demo recipe on the plain teacher (data/teacher-plain: no think block).
 demo-plain: venv
