@@ -305,13 +305,15 @@ def _audit(cfg: dict, audit: dict | None) -> list[str]:
     if not a.get("enabled") or audit is None:
         return []
     kept = "kept out of `default`" if a.get("exclude", True) else "still in `default` (`audit.exclude` off)"
+    gold = a.get("gold_share", 0.0)
+    reach = "none reaching the gold" if not gold else f"at most {gold:.0%} reaching the gold"
     lines = [
         "## Golds that look wrong",
         "",
         f"{audit['suspects']:,} of this release's {audit['problems']:,} problems have a gold their rollouts agree"
         f" against: one other answer from at least {a['share']:.0%} of the rollouts with an answer and at least"
-        f" {a['min_votes']} of them. Their traces are {kept}; the `audit` config lists them all with the first trace"
-        " that reached the other answer, for a person to judge.",
+        f" {a['min_votes']} of them, {reach}. Their traces are {kept}; the `audit` config lists them all with the"
+        " first trace that reached the other answer, for a person to judge.",
         "",
     ]
     if audit["first"]:
