@@ -227,6 +227,7 @@ def test_a_release_of_the_r1_shaped_run_has_think_blocks_in_messages_and_the_car
     ]
     assert set(pairs["chosen"].list.first().struct.field("content")) <= set(default["cot"])
     assert 'load_dataset("tf-org/arith-demo", "pairs")' in text
+    assert query(folder, "SELECT count(*) FROM pairs")[1] == [(len(pairs),)]  # DuckDB reads the release's pairs too
     # the demo's adaptive budget, as the funnel tells it
     problems = pl.read_parquet(run / "problems")
     stops = problems["stop_reason"].value_counts().sort("stop_reason").rows()
