@@ -178,10 +178,8 @@ def headline(config: str | None, out: Path, per_level: int, seed: int, cfg) -> N
         runs.append((f"adaptive {first}/{mx}", out / f"adaptive-{first}-{mx}-s{seed}", budget))
     timings, before = {}, None
     for name, run_dir, settings in runs:
-        if not (run_dir / "problems").exists():
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            if before is not None:
+        if not (run_dir / "problems").exists():  # not finished: resumed from its committed chunks if started
+            if before is not None and not run_dir.exists():
                 gens = "_work/generations"
                 shutil.copytree(before / gens, run_dir / gens, copy_function=os.link)
             started = time.time()
