@@ -62,6 +62,7 @@ from tracefactory.store.schema import (
     STOP_REASON,
     TEACHER_TOKENS,
     columns,
+    empty,
 )
 from tracefactory.store.sources import read_source
 
@@ -340,9 +341,8 @@ def with_audit(problems: pl.DataFrame, verdicts: pl.DataFrame | None) -> pl.Data
     """`problems` with the audit's verdicts (`gold_suspect`, the majority answer's columns); null without one."""
     cols = [N_ANSWERED, MAJORITY_ANSWER, MAJORITY_VOTES, MAJORITY_SHARE, GOLD_SUSPECT]
     problems = problems.drop([c for c in cols if c in problems.columns])
-    if verdicts is None:
-        types = [pl.Int64, pl.String, pl.Int64, pl.Float64, pl.Boolean]
-        return problems.with_columns(pl.lit(None, t).alias(c) for c, t in zip(cols, types, strict=True))
+    if verdicts is None:  # nulls of the problems table's types (schemas/problems.json)
+        return problems.with_columns(pl.lit(None, t).alias(c) for c, t in empty("problems").select(cols).schema.items())
     return problems.join(verdicts.select(PROBLEM_ID, *cols), on=PROBLEM_ID, how="left")
 
 

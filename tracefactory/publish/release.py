@@ -38,6 +38,7 @@ from tracefactory.store.schema import (
     ANSWER,
     CURRICULUM_RANK,
     DIFFICULTY,
+    MAJORITY_COT,
     PROBLEM_ID,
     QUESTION,
 )
@@ -166,7 +167,7 @@ def build(
         "traces": trace_stats(rollouts, dataset),
         "audit": None
         if audit is None
-        else {"problems": len(new), "suspects": len(audit), "first": audit.head(10).drop("majority_cot").to_dicts()},
+        else {"problems": len(new), "suspects": len(audit), "first": audit.head(10).drop(MAJORITY_COT).to_dicts()},
         "run": {
             "name": manifest.get("name"),
             "config_hash": manifest.get("config_hash"),

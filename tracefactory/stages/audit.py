@@ -22,6 +22,7 @@ from tracefactory.store.schema import (
     GOLD_SUSPECT,
     LEVEL,
     MAJORITY_ANSWER,
+    MAJORITY_COT,
     MAJORITY_SHARE,
     MAJORITY_VOTES,
     N_ANSWERED,
@@ -33,13 +34,16 @@ from tracefactory.store.schema import (
     columns,
 )
 
+EXAMPLE, REACHED = "_example", "_reached"  # votes()'s working columns: the majority's first sample; gold reached
+
 
 def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
-    """Per problem: `n_answered` (rollouts with an extracted answer) and the most common wrong answer — its
+    """Per problem: `n_answered` (rollouts with an extracted answer), how many of them reach the gold (`_reached`)
+    and the most common wrong answer — its
     `majority_answer` (the lowest sample's text), `majority_votes`, `majority_share` of the answered, and the
     sample that wrote it first (`_example`). Ties go to the answer first written (lowest sample index)."""
     answered = rollouts.filter(pl.col(PRED_ANSWER).is_not_null())
-    counts = answered.group_by(PROBLEM_ID).agg(pl.len().alias(N_ANSWERED))
+    counts = answered.group_by(PROBLEM_ID).agg(pl.len().alias(N_ANSWERED), pl.col(CORRECT).sum().alias(REACHED))
     wrong = answered.filter(~pl.col(CORRECT)).with_columns(
         pl.col(PRED_ANSWER).map_elements(vote_key, return_dtype=pl.String).alias("_key")
     )
@@ -49,9 +53,9 @@ def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.len().alias(MAJORITY_VOTES),
             pl.col(PRED_ANSWER).first().alias(MAJORITY_ANSWER),
-            pl.col(SAMPLE_INDEX).first().alias("_example"),
+            pl.col(SAMPLE_INDEX).first().alias(EXAMPLE),
         )
-        .sort(PROBLEM_ID, MAJORITY_VOTES, "_example", descending=[False, True, False])
+        .sort(PROBLEM_ID, MAJORITY_VOTES, EXAMPLE, descending=[False, True, False])
         .unique(PROBLEM_ID, keep="first", maintain_order=True)
         .drop("_key")
     )
@@ -69,19 +73,16 @@ def audit(
     problem of `problems` with `gold_suspect` and the majority columns, the `audit` table). Reports on the
     correct traces still in the running (the grade stage's kept), as the stages after it do; `detail` counts the
     suspect problems."""
-    v = votes(rollouts)
-    reached = rollouts.filter(pl.col(PRED_ANSWER).is_not_null()).group_by(PROBLEM_ID).agg(pl.col(CORRECT).sum())
     agree = (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
     verdicts = (
         problems.select(PROBLEM_ID)
-        .join(v, on=PROBLEM_ID, how="left")
-        .join(reached, on=PROBLEM_ID, how="left")
+        .join(votes(rollouts), on=PROBLEM_ID, how="left")
         .with_columns(
             pl.col(N_ANSWERED).fill_null(0).cast(pl.Int64),
             pl.col(MAJORITY_VOTES).fill_null(0).cast(pl.Int64),
-            (agree & (pl.col(CORRECT) <= cfg.gold_share * pl.col(N_ANSWERED))).fill_null(False).alias(GOLD_SUSPECT),
+            (agree & (pl.col(REACHED) <= cfg.gold_share * pl.col(N_ANSWERED))).fill_null(False).alias(GOLD_SUSPECT),
         )
-        .drop(CORRECT)
+        .drop(REACHED)
     )
     suspects = verdicts.filter(pl.col(GOLD_SUSPECT))[PROBLEM_ID].implode()
     in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null()
@@ -96,17 +97,17 @@ def audit(
     detail = {"suspect_problems": int(verdicts[GOLD_SUSPECT].sum())}
     report = StageReport.from_reasons("audit", "completions", was[DROP_REASON], detail=detail)
     table = _table(problems, verdicts, rollouts)
-    return (rollouts, verdicts.drop("_example"), table), report
+    return (rollouts, verdicts.drop(EXAMPLE), table), report
 
 
 def _table(problems: pl.DataFrame, verdicts: pl.DataFrame, rollouts: pl.DataFrame) -> pl.DataFrame:
     """The `audit` table: each suspect problem with its gold, the answer its rollouts agree on, and the first
     trace that wrote it (`majority_cot`), most confident first."""
-    examples = rollouts.select(PROBLEM_ID, pl.col(SAMPLE_INDEX).alias("_example"), pl.col(COT).alias("majority_cot"))
+    examples = rollouts.select(PROBLEM_ID, pl.col(SAMPLE_INDEX).alias(EXAMPLE), pl.col(COT).alias(MAJORITY_COT))
     out = (
         verdicts.filter(pl.col(GOLD_SUSPECT))
         .join(problems.select(PROBLEM_ID, QUESTION, ANSWER, SOURCE, LEVEL), on=PROBLEM_ID, how="left")
-        .join(examples, on=[PROBLEM_ID, "_example"], how="left")
+        .join(examples, on=[PROBLEM_ID, EXAMPLE], how="left")
         .sort([MAJORITY_SHARE, MAJORITY_VOTES, PROBLEM_ID], descending=[True, True, False])
     )
     return out.select(columns("audit"))

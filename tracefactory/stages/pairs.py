@@ -25,6 +25,9 @@ from tracefactory.stages.step_score import LOW_STEP_SCORE
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
+    CHOSEN,
+    CHOSEN_SAMPLE_INDEX,
+    CHOSEN_TOKENS,
     CORRECT,
     COT,
     COT_TOKENS,
@@ -36,17 +39,25 @@ from tracefactory.store.schema import (
     PRED_ANSWER,
     PRM_MIN,
     PROBLEM_ID,
+    PROMPT,
     QUESTION,
+    REJECTED,
+    REJECTED_ANSWER,
+    REJECTED_REASON,
+    REJECTED_SAMPLE_INDEX,
+    REJECTED_TOKENS,
     REWRITE_KIND,
     REWRITE_OF,
     SAMPLE_INDEX,
     SOURCE,
     TEACHER,
-    columns,
+    empty,
 )
 
 NO_REJECTED = "no_rejected"  # a problem with kept traces and no trace to set against them
-TURNS = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+# a pair's columns taken as they are from the chosen trace's dataset row
+FROM_DATASET = (PROBLEM_ID, QUESTION, ANSWER, DIFFICULTY, CURRICULUM_RANK, SOURCE, LEVEL, REWRITE_OF, REWRITE_KIND)
+FROM_DATASET += (TEACHER,)
 
 
 def _candidates(rule: str, rows: list[dict], chosen: dict) -> list[dict]:
@@ -94,55 +105,22 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
             out.append(_pair(chosen, rejected, rule))
         reasons.append(None if made else NO_REJECTED)
     detail["pairs"] = len(out)
-    frame = pl.DataFrame(out, schema=_schema()) if out else pl.DataFrame(schema=_schema())
+    frame = pl.DataFrame(out, schema=empty("pairs").schema)  # the table's types, from schemas/pairs.json
     report = StageReport.from_reasons("pairs", "problems", pl.Series(reasons, dtype=pl.String), detail=detail)
-    return frame.select(columns("pairs")), report
+    return frame, report
 
 
 def _pair(chosen: dict, rejected: dict, rule: str) -> dict:
     *prompt, answer = chosen[MESSAGES]
     return {
-        "prompt": prompt,
-        "chosen": [answer],
-        "rejected": [{"role": "assistant", "content": rejected[COT]}],
-        PROBLEM_ID: chosen[PROBLEM_ID],
-        QUESTION: chosen[QUESTION],
-        ANSWER: chosen[ANSWER],
-        "chosen_sample_index": chosen[SAMPLE_INDEX],
-        "rejected_sample_index": rejected[SAMPLE_INDEX],
-        "chosen_tokens": chosen[COT_TOKENS],
-        "rejected_tokens": rejected[COT_TOKENS],
-        "rejected_reason": rule,
-        "rejected_answer": rejected[PRED_ANSWER],
-        DIFFICULTY: chosen[DIFFICULTY],
-        CURRICULUM_RANK: chosen[CURRICULUM_RANK],
-        SOURCE: chosen[SOURCE],
-        LEVEL: chosen[LEVEL],
-        REWRITE_OF: chosen[REWRITE_OF],
-        REWRITE_KIND: chosen[REWRITE_KIND],
-        TEACHER: chosen[TEACHER],
-    }
-
-
-def _schema() -> dict:
-    return {
-        "prompt": TURNS,
-        "chosen": TURNS,
-        "rejected": TURNS,
-        PROBLEM_ID: pl.String,
-        QUESTION: pl.String,
-        ANSWER: pl.String,
-        "chosen_sample_index": pl.Int64,
-        "rejected_sample_index": pl.Int64,
-        "chosen_tokens": pl.Int64,
-        "rejected_tokens": pl.Int64,
-        "rejected_reason": pl.String,
-        "rejected_answer": pl.String,
-        DIFFICULTY: pl.String,
-        CURRICULUM_RANK: pl.Int64,
-        SOURCE: pl.String,
-        LEVEL: pl.String,
-        REWRITE_OF: pl.String,
-        REWRITE_KIND: pl.String,
-        TEACHER: pl.String,
+        PROMPT: prompt,
+        CHOSEN: [answer],
+        REJECTED: [{"role": "assistant", "content": rejected[COT]}],
+        CHOSEN_SAMPLE_INDEX: chosen[SAMPLE_INDEX],
+        REJECTED_SAMPLE_INDEX: rejected[SAMPLE_INDEX],
+        CHOSEN_TOKENS: chosen[COT_TOKENS],
+        REJECTED_TOKENS: rejected[COT_TOKENS],
+        REJECTED_REASON: rule,
+        REJECTED_ANSWER: rejected[PRED_ANSWER],
+        **{c: chosen[c] for c in FROM_DATASET},
     }

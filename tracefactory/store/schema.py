@@ -66,6 +66,17 @@ MAJORITY_ANSWER = "majority_answer"  # the wrong answer most rollouts of a probl
 MAJORITY_SHARE = "majority_share"  # its votes over the rollouts with an answer
 MAJORITY_VOTES = "majority_votes"
 N_ANSWERED = "n_answered"  # rollouts with an extracted answer
+MAJORITY_COT = "majority_cot"  # audit: the first trace that reached majority_answer
+# pairs (TRL's conversational preference format, and where each side came from)
+PROMPT = "prompt"
+CHOSEN = "chosen"
+REJECTED = "rejected"
+CHOSEN_SAMPLE_INDEX = "chosen_sample_index"
+REJECTED_SAMPLE_INDEX = "rejected_sample_index"
+CHOSEN_TOKENS = "chosen_tokens"
+REJECTED_TOKENS = "rejected_tokens"
+REJECTED_REASON = "rejected_reason"
+REJECTED_ANSWER = "rejected_answer"
 
 STEPS = "steps"
 STEP_SCORES = "step_scores"
