@@ -1,5 +1,6 @@
-"""@flow build_dataset: load -> rollout (per shard) -> grade -> step_score -> select -> difficulty ->
-curriculum -> write, each stage its own Prefect task (name, state, duration and logs in the UI)."""
+"""@flow build_dataset: load -> rollout (per shard) -> grade -> audit -> step_score -> select -> rationalize ->
+difficulty -> curriculum -> pairs -> write, each stage its own Prefect task (name, state, duration and logs in the
+UI); the optional ones (rewrite, dedup, decontaminate, audit, rationalize, pairs) only when enabled."""
 
 from __future__ import annotations
 
@@ -121,6 +122,16 @@ def step_score_task(run: io.RunDir, cfg: FactoryConfig, graded, problems, teache
     return pipeline.score_steps(run, cfg, graded, problems, teacher)
 
 
+@stage_task("rationalize", task_run_name="rationalize-shard-{shard}", **RETRY)  # resumes from committed chunks
+def rationale_shard_task(run: io.RunDir, shard: int, asked, cfg: FactoryConfig, engines: Engines) -> StageReport:
+    return engines.rollout_shard(run, shard, asked, pipeline.rationale_config(cfg), (0, cfg.rationalize.n))
+
+
+@stage_task("rationalize", **RETRY)  # a retry re-grades and re-verifies (nothing is generated twice)
+def rationalize_task(run: io.RunDir, cfg: FactoryConfig, tried, asked, teacher: Teacher, skipped: dict):
+    return pipeline.rationalize_unsolved(run, cfg, tried, asked, teacher, skipped)
+
+
 @stage_task("select")
 def select_task(cfg: FactoryConfig, scored):
     return run_stage(select, scored, cfg.select)
@@ -199,7 +210,22 @@ def _rollouts(run: io.RunDir, cfg: FactoryConfig, problems, engines: Engines):
             tally = budget_task(run, cfg, problems, tally, engines.teacher, r)
         else:  # nothing to decide: the tallies only
             tally = pipeline.close_round(run, cfg, problems, tally, engines.teacher, r)
-    return tally, pipeline.rollout_total(reports, tally)
+    return tally, pipeline.rollout_total(reports, tally), shard_no
+
+
+def _rationales(run: io.RunDir, cfg: FactoryConfig, graded, problems, engines: Engines, first_shard: int):
+    """STaR: the hinted requests of the unsolved problems (shards numbered on from the rollouts'), then the stage
+    that judges them. Returns the rationales (every one asked, with why it was dropped), the problems tried and the
+    funnel row."""
+    tried, asked, skipped = pipeline.rationale_requests(cfg, graded, problems)
+    rcfg, samples = pipeline.rationale_config(cfg), (0, cfg.rationalize.n)
+    shards = [s for s in pipeline.shard_frames(asked, cfg.run.shard_size) if len(s)]
+    if pipeline.rollouts_pending(run, rcfg, shards, engines.teacher, samples):
+        start_task(engines)
+    for i, shard in enumerate(shards):
+        rationale_shard_task(run, first_shard + i, shard, cfg, engines)
+    rationales, report = rationalize_task(run, cfg, tried, asked, engines.teacher, skipped)
+    return rationales, tried, report
 
 
 @flow(name="build_dataset")
@@ -225,7 +251,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         loaded, r_rewrite = rewrite_task(cfg, loaded, engines.teacher) if cfg.rewrite.enabled else (loaded, None)
         loaded, r_dedup = dedup_task(cfg, loaded) if cfg.dedup.enabled else (loaded, None)
         loaded, r_decon = decontaminate_task(cfg, loaded) if cfg.decontaminate.enabled else (loaded, None)
-        tally, r_roll = _rollouts(run, cfg, loaded.problems, engines)
+        tally, r_roll, shards = _rollouts(run, cfg, loaded.problems, engines)
         problems = pipeline.with_budget(loaded.problems, tally)
         graded, r_grade = grade_task(run, cfg, problems, engines.teacher)
         verdicts = audit_table = r_audit = None
@@ -234,19 +260,33 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         scored, r_step = step_score_task(run, cfg, graded, problems, engines.teacher)
         chosen, r_select = select_task(cfg, scored)
         problems = pipeline.with_audit(pipeline.with_teacher_tokens(problems, scored), verdicts)
+        rationales = tried = r_rat = None
+        if cfg.rationalize.enabled:
+            rationales, tried, r_rat = _rationales(run, cfg, scored, problems, engines, shards)
+        problems = pipeline.with_rationales(problems, rationales, tried)
         tagged, r_diff = difficulty_task(cfg, problems, chosen)
-        dataset, r_curr = curriculum_task(cfg, chosen, tagged)
+        dataset, r_curr = curriculum_task(cfg, pipeline.training_rows(cfg, chosen, rationales), tagged)
+        rationalized = pipeline.rationalized_table(cfg, rationales, tagged)
         pairs, r_pairs = pairs_task(cfg, chosen, dataset) if cfg.pairs.enabled else (None, None)
         step_eval = eval_steps_task(cfg, engines.teacher) if cfg.step_score.eval_set else None
     finally:
         if teacher is None:  # ours to close; a caller's teacher stays the caller's
             engines.close()
-    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_audit, r_step, r_select, r_diff, r_curr)
-    stages += (r_pairs,)
+    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_audit, r_step, r_select, r_rat, r_diff)
+    stages += (r_curr, r_pairs)
     reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
     manifest = build_manifest(cfg, teacher_identity(cfg, engines.teacher), reports, started, extra)
-    write_task(run, loaded, tagged, chosen, dataset, {"pairs": pairs, "audit": audit_table}, reports, manifest)
+    write_task(
+        run,
+        loaded,
+        tagged,
+        chosen,
+        dataset,
+        {"pairs": pairs, "audit": audit_table, "rationalized": rationalized},
+        reports,
+        manifest,
+    )
     create_table_artifact(
         key="funnel",
         table=[r.as_dict() for r in reports],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -322,6 +323,46 @@ class PairsConfig:
 
 
 @dataclass(frozen=True)
+class RationalizeConfig:
+    """STaR rationalization (stages/rationalize.py): problems no rollout solved, asked again with the gold as a hint;
+    a rationale is kept only when it reaches the gold, never talks about the hint, and its steps lead the teacher to
+    the gold without it."""
+
+    enabled: bool = False
+    # the hinted question the teacher is sent in place of the plain one ({question}, {answer}: the gold)
+    hint_template: str = "{question}\nHint: the final answer is {answer}. Show the working that leads to it."
+    n: int = 4  # rationales asked per problem
+    # continue: the steps before the rationale's last, continued by the teacher under the PLAIN prompt (no hint),
+    # must reach the gold in one of `verify_n` samples; answer: the answer check and the phrase filter only
+    verify: Literal["continue", "answer"] = "continue"
+    verify_n: int = 4
+    min_steps: int = 2  # a rationale of fewer steps is the answer restated, not a derivation
+    # a rationale that talks about being given the answer is dropped (case-insensitive regular expressions)
+    hint_phrases: tuple[str, ...] = (
+        r"\bhint",
+        r"\b(?:told|given|provided)\b[^.\n]{0,20}\banswer\b",
+        r"\banswer\b[^.\n]{0,20}\b(?:given|provided|told|stated)\b",
+        r"\bwork(?:ing)? backwards?\b",
+    )
+    keep: int = 1  # rationales kept per problem (the shortest)
+    include: bool = False  # rationalized rows join the default `dataset` too (always in their own table)
+
+    def __post_init__(self):
+        _positive("rationalize.n", self.n)
+        _positive("rationalize.verify_n", self.verify_n)
+        _positive("rationalize.min_steps", self.min_steps)
+        _positive("rationalize.keep", self.keep)
+        for field_name in ("{question}", "{answer}"):
+            if field_name not in self.hint_template:
+                raise ConfigError("rationalize.hint_template", self.hint_template, f"a template with {field_name}")
+        for phrase in self.hint_phrases:
+            try:
+                re.compile(phrase)
+            except re.error as exc:
+                raise ConfigError("rationalize.hint_phrases", phrase, f"a regular expression ({exc})") from None
+
+
+@dataclass(frozen=True)
 class DifficultyConfig:
     # pass-rate lower bounds, easiest first; a problem with pass rate 0 is "unsolved"
     buckets: tuple[tuple[str, float], ...] = (("easy", 0.75), ("medium", 0.4), ("hard", 0.0))
@@ -406,6 +447,7 @@ class FactoryConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    rationalize: RationalizeConfig = field(default_factory=RationalizeConfig)
     step_score: StepScoreConfig = field(default_factory=StepScoreConfig)
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 import polars as pl
 
 from tracefactory.backends.base import RendersPrompts, Teacher
-from tracefactory.backends.factory import make_scorer
+from tracefactory.backends.factory import make_scorer, make_verifier
 from tracefactory.backends.identity import model_fingerprint, teacher_key
 from tracefactory.backends.prompts import build_prompt
 from tracefactory.backends.scorers import CachedScorer
@@ -27,11 +27,14 @@ from tracefactory.errors import ConfigError
 from tracefactory.grading.think import ThinkSpec, opener_of
 from tracefactory.grading.verify import check_golds, judge_texts
 from tracefactory.stages.budget import decide, new_tally, open_problems, record_round
+from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition, removed
+from tracefactory.stages.rationalize import hinted, rationalize, unsolved
 from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report
+from tracefactory.stages.select import selected
 from tracefactory.stages.step_score import step_score, unscored
 from tracefactory.store import io
 from tracefactory.store.failpoints import failpoint
@@ -52,6 +55,8 @@ from tracefactory.store.schema import (
     N_ANSWERED,
     PASS_RATE,
     PROBLEM_ID,
+    QUESTION,
+    RATIONALIZED,
     REASON,
     REWRITE_KIND,
     REWRITE_OF,
@@ -499,6 +504,97 @@ def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None
     finally:
         scorer.close()
     return {"eval_set": str(path), **result}
+
+
+# ---- rationalize (STaR, stages.rationalize) ----------------------------------------------------------
+
+
+def rationale_config(cfg: FactoryConfig) -> FactoryConfig:
+    """The hinted requests' settings: `rationalize.n` samples each, the run's other sampling and prompt settings."""
+    return dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, n=cfg.rationalize.n))
+
+
+def rationale_requests(
+    cfg: FactoryConfig, graded: pl.DataFrame, problems: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """The problems to rationalize (no rollout reached the gold, the gold not suspect), the same with their hinted
+    questions (the requests), and how many were left out and why."""
+    tried, skipped = unsolved(graded, problems)
+    return tried, hinted(tried, cfg.rationalize), skipped
+
+
+def rationalize_unsolved(
+    run: io.RunDir,
+    cfg: FactoryConfig,
+    tried: pl.DataFrame,
+    asked: pl.DataFrame,
+    teacher: Teacher,
+    skipped: dict[str, int],
+) -> StageOutput:
+    """The rationalize stage over the committed hinted completions: graded against the golds, filtered, verified
+    under the plain prompt; kept in the run dir by the content of its inputs, as the grade stage is (a re-run
+    verifies nothing again)."""
+    rcfg = rationale_config(cfg)
+    generations = read_generations(run, rcfg, asked, teacher)
+    think = think_spec(cfg, teacher)
+    sc = cfg.step_score
+    key = io.content_key(
+        grader_identity(),
+        dataclasses.asdict(cfg.grade),
+        {k: v for k, v in dataclasses.asdict(cfg.rationalize).items() if k != "include"},  # where rows go: not here
+        dataclasses.asdict(think),
+        [sc.split, sc.pattern, cfg.prompt.thinking, cfg.rollout_hash(), teacher_key(teacher)],
+        tried.select(PROBLEM_ID, QUESTION, ANSWER),
+        generations,
+    )
+    cache = run.stage_cache("rationalize")
+    hit = cache.get(key)
+    if hit is not None:
+        log.info("rationalize: %d rationales judged by an earlier run, read back (inputs unchanged)", len(hit[0]))
+        return hit
+    graded, _ = grade(generations, cfg.grade, tried, think)
+    verifier = make_verifier(cfg, teacher)
+    out, report = run_stage(rationalize, graded, cfg.rationalize, tried, (sc.split, sc.pattern), verifier, skipped)
+    cache.put(key, out, report)
+    return out, report
+
+
+def with_rationales(
+    problems: pl.DataFrame, rationales: pl.DataFrame | None, tried: pl.DataFrame | None
+) -> pl.DataFrame:
+    """`problems` with `rationalized` (true: a rationale kept; false: tried, none kept; null: not tried) and the
+    rationales' teacher tokens (writing and verifying them) added to `teacher_tokens`."""
+    if rationales is None or tried is None:
+        return problems.with_columns(pl.lit(None, pl.Boolean).alias(RATIONALIZED))
+    spent = rationales.group_by(PROBLEM_ID).agg((pl.col(COT_TOKENS) + pl.col(STEP_TOKENS)).sum().alias("_spent"))
+    recovered = selected(rationales)[PROBLEM_ID].implode()
+    was_tried = pl.col(PROBLEM_ID).is_in(tried[PROBLEM_ID].implode())
+    return (
+        problems.join(spent, on=PROBLEM_ID, how="left")
+        .with_columns(
+            (pl.col(TEACHER_TOKENS) + pl.col("_spent").fill_null(0)).alias(TEACHER_TOKENS),
+            pl.when(was_tried).then(pl.col(PROBLEM_ID).is_in(recovered)).alias(RATIONALIZED),
+        )
+        .drop("_spent")
+    )
+
+
+def training_rows(cfg: FactoryConfig, chosen: pl.DataFrame, rationales: pl.DataFrame | None) -> pl.DataFrame:
+    """What the `dataset` table is made of: the rollouts (selected rows survive), with the kept rationales when
+    `rationalize.include` (else they are only in their own `rationalized` table)."""
+    if rationales is None or not cfg.rationalize.include:
+        return chosen
+    return pl.concat([chosen, unscored(selected(rationales))], how="diagonal_relaxed")
+
+
+def rationalized_table(
+    cfg: FactoryConfig, rationales: pl.DataFrame | None, tagged: pl.DataFrame
+) -> pl.DataFrame | None:
+    """The `rationalized` table: the kept rationales as dataset rows (the plain question, the problem's tags), in
+    curriculum order of their own; None when the stage is off."""
+    if rationales is None:
+        return None
+    return curriculum(unscored(rationales), cfg.curriculum, tagged, cfg.prompt)[0]
 
 
 # ---- difficulty (with the memorisation probe) ------------------------------------------------------

@@ -65,8 +65,8 @@ def test_flow_end_to_end_then_resume(prefect_harness, tmp_path, input_file):
     _, funnel = query(run, "SELECT stage, rows_in, kept, dropped FROM funnel")
     assert all(r[1] == r[2] + r[3] for r in funnel)
     assert funnel[0] == ("load", 60 + 15, 62, 13)
-    stages = ["load", "rollout", "grade", "audit", "step_score", "select", "difficulty", "curriculum", "pairs"]
-    assert [r[0] for r in funnel] == stages
+    stages = ["load", "rollout", "grade", "audit", "step_score", "select", "rationalize", "difficulty", "curriculum"]
+    assert [r[0] for r in funnel] == [*stages, "pairs"]
     assert data["step_scores"].list.len().min() >= 2 and (data["prm_min"] > 0).all()
     stage = {r[0]: r for r in funnel}
     assert stage["grade"][2] == stage["audit"][1] and stage["audit"][2] == stage["step_score"][1]
@@ -208,8 +208,8 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
 
     overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET}
     state = build_dataset(
-        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
-    )
+        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(slip_rate=0.3), return_state=True
+    )  # slips enough to leave problems unsolved: the rationalize tasks run
     assert state.is_completed()
     deadline = time.monotonic() + 30  # task states reach the API asynchronously: wait for the last ones
     while True:
@@ -232,7 +232,12 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
     budget = [f"budget-round-{r}" for r in range(rounds)]
     # each round with samples to draw starts (or finds started) the teacher in a task of its own
     stages = ["load", *["start-teacher"] * rounds, *shards, *budget, "grade", "audit", "step_score", "select"]
-    stages.append("difficulty")
+    # the unsolved problems' hinted requests: shards numbered on from the rollouts', the teacher started for them
+    tried = json.loads(pl.read_parquet(out / "funnel").filter(pl.col("stage") == "rationalize")["detail"][0])
+    tried = tried["problems_tried"]
+    assert tried > 0
+    stages += ["start-teacher"] + [f"rationalize-shard-{n_shards + i}" for i in range(-(-tried // 16))]
+    stages += ["rationalize", "difficulty"]
     stages += ["curriculum", "pairs", "write"]
     assert sorted(r.name for r in runs) == sorted(stages)
     assert set(states.values()) == {"COMPLETED"}
@@ -245,6 +250,7 @@ from tracefactory.backends.fake import FakeTeacher
 overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0}
 overrides.update({"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False})
 overrides["sampling.budget.policy"] = "fixed"
+overrides["rationalize.enabled"] = False  # it grades its rationales: this test is about the grade stage's
 build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.08))
 """
 
@@ -275,8 +281,9 @@ def _killed(script, out, input_file, failpoint):
 
 def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_path, input_file, monkeypatch):
 
+    no_star = {"rationalize.enabled": False}
     clean = tmp_path / "clean"
-    _run(clean, input_file, FakeTeacher(slip_rate=0.08))
+    _run(clean, input_file, FakeTeacher(slip_rate=0.08), **no_star)
     crashed = tmp_path / "crashed"
     _killed(CRASH_AFTER_GRADING, crashed, input_file, "grade.persisted")
     assert list((crashed / "_work" / "graded").glob("*.parquet")) and not (crashed / "dataset").exists()
@@ -287,14 +294,14 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
         raise BackendError("graded again")  # one of ours: the task fails at once, no retries
 
     monkeypatch.setattr("tracefactory.stages.grade.grade_pairs", no_grading)
-    _run(crashed, input_file, FakeTeacher(slip_rate=0.08))  # graded rows read back; step scoring runs now
+    _run(crashed, input_file, FakeTeacher(slip_rate=0.08), **no_star)  # graded rows read back; step scoring runs now
     for table in ("problems", "rollouts", "dataset"):
         assert pl.read_parquet(crashed / table).equals(pl.read_parquet(clean / table)), table
     funnel = [pl.read_parquet(d / "funnel").drop("seconds", "detail") for d in (clean, crashed)]
     assert funnel[0].equals(funnel[1])
     # an input that changes (here: the grading settings) is graded again
     with pytest.raises(BackendError, match="graded again"):
-        _run(crashed, input_file, FakeTeacher(slip_rate=0.08), **{"grade.drop_truncated": False})
+        _run(crashed, input_file, FakeTeacher(slip_rate=0.08), **no_star, **{"grade.drop_truncated": False})
 
 
 def test_stage_log_lines_are_attached_to_their_task_runs(prefect_harness, tmp_path, input_file):
@@ -304,8 +311,8 @@ def test_stage_log_lines_are_attached_to_their_task_runs(prefect_harness, tmp_pa
 
     overrides = {"source.path": str(input_file), "run.shard_size": 16, "grade.workers": 0, **QUIET}
     state = build_dataset(
-        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(), return_state=True
-    )
+        config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(slip_rate=0.3), return_state=True
+    )  # slips enough to leave problems unsolved: the rationalize tasks run
     APILogHandler().flush()  # logs reach the API in batches: send what is queued
     run_id = state.state_details.flow_run_id
     want = {(stage, stage) for stage in ("load", "grade", "step_score", "select", "difficulty", "curriculum")}
@@ -460,7 +467,8 @@ def test_the_run_budget_is_never_exceeded_by_more_than_one_round(prefect_harness
     for run_tokens in (20_000, 5_000):  # the second is less than the first round costs (~15,500 here)
         budget = {"sampling.budget.first": 4, "sampling.budget.max": 64, "sampling.budget.run_tokens": run_tokens}
         out = tmp_path / str(run_tokens)
-        _run(out, input_file, FakeTeacher(slip_rate=0.2), **{"step_score.enabled": False}, **ADAPTIVE, **budget)
+        off = {"step_score.enabled": False, "rationalize.enabled": False}  # teacher_tokens: the rollouts' only
+        _run(out, input_file, FakeTeacher(slip_rate=0.2), **off, **ADAPTIVE, **budget)
         rows, problems = _rows(out), _rows(out, "problems")
         last = max(lo for lo in bounds[:-1] if lo <= rows["sample_index"].max())
         before_last = int(rows.filter(pl.col("sample_index") < last)["cot_tokens"].sum())
@@ -579,3 +587,52 @@ def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path)
     assert len(hit) and (hit["drop_reason"] == "gold_suspect").all()
     dropped = json.loads(_rows(out, "funnel").filter(pl.col("stage") == "audit")["dropped_by_reason"][0])
     assert dropped.get("gold_suspect", 0) == len(hit)
+
+
+def test_star_rationales_of_unsolved_problems_verified_without_the_hint(prefect_harness, tmp_path):
+    """Demo problems the fake solves, six it never solves unaided ("squares them") and one whose gold is planted
+    wrong: the six get a verified rationale in their own table, the suspect gold is never hinted at."""
+    demo = [json.loads(line) for line in (Path(__file__).parents[2] / "data/demo/problems.jsonl").open()][:40:4]
+    demo[0]["answer"] = str(int(demo[0]["answer"]) + 100)  # a level-1 problem: the rollouts agree against it
+    hard = [
+        {
+            "id": f"SQ-{k}",
+            "level": 3,
+            "question": f"Ann has {3 + k} stones. She gets {2 + k} more. She squares them. How many stones now?",
+            "answer": str((5 + 2 * k) ** 2),
+        }
+        for k in range(6)
+    ]
+    source = tmp_path / "star.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in demo + hard))
+    out, squares = tmp_path / "r", [r["id"] for r in hard]
+    _run(out, source, FakeTeacher(slip_rate=0.05, hints="derive"), **{"rationalize.enabled": True})
+    problems, data, rat = _rows(out, "problems"), _rows(out, "dataset"), _rows(out, "rationalized")
+    assert sorted(rat["problem_id"]) == squares and rat["rationalized"].all() and rat.columns == data.columns
+    assert not set(data["problem_id"]) & set(squares) and not data["rationalized"].any()  # include: false
+    assert rat["question"].to_list() == [r["question"] for r in hard]  # the plain question, no hint in the row
+    assert not rat["cot"].str.contains("Hint").any() and rat["curriculum_rank"].to_list() == list(range(6))
+    flags = dict(problems.select("problem_id", "rationalized").iter_rows())
+    assert {p for p, f in flags.items() if f} == set(squares)
+    assert flags[demo[0]["id"]] is None and problems.filter(pl.col("gold_suspect"))["problem_id"].to_list() == [
+        demo[0]["id"]
+    ]
+    assert (problems.filter(pl.col("rationalized"))["difficulty"] == "unsolved").all()  # pass rate: rollouts only
+    funnel = {r["stage"]: r for r in _rows(out, "funnel").iter_rows(named=True)}
+    row = funnel["rationalize"]
+    assert row["rows_in"] == 6 * 4 and row["kept"] == 6
+    assert json.loads(row["detail"]) == {"problems_recovered": 6, "problems_tried": 6, "skipped_gold_suspect": 1}
+    assert funnel["curriculum"]["rows_in"] == funnel["select"]["kept"]  # the rationales are not in `dataset`
+    tables = {t: _rows(out, t) for t in ("problems", "dataset", "rationalized", "rollouts")}
+    # a re-run asks the teacher nothing (rationales by their own keys in the store, judged ones read back)
+    again = FakeTeacher(slip_rate=0.05, hints="derive")
+    _run(out, source, again, **{"rationalize.enabled": True})
+    assert again.calls == [] and all(_rows(out, t).equals(f) for t, f in tables.items())
+    # include: true puts them in `dataset` as well, last in the curriculum (pass rate 0), flagged
+    _run(out, source, again, **{"rationalize.enabled": True, "rationalize.include": True})
+    data = _rows(out, "dataset")
+    assert data.filter(pl.col("rationalized"))["problem_id"].sort().to_list() == squares
+    assert data.sort("curriculum_rank")["rationalized"].to_list()[-6:] == [True] * 6 and again.calls == []
+    # turned off: no rationalized table from an earlier run stays, and the problems say none was tried
+    _run(out, source, again, **{"rationalize.enabled": False})
+    assert not (out / "rationalized").exists() and _rows(out, "problems")["rationalized"].null_count() == 16

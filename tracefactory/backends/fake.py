@@ -22,9 +22,12 @@ _OPS = [
     (re.compile(r"ends up with (\d+) times"), lambda v, x: (v * x, f"{v} * {x}")),
     (re.compile(r"into (\d+) equal groups"), lambda v, x: (v // x, f"{v} / {x}")),
 ]
+# a step it can only take with the answer in view (a hinted prompt): for STaR tests, problems it never solves unaided
+_HINT_ONLY_OPS = [(re.compile(r"squares them"), lambda v, x: (v * v, f"{v} * {v}"))]
+_HINT = re.compile(r"\nHint: the final answer is (.+?)\. Show the working that leads to it\.$")  # the default template
 
 
-def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "") -> str:
+def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "", ops=_OPS) -> str:
     """A worked solution; with `prefix` (earlier steps, possibly wrong) only its continuation,
     carrying on from the value the prefix's last line reached."""
     m = _START.search(question)
@@ -32,18 +35,35 @@ def solve(question: str, rng: random.Random, slip_rate: float, prefix: str = "")
         return "I do not know."
     done = [ln for ln in prefix.splitlines() if "=" in ln]
     value, lines = int(m.group(1)), []
-    for k, sentence in enumerate(s for s in question.split(". ")[1:] if any(p.search(s) for p, _ in _OPS)):
+    steps = [s for s in question.split(". ")[1:] if any(p.search(s) for p, _ in _OPS + _HINT_ONLY_OPS)]
+    for k, sentence in enumerate(steps):
         if k < len(done):
             value = int(done[k].rsplit("=", 1)[1])
             continue
-        pat, op = next((p, o) for p, o in _OPS if p.search(sentence))
-        hit = pat.search(sentence)
-        value, expr = op(value, int(hit.group(1)) if hit.groups() else 0)
+        known = next(((p, o) for p, o in ops if p.search(sentence)), None)
+        if known is None:  # a step it cannot take unaided: a wrong guess, a different one per sample
+            guess = rng.randint(1, 50)
+            guess += next(o(value, 0)[0] for p, o in _HINT_ONLY_OPS if p.search(sentence)) == value + guess
+            value, expr = value + guess, f"{value} + {guess}"
+        else:
+            pat, op = known
+            hit = pat.search(sentence)
+            value, expr = op(value, int(hit.group(1)) if hit.groups() else 0)
         lines.append(f"{expr} = {value}")
     if lines and rng.random() < slip_rate * len(lines):
         value += rng.choice([-1, 1, 10])
         lines[-1] = lines[-1].rsplit("=", 1)[0] + f"= {value}"
     return "\n".join(lines + [f"The answer is \\boxed{{{value}}}."])
+
+
+def rationale(question: str, gold: str, rng: random.Random, slip_rate: float, how: str) -> str:
+    """What it writes for a hinted question: `derive` works it out with the steps it only knows with the answer
+    in view; `restate` says it was given the answer; `assert` states the answer with steps that derive nothing."""
+    if how == "restate":
+        return f"We are told the final answer is {gold}.\nThe answer is \\boxed{{{gold}}}."
+    if how == "assert":
+        return f"Let me think about the question.\nIt comes to {gold}.\nThe answer is \\boxed{{{gold}}}."
+    return solve(question, rng, slip_rate, ops=_OPS + _HINT_ONLY_OPS)
 
 
 class FakeTeacher:
@@ -57,10 +77,12 @@ class FakeTeacher:
         weights: str = "v1",
         thinks: bool = False,
         unclosed_rate: float = 0.0,
+        hints: str | None = None,
     ):
         # thinks: R1-shaped, as if its chat template opened the block (`<think>\n`): the equations, `</think>`, a
         # blank line, the boxed answer; `unclosed_rate` of samples stop inside the block (a tentative box there)
         self.thinks = thinks
+        self.hints = hints  # how it answers a hinted question (`rationale`); None: as any other question
         self.unclosed_rate = unclosed_rate
         self.slip_rate = slip_rate
         self.weights = weights  # stands for a weights file: another value, another teacher
@@ -83,6 +105,7 @@ class FakeTeacher:
             "slip_rate": self.slip_rate,
             "context_chars": self.context_chars,
             **({"thinks": True, "unclosed_rate": self.unclosed_rate} if self.thinks else {}),
+            **({"hints": self.hints} if self.hints else {}),
         }
 
     def rendered_prompt(self, prompt: Prompt) -> str | None:
@@ -115,7 +138,11 @@ class FakeTeacher:
         samples = []
         for i in range(n):
             rng = random.Random(seed + i if self.weights == "v1" else f"{self.weights}:{seed + i}")
-            cot = solve(text, rng, self.slip_rate, prefix)
+            hinted = _HINT.search(text) if self.hints and not prefix else None
+            if hinted:
+                cot = rationale(text[: hinted.start()], hinted.group(1), rng, self.slip_rate, self.hints)
+            else:
+                cot = solve(text, rng, self.slip_rate, prefix)
             if self.thinks:
                 *body, final = cot.splitlines()
                 closing = "\n" if rng.random() < self.unclosed_rate else "\n</think>\n\n"

@@ -163,7 +163,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
     """The README of a release described by `info` (its release.json) for the run of `manifest`."""
     cfg = manifest["config"]
     teacher = manifest.get("teacher", {})
-    buckets = [c for c in configs if c not in ("default", "rollouts", "problems", "pairs", "audit")]
+    buckets = [c for c in configs if c not in ("default", "rollouts", "problems", "pairs", "audit", "rationalized")]
     front = {
         "license": license,
         "pretty_name": f"{info['repo_id'].split('/')[-1]} (tracefactory)",
@@ -227,6 +227,16 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
             if "audit" in configs
             else []
         ),
+        *(
+            [
+                f"| `rationalized` | {r.get('rationalized', 0):,} | traces of problems the teacher never solved,"
+                " written with the gold as a hint (STaR) and kept only when verified without it (`rationalized` = true)"
+                + (": also in `default`" if (cfg.get("rationalize") or {}).get("include") else ": not in `default`")
+                + " |"
+            ]
+            if "rationalized" in configs
+            else []
+        ),
         "",
         "```python",
         "from datasets import load_dataset",
@@ -258,6 +268,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f" pass rate 0 is `{UNSOLVED}`); **curriculum** {cfg['curriculum']['order'].replace('_', ' ')}.",
         f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
         *_pairs(cfg, funnel),
+        *_rationalize(cfg, funnel),
         "",
         *_traces(info.get("traces") or {}),
         *_audit(cfg, info.get("audit")),
@@ -389,6 +400,30 @@ def _pairs(cfg: dict, funnel: pl.DataFrame) -> list[str]:
         f" the same problem by the first rule that has one ({rules}; a wrong answer of the closest length first);"
         f" {detail.get('pairs', 0):,} pairs ({found or 'none'}), {row['dropped'][0]:,} of {row['rows_in'][0]:,}"
         " problems with kept traces had no trace to set against them."
+    ]
+
+
+def _rationalize(cfg: dict, funnel: pl.DataFrame) -> list[str]:
+    """The STaR line: how rationales were asked and verified, and what survived (the funnel's rationalize row)."""
+    rat = cfg.get("rationalize") or {}
+    row = funnel.filter(pl.col("stage") == "rationalize")
+    if not rat.get("enabled") or not len(row):
+        return []
+    detail = json.loads(row["detail"][0] or "{}")
+    check = (
+        f"the question without the hint and the rationale's steps but its last lead the teacher to the gold"
+        f" (≤ {rat['verify_n']} samples)"
+        if rat["verify"] == "continue"
+        else "its answer is the gold"
+    )
+    skipped = detail.get("skipped_gold_suspect", 0)
+    return [
+        f"- **Rationalization (STaR)**: the {detail.get('problems_tried', 0):,} problems no rollout solved"
+        + (f" (not the {skipped:,} with a suspect gold)" if skipped else "")
+        + f" were asked again with the gold as a hint, {rat['n']} samples each; a rationale is kept when it reaches"
+        f" the gold, never mentions the hint, has ≥ {rat['min_steps']} steps and {check}."
+        f" {detail.get('problems_recovered', 0):,} problems recovered ({row['kept'][0]:,} rationales;"
+        f" dropped: {_reasons(row['dropped_by_reason'][0])})."
     ]
 
 

@@ -53,6 +53,7 @@ TABLES = {
     "problems": "data/problems",
     "pairs": "data/pairs",
     "audit": "data/audit",
+    "rationalized": "data/rationalized",
 }
 REPO_ID = r"[\w.-]+/[\w.-]+"
 
@@ -102,9 +103,10 @@ def build(
     if manifest.get("status") != "complete":
         raise ConfigError("RUN_DIR", str(run_dir), "a finished run (its manifest.json says status: complete)")
     tables = {t: run.read_table(t) for t in ("problems", "rollouts", "dataset", "funnel")}
-    made = run.tables()  # the optional tables (pairs, audit) where the run made them
+    made = run.tables()  # the optional tables (pairs, audit, rationalized) where the run made them
     pairs = run.read_table("pairs") if "pairs" in made else None
     audit = run.read_table("audit") if "audit" in made else None
+    rationalized = run.read_table("rationalized") if "rationalized" in made else None
 
     prev, prev_hashes = previous
     prev_hashes = (
@@ -142,8 +144,11 @@ def build(
         pairs = pairs.filter(pl.col(PROBLEM_ID).is_in(ids)).sort(CURRICULUM_RANK)
     if audit is not None:
         audit = audit.filter(pl.col(PROBLEM_ID).is_in(ids))
+    if rationalized is not None:
+        rationalized = rationalized.filter(pl.col(PROBLEM_ID).is_in(ids)).sort(CURRICULUM_RANK)
     # a config without rows in this release gets no file (an empty one would be a config that loads nothing)
-    frames.update({name: f for name, f in (("pairs", pairs), ("audit", audit)) if f is not None and len(f)})
+    optional = (("pairs", pairs), ("audit", audit), ("rationalized", rationalized))
+    frames.update({name: f for name, f in optional if f is not None and len(f)})
     for config, frame in frames.items():
         (out / "data" / config).mkdir(parents=True)
         frame.write_parquet(out / "data" / config / name, statistics=False)

@@ -22,6 +22,7 @@ from tracefactory.store.schema import (
     PASS_RATE_LOW,
     PROBLEM_ID,
     QUESTION,
+    RATIONALIZED,
     SAMPLE_INDEX,
     columns,
 )
@@ -47,7 +48,11 @@ def curriculum(
     `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`."""
     prompt = prompt or PromptConfig()
     picked = selected(rollouts)
-    joined = picked.join(problems, on=PROBLEM_ID, how="inner")
+    if RATIONALIZED not in picked.columns:  # rollouts only (the rationalize stage marks its rows)
+        picked = picked.with_columns(pl.lit(False).alias(RATIONALIZED))
+    picked = picked.with_columns(pl.col(RATIONALIZED).fill_null(False))
+    problem_cols = [c for c in problems.columns if c != RATIONALIZED]  # the row's flag, not the problem's
+    joined = picked.join(problems.select(problem_cols), on=PROBLEM_ID, how="inner")
     turns = [messages(q, c, prompt) for q, c in joined.select(QUESTION, COT).iter_rows()]
     joined = joined.with_columns(pl.Series(MESSAGES, turns, dtype=MESSAGES_TYPE))
     easy_first = cfg.order == "easy_first"

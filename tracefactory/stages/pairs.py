@@ -41,6 +41,7 @@ from tracefactory.store.schema import (
     PROBLEM_ID,
     PROMPT,
     QUESTION,
+    RATIONALIZED,
     REJECTED,
     REJECTED_ANSWER,
     REJECTED_REASON,
@@ -83,7 +84,8 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
     out, reasons, detail = [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
     for key, part in dataset.sort(CURRICULUM_RANK).partition_by(PROBLEM_ID, as_dict=True, maintain_order=True).items():
         kept = part.to_dicts()
-        rows, used = by_problem.get(key[0], []), {r[SAMPLE_INDEX] for r in kept}
+        # a rationale's sample index is that of a hinted request, not of a rollout
+        rows, used = by_problem.get(key[0], []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
         made = 0
         for i in range(cfg.per_problem):
             chosen = kept[i % len(kept)]

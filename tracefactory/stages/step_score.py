@@ -67,7 +67,7 @@ def step_score(
     steps = [split_steps(t, cfg.split, cfg.pattern) for t in rollouts.select(step_text(rollouts))[:, 0].to_list()]
     anatomy = rollouts.select(COT, REASONING) if REASONING in rollouts.columns else None
     heads = (
-        [_head(c, r, s) for (c, r), s in zip(anatomy.iter_rows(), steps, strict=True)]
+        [step_head(c, r, s) for (c, r), s in zip(anatomy.iter_rows(), steps, strict=True)]
         if anatomy is not None
         else [""] * len(steps)
     )
@@ -135,7 +135,7 @@ def step_score(
     return out, StageReport.from_reasons("step_score", "completions", out[DROP_REASON].gather(eligible), tokens=tokens)
 
 
-def _head(cot: str, reasoning: str | None, steps: list[str]) -> str:
+def step_head(cot: str, reasoning: str | None, steps: list[str]) -> str:
     """The assistant turn's text before the first reasoning step (the think block's opening); "" without a block."""
     return cot[: cot.find(steps[0])] if reasoning is not None and steps else ""
 

@@ -14,6 +14,7 @@ from tracefactory.errors import SchemaError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 TABLES = ("problems", "rollouts", "dataset", "rejected", "funnel")
+SAME_AS = {"rationalized": "dataset"}  # tables with another table's schema: the STaR rationales are dataset rows
 
 # column names
 PROBLEM_ID = "problem_id"
@@ -67,6 +68,7 @@ MAJORITY_SHARE = "majority_share"  # its votes over the rollouts with an answer
 MAJORITY_VOTES = "majority_votes"
 N_ANSWERED = "n_answered"  # rollouts with an extracted answer
 MAJORITY_COT = "majority_cot"  # audit: the first trace that reached majority_answer
+RATIONALIZED = "rationalized"  # STaR: a rationale written with the gold as a hint (stages.rationalize)
 # pairs (TRL's conversational preference format, and where each side came from)
 PROMPT = "prompt"
 CHOSEN = "chosen"
@@ -121,7 +123,7 @@ _TYPES = {
 
 @lru_cache(maxsize=None)
 def arrow_schema(table: str) -> pa.Schema:
-    doc = json.loads((SCHEMA_DIR / f"{table}.json").read_text())
+    doc = json.loads((SCHEMA_DIR / f"{SAME_AS.get(table, table)}.json").read_text())
     return pa.schema(
         [pa.field(c["name"], _TYPES[c["type"]], nullable=c["nullable"]) for c in doc["columns"]],
         metadata={"table": table, "version": str(doc["version"])},
