@@ -1,6 +1,7 @@
-"""@flow build_dataset: load -> rollout (per shard) -> grade -> audit -> step_score -> select -> rationalize ->
-difficulty -> curriculum -> pairs -> write, each stage its own Prefect task (name, state, duration and logs in the
-UI); the optional ones (rewrite, dedup, decontaminate, audit, rationalize, pairs) only when enabled."""
+"""@flow build_dataset: load -> rollout (per shard) -> grade -> pseudo_gold -> audit -> step_score -> select ->
+rationalize -> difficulty -> curriculum -> pairs -> write, each stage its own Prefect task (name, state, duration
+and logs in the UI); the optional ones (rewrite, dedup, decontaminate, pseudo_gold, audit, rationalize, pairs)
+only when enabled."""
 
 from __future__ import annotations
 
@@ -110,6 +111,11 @@ def budget_task(run: io.RunDir, cfg: FactoryConfig, problems, tally, teacher: Te
 @stage_task("grade", **RETRY)  # e.g. a grading worker pool that could not start
 def grade_task(run: io.RunDir, cfg: FactoryConfig, problems, teacher: Teacher):
     return pipeline.grade_rollouts(run, cfg, problems, teacher)
+
+
+@stage_task("pseudo_gold", **RETRY)  # regrading the labelled problems may need a retry
+def pseudo_gold_task(cfg: FactoryConfig, graded, problems, teacher: Teacher):
+    return pipeline.label_golds(cfg, graded, problems, teacher)
 
 
 @stage_task("audit")
@@ -254,6 +260,9 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         tally, r_roll, shards = _rollouts(run, cfg, loaded.problems, engines)
         problems = pipeline.with_budget(loaded.problems, tally)
         graded, r_grade = grade_task(run, cfg, problems, engines.teacher)
+        r_gold = None
+        if cfg.source.gold == "majority":
+            (graded, problems), r_gold = pseudo_gold_task(cfg, graded, problems, engines.teacher)
         verdicts = audit_table = r_audit = None
         if cfg.audit.enabled:
             (graded, verdicts, audit_table), r_audit = audit_task(cfg, graded, problems)
@@ -272,8 +281,8 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     finally:
         if teacher is None:  # ours to close; a caller's teacher stays the caller's
             engines.close()
-    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_audit, r_step, r_select, r_rat, r_diff)
-    stages += (r_curr, r_pairs)
+    stages = (loaded.report, r_rewrite, r_dedup, r_decon, r_roll, r_grade, r_gold, r_audit, r_step, r_select, r_rat)
+    stages += (r_diff, r_curr, r_pairs)
     reports = [r for r in stages if r is not None]
     extra = {"step_eval": step_eval} if step_eval else None
     manifest = build_manifest(cfg, teacher_identity(cfg, engines.teacher), reports, started, extra)

@@ -50,6 +50,10 @@ class SourceConfig:
     gold_format: Literal["plain", "gsm8k", "boxed"] = "plain"
     name: str | None = None  # the `source` column; defaults to the file or dataset name
     limit: int | None = None
+    # a row without a gold: `required` rejects it (`missing_answer`, `empty_answer`); `majority` keeps it and gives it
+    # its rollouts' majority answer as a pseudo-gold where the audit's bars (share, min_votes) are cleared
+    # (`gold_source` majority); `none` keeps it without one (rolled out, never graded: RL prompts, inspection)
+    gold: Literal["required", "majority", "none"] = "required"
 
     def __post_init__(self):
         if not self.path:

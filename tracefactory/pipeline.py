@@ -31,6 +31,7 @@ from tracefactory.stages.curriculum import curriculum
 from tracefactory.stages.difficulty import difficulty
 from tracefactory.stages.grade import grade
 from tracefactory.stages.load import load, partition, removed
+from tracefactory.stages.pseudo_gold import pseudo_gold
 from tracefactory.stages.rationalize import hinted, rationalize, unsolved
 from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report
@@ -44,9 +45,11 @@ from tracefactory.store.schema import (
     CORRECT,
     COT_TOKENS,
     GENERATION_SCHEMA,
+    GOLD_SOURCE,
     GOLD_SUSPECT,
     LEVEL,
     MAJORITY_ANSWER,
+    MAJORITY_GOLD,
     MAJORITY_SHARE,
     MAJORITY_VOTES,
     MATCH,
@@ -277,7 +280,8 @@ def budget_rounds(cfg: FactoryConfig) -> list[Samples]:
 
 def budget_tally(problems: pl.DataFrame) -> pl.DataFrame:
     """Every problem open, nothing drawn yet (with its source level, for the budget's priors)."""
-    return new_tally(problems[PROBLEM_ID].to_list(), problems[LEVEL].to_list() if LEVEL in problems.columns else None)
+    levels = problems[LEVEL].to_list() if LEVEL in problems.columns else None
+    return new_tally(problems[PROBLEM_ID].to_list(), levels, problems[ANSWER].is_not_null().to_list())
 
 
 def round_problems(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:
@@ -450,6 +454,28 @@ def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, t
     cache.put(key, graded, report)
     failpoint("grade.persisted")
     return graded, report
+
+
+# ---- pseudo_gold (source.gold: majority) -------------------------------------------------------------
+
+
+def label_golds(
+    cfg: FactoryConfig, graded: pl.DataFrame, problems: pl.DataFrame, teacher: Teacher
+) -> tuple[tuple[pl.DataFrame, pl.DataFrame], StageReport]:
+    """The pseudo_gold stage (the gold-less problems' majority answers, above the audit's bars), then those
+    problems' rollouts graded again, against their pseudo-gold: (graded, problems) and the stage's report."""
+    labelled, report = run_stage(pseudo_gold, graded, cfg.audit, problems)
+    again = pl.col(PROBLEM_ID).is_in(labelled.filter(pl.col(GOLD_SOURCE) == MAJORITY_GOLD)[PROBLEM_ID].implode())
+    rows = graded.with_row_index("_row")
+    if rows.select(again.any()).item():
+        regraded, _ = grade(
+            rows.filter(again).select("_row", *GENERATION_SCHEMA), cfg.grade, labelled, think_spec(cfg, teacher)
+        )
+        rows = pl.concat([rows.filter(~again), regraded.select(rows.columns)]).sort("_row")
+        # the rows graded again, and those that reach their pseudo-gold (they join the grade stage's kept)
+        reached = int(regraded[CORRECT].sum())
+        report = dataclasses.replace(report, detail={"regraded": len(regraded), "reached_pseudo_gold": reached})
+    return (rows.drop("_row"), labelled), report
 
 
 # ---- step_score (persisted block by block) --------------------------------------------------------

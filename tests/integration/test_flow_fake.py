@@ -636,3 +636,47 @@ def test_star_rationales_of_unsolved_problems_verified_without_the_hint(prefect_
     # turned off: no rationalized table from an earlier run stays, and the problems say none was tried
     _run(out, source, again, **{"rationalize.enabled": False})
     assert not (out / "rationalized").exists() and _rows(out, "problems")["rationalized"].null_count() == 16
+
+
+def test_problems_without_a_gold_get_a_majority_pseudo_gold_only_above_the_bars(prefect_harness, tmp_path):
+    demo = [json.loads(line) for line in (Path(__file__).parents[2] / "data/demo/problems.jsonl").open()][::10]
+    truth = {r["id"]: r["answer"] for r in demo}
+    removed = {r["id"] for r in demo[::2]}
+    for r in demo:
+        if r["id"] in removed:
+            del r["answer"]
+    source = tmp_path / "goldless.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in demo))
+    out = tmp_path / "r"
+    _run(out, source, FakeTeacher(slip_rate=0.15), **{"source.gold": "majority"})
+    problems, data, rollouts = _rows(out, "problems"), _rows(out, "dataset"), _rows(out)
+    labelled = problems.filter(pl.col("gold_source") == "majority")
+    unlabelled = problems.filter(pl.col("answer").is_null())
+    assert set(labelled["problem_id"]) | set(unlabelled["problem_id"]) == removed
+    assert len(labelled) and len(unlabelled)  # this teacher's slips leave some votes below the bars
+    # only above the bars: the majority value has >= 60% of the answers and >= 4 votes
+    for pid, gold in labelled.select("problem_id", "answer").iter_rows():
+        answers = rollouts.filter(pl.col("problem_id") == pid)["pred_answer"].drop_nulls()
+        agree = int((answers.cast(pl.Float64) == float(gold)).sum())
+        assert agree >= 4 and agree >= 0.6 * len(answers) and gold == truth[pid]  # the teacher is mostly right
+    for pid in unlabelled["problem_id"]:
+        answers = rollouts.filter(pl.col("problem_id") == pid)["pred_answer"].drop_nulls()
+        top = int(answers.cast(pl.Float64).value_counts(sort=True)["count"][0]) if len(answers) else 0
+        assert top < 4 or top < 0.6 * len(answers)
+        assert (rollouts.filter(pl.col("problem_id") == pid)["drop_reason"] == "no_gold").all()
+    # marked everywhere, never mixed silently with verified rows; not suspect, never rationalized
+    assert set(data.filter(pl.col("gold_source") == "majority")["problem_id"]) == set(labelled["problem_id"])
+    assert (data.filter(~pl.col("problem_id").is_in(list(removed)))["gold_source"] == "source").all()
+    assert not problems.filter(pl.col("problem_id").is_in(list(removed)))["gold_suspect"].any()
+    funnel = {r["stage"]: r for r in _rows(out, "funnel").iter_rows(named=True)}
+    row, detail = funnel["pseudo_gold"], json.loads(funnel["pseudo_gold"]["detail"])
+    assert (row["rows_in"], row["kept"]) == (len(removed), len(labelled))
+    assert funnel["grade"]["kept"] + detail["reached_pseudo_gold"] == funnel["audit"]["rows_in"]
+    assert json.loads(funnel["load"]["detail"]) == {"no_gold": len(removed)}
+    assert json.loads(funnel["rationalize"]["detail"])["skipped_no_gold"] == len(unlabelled)
+    # none: kept without a gold, rolled out, never labelled or taught
+    out = tmp_path / "none"
+    _run(out, source, FakeTeacher(slip_rate=0.15), **{"source.gold": "none"})
+    problems, data = _rows(out, "problems"), _rows(out, "dataset")
+    assert problems.filter(pl.col("answer").is_null())["problem_id"].sort().to_list() == sorted(removed)
+    assert not set(data["problem_id"]) & removed and "pseudo_gold" not in set(_rows(out, "funnel")["stage"])

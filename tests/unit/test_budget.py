@@ -153,3 +153,14 @@ def test_priors_are_fitted_per_source_level_when_a_level_has_enough_problems():
     out = next_round(tally, BudgetConfig(policy="adaptive", first=4, max=32), 1, DIFF, drawn=4, more=4, spent=0)
     # 0 of 4 at level 5 stops; 0 of 4 at level 1 goes on
     assert out["stop_reason"][MIN_GROUP] == HOPELESS and out["stop_reason"][MIN_GROUP - 1] is None
+
+
+def test_a_problem_without_a_gold_is_never_hopeless_it_draws_on_for_the_votes_of_a_pseudo_gold():
+    budget = BudgetConfig(policy="adaptive", first=16, max=64, stable=0.0)
+    rows = [(f"never{i}", 16, 0, 3200) for i in range(20)] + [(f"always{i}", 16, 16, 1600) for i in range(20)]
+    tally = _tally(rows)
+    tally = tally.with_columns(pl.Series("_has_gold", [i != 0 for i in range(40)]))  # never0 has no gold
+    out = _reasons(next_round(tally, budget, 1, DIFF, drawn=16, more=16, spent=0))
+    assert out["never0"] is None and {out[f"never{i}"] for i in range(1, 20)} == {HOPELESS}
+    out = _reasons(next_round(tally, budget, 1, DIFF, drawn=64, more=0, spent=0))
+    assert out["never0"] == MAX_SAMPLES

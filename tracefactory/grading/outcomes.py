@@ -9,6 +9,7 @@ WRONG = "wrong_answer"
 NO_ANSWER = "no_answer"
 TIMEOUT = "grade_timeout"
 ERROR = "grade_error"
+NO_GOLD = "no_gold"  # the problem has no gold to grade against (source.gold: majority below the bars, or none)
 
 Pair = tuple[str, str | None]  # (gold, predicted answer or None)
 Verdict = tuple[bool, str]  # (correct, one of the outcomes above)

@@ -269,6 +269,7 @@ def card(info: dict, manifest: dict, funnel: pl.DataFrame, configs: list[str], l
         f"- **Rewriting and filtering of problems**: {_problem_stages(cfg)}",
         *_pairs(cfg, funnel),
         *_rationalize(cfg, funnel),
+        *_pseudo_gold(cfg, funnel),
         "",
         *_traces(info.get("traces") or {}),
         *_audit(cfg, info.get("audit")),
@@ -400,6 +401,20 @@ def _pairs(cfg: dict, funnel: pl.DataFrame) -> list[str]:
         f" the same problem by the first rule that has one ({rules}; a wrong answer of the closest length first);"
         f" {detail.get('pairs', 0):,} pairs ({found or 'none'}), {row['dropped'][0]:,} of {row['rows_in'][0]:,}"
         " problems with kept traces had no trace to set against them."
+    ]
+
+
+def _pseudo_gold(cfg: dict, funnel: pl.DataFrame) -> list[str]:
+    """The pseudo-gold line (source.gold: majority): how many problems had no gold and how many got one."""
+    row = funnel.filter(pl.col("stage") == "pseudo_gold")
+    if (cfg.get("source") or {}).get("gold") != "majority" or not len(row):
+        return []
+    a = cfg.get("audit") or {}
+    return [
+        f"- **Pseudo-golds**: {row['rows_in'][0]:,} problems came without a gold; {row['kept'][0]:,} got their"
+        f" rollouts' majority answer as one (≥ {a.get('share')} of the answers and ≥ {a.get('min_votes')} votes),"
+        f" the rest stayed without. Their rows say `gold_source = majority`: graded against the teacher's own answer,"
+        " never verified against a real gold — filter them out (`gold_source = 'source'`) for verified data only."
     ]
 
 

@@ -72,10 +72,11 @@ class Release:
     rows: dict[str, int]  # config -> rows in this release
 
 
-def problem_hash(question: str, answer: str) -> str:
+def problem_hash(question: str, answer: str | None) -> str:
     """A problem's identity across runs and releases: its normalised question and its gold without spaces
     (not word-normalised: that would make -3 and 3, or 1/2 and 12, one gold)."""
-    return hashlib.sha256(f"{normalise(question)}\x00{''.join(answer.split())}".encode()).hexdigest()[:32]
+    gold = "".join((answer or "").split())  # a problem kept without a gold (source.gold: none, or below the bars)
+    return hashlib.sha256(f"{normalise(question)}\x00{gold}".encode()).hexdigest()[:32]
 
 
 def read_previous(folder: str | Path | None) -> tuple[dict | None, pl.DataFrame | None]:

@@ -19,6 +19,7 @@ from tracefactory.store.schema import (
     CORRECT,
     COT,
     DROP_REASON,
+    GOLD_SOURCE,
     GOLD_SUSPECT,
     LEVEL,
     MAJORITY_ANSWER,
@@ -31,10 +32,12 @@ from tracefactory.store.schema import (
     QUESTION,
     SAMPLE_INDEX,
     SOURCE,
+    SOURCE_GOLD,
     columns,
 )
 
 EXAMPLE, REACHED = "_example", "_reached"  # votes()'s working columns: the majority's first sample; gold reached
+OWN = "_own_gold"
 
 
 def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
@@ -74,15 +77,19 @@ def audit(
     correct traces still in the running (the grade stage's kept), as the stages after it do; `detail` counts the
     suspect problems."""
     agree = (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
+    # only a gold from the source can be suspect: a pseudo-gold is the majority, a problem without one has none
+    own = (pl.col(GOLD_SOURCE) == SOURCE_GOLD).fill_null(False) if GOLD_SOURCE in problems.columns else pl.lit(True)
     verdicts = (
-        problems.select(PROBLEM_ID)
+        problems.select(PROBLEM_ID, own.alias(OWN))
         .join(votes(rollouts), on=PROBLEM_ID, how="left")
         .with_columns(
             pl.col(N_ANSWERED).fill_null(0).cast(pl.Int64),
             pl.col(MAJORITY_VOTES).fill_null(0).cast(pl.Int64),
-            (agree & (pl.col(REACHED) <= cfg.gold_share * pl.col(N_ANSWERED))).fill_null(False).alias(GOLD_SUSPECT),
+            (agree & pl.col(OWN) & (pl.col(REACHED) <= cfg.gold_share * pl.col(N_ANSWERED)))
+            .fill_null(False)
+            .alias(GOLD_SUSPECT),
         )
-        .drop(REACHED)
+        .drop(REACHED, OWN)
     )
     suspects = verdicts.filter(pl.col(GOLD_SUSPECT))[PROBLEM_ID].implode()
     in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null()

@@ -43,6 +43,7 @@ SETTLED = "settled"
 STABLE = "stable"
 MAX_SAMPLES = "max_samples"
 HOPELESS = "hopeless"
+HAS_GOLD = "_has_gold"  # a tally column: the problem has a gold (source.gold: majority / none keep some without)
 RUN_BUDGET = "run_budget"
 FIXED = "fixed"  # the fixed policy: every problem drew sampling.n in one round
 
@@ -141,6 +142,8 @@ def next_round(
     samples; the rest (stop_reason null) are asked `more` samples next round. `spent`: the run's teacher tokens
     so far (rollouts)."""
     ks, ns = tally[N_CORRECT].to_list(), tally[SAMPLES_DRAWN].to_list()
+    # a problem without a gold has no correct sample to be hopeless about: it draws on, for the votes of a pseudo-gold
+    has_gold = tally[HAS_GOLD].to_list()
     priors = fit_priors(ks, ns, tally[LEVEL].to_list())
     reasons: list[str | None] = tally[STOP_REASON].to_list()
     priority: dict[int, float] = {}
@@ -153,7 +156,7 @@ def next_round(
                 reason = STABLE
             elif drawn >= budget.max or more <= 0:
                 reason = MAX_SAMPLES
-            elif k == 0 and chance_of_at_least(1, k, n, more, prior) < budget.hopeless:
+            elif k == 0 and has_gold[i] and chance_of_at_least(1, k, n, more, prior) < budget.hopeless:
                 reason = HOPELESS
             else:  # short of its traces: the chance the next round completes them; settling only: after those
                 priority[i] = chance_of_at_least(keep - k, k, n, more, prior) if k < keep else -1.0 + 1.0 / (1 + n)
@@ -209,12 +212,16 @@ def open_problems(tally: pl.DataFrame) -> pl.DataFrame:
     return tally.filter(pl.col(STOP_REASON).is_null())
 
 
-def new_tally(problem_ids: list[str], levels: list[str | None] | None = None) -> pl.DataFrame:
-    """Every problem open, nothing drawn; `levels`: the source's difficulty label of each (priors by level)."""
+def new_tally(
+    problem_ids: list[str], levels: list[str | None] | None = None, has_gold: list[bool] | None = None
+) -> pl.DataFrame:
+    """Every problem open, nothing drawn; `levels`: the source's difficulty label of each (priors by level);
+    `has_gold`: whether each has a gold (default: all)."""
     return pl.DataFrame(
         {
             PROBLEM_ID: problem_ids,
             LEVEL: levels if levels is not None else [None] * len(problem_ids),
+            HAS_GOLD: has_gold if has_gold is not None else [True] * len(problem_ids),
             SAMPLES_DRAWN: [0] * len(problem_ids),
             N_CORRECT: [0] * len(problem_ids),
             TEACHER_TOKENS: [0] * len(problem_ids),
@@ -224,6 +231,7 @@ def new_tally(problem_ids: list[str], levels: list[str | None] | None = None) ->
         schema={
             PROBLEM_ID: pl.String,
             LEVEL: pl.String,
+            HAS_GOLD: pl.Boolean,
             SAMPLES_DRAWN: pl.Int64,
             N_CORRECT: pl.Int64,
             TEACHER_TOKENS: pl.Int64,

@@ -7,6 +7,7 @@ import polars as pl
 
 from tracefactory.config import GradeConfig
 from tracefactory.grading.outcomes import CORRECT as OK
+from tracefactory.grading.outcomes import NO_GOLD
 from tracefactory.grading.think import NO_THINKING_KNOWN, Anatomy, ThinkSpec, dissect, split_tokens
 from tracefactory.grading.verify import extract_answer, grade_pairs
 from tracefactory.store.report import StageReport
@@ -70,10 +71,12 @@ def grade(
     golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
     out, parts = anatomy(rollouts, think)
     cut = [cfg.drop_truncated and f == "length" for f in rollouts[FINISH_REASON].to_list()]
-    # why a completion is not graded at all: cut at the budget first, then a broken think block
+    # why a completion is not graded at all: cut at the budget first, then a broken think block, then no gold (its
+    # answer is still extracted: a pseudo-gold is voted from them)
     skip = [TRUNCATED if c else a.problem for c, a in zip(cut, parts, strict=True)]
     preds = [extract_answer(a.response, cfg.answer_formats) for a in parts]  # "" (unclosed block): None
     pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds, strict=True)]
+    skip = [why or (NO_GOLD if gold is None else None) for why, (gold, _) in zip(skip, pairs, strict=True)]
     verdicts = grade_pairs([pr for pr, why in zip(pairs, skip, strict=True) if not why], cfg.workers, cfg.timeout_s)
     correct, reasons = [], []
     for pair, why in zip(pairs, skip, strict=True):

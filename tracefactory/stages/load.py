@@ -29,6 +29,7 @@ from tracefactory.grading.verify import check_golds, gsm8k_gold, last_boxed
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
+    GOLD_SOURCE,
     LEVEL,
     MATCH,
     PROBLEM_ID,
@@ -40,9 +41,11 @@ from tracefactory.store.schema import (
     ROW_INDEX,
     SOLUTION,
     SOURCE,
+    SOURCE_GOLD,
 )
 
 RAW_LIMIT = 2000
+MISSING_ANSWER, EMPTY_ANSWER = "missing_answer", "empty_answer"
 LEVEL_LIMIT = 64  # characters: a level is a label, not a text
 MAX_DIGITS = sys.get_int_max_str_digits() or 4300
 _LONG_NUMBER = re.compile(r"\d{%d,}" % (MAX_DIGITS + 1))
@@ -139,18 +142,24 @@ def parse_row(raw: str, src: SourceConfig) -> dict:
     if not isinstance(rec, dict):
         raise Reject("not_an_object")
     question = _text(rec, src.question_field, "question")
-    answer_text = _text(rec, src.answer_field, "answer", numbers_ok=True)
-    answer = gold_of(answer_text, src.gold_format)
+    try:
+        answer_text = _text(rec, src.answer_field, "answer", numbers_ok=True)
+    except Reject as why:
+        if src.gold == "required" or str(why) not in (MISSING_ANSWER, EMPTY_ANSWER):
+            raise
+        answer_text = None  # kept without a gold (source.gold: majority or none)
+    answer = gold_of(answer_text, src.gold_format) if answer_text is not None else None
     return {
         PROBLEM_ID: _problem_id(rec, src, question),
         QUESTION: question,
         ANSWER: answer,
+        GOLD_SOURCE: SOURCE_GOLD if answer is not None else None,
         LEVEL: _level(rec, src),
         SOLUTION: _solution(rec, src, answer_text),
     }
 
 
-def _solution(rec: dict, src: SourceConfig, answer_text: str) -> str | None:
+def _solution(rec: dict, src: SourceConfig, answer_text: str | None) -> str | None:
     """The worked solution, if the source has one (not a reason to reject a row when it has none)."""
     if src.solution_field:
         value = rec.get(src.solution_field)
@@ -168,7 +177,8 @@ PROBLEM_SCHEMA = {
     ROW_INDEX: pl.Int64,  # the input row it came from (a variant: its source's), for `rejected`
     PROBLEM_ID: pl.String,
     QUESTION: pl.String,
-    ANSWER: pl.String,
+    ANSWER: pl.String,  # null: a row without a gold, kept under source.gold majority / none
+    GOLD_SOURCE: pl.String,  # "source" (the row's gold), "majority" (a pseudo-gold, later), null (none)
     LEVEL: pl.String,
     SOURCE: pl.String,
     SOLUTION: pl.String,
@@ -190,7 +200,8 @@ def load(raw: pl.DataFrame, cfg: SourceConfig, golds: GoldCheck | None = None) -
             rows.append((idx, line, parse_row(line, cfg)))
         except Reject as why:
             rows.append((idx, line, str(why)))
-    verdicts = (golds or check_golds)([r[ANSWER] for _, _, r in rows if isinstance(r, dict)])
+    verdicts = (golds or check_golds)([r[ANSWER] for _, _, r in rows if isinstance(r, dict) and r[ANSWER] is not None])
+    verdicts[None] = None  # a row kept without a gold has none to check
     out, seen = [], set()
     for idx, line, row in rows:
         if isinstance(row, dict):
@@ -202,7 +213,9 @@ def load(raw: pl.DataFrame, cfg: SourceConfig, golds: GoldCheck | None = None) -
             row = why
         out.append({ROW_INDEX: idx, RAW: line, SOURCE: name, REASON: row})
     parsed = pl.DataFrame(out, schema=PARSED_SCHEMA)
-    return parsed, StageReport.from_reasons("load", "rows", parsed[REASON])
+    kept = pl.col(REASON).is_null()
+    goldless = {"no_gold": parsed.select((kept & pl.col(ANSWER).is_null()).sum()).item()}  # source.gold: majority/none
+    return parsed, StageReport.from_reasons("load", "rows", parsed[REASON], detail=goldless)
 
 
 def partition(parsed: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

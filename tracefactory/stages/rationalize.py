@@ -11,7 +11,8 @@ gold like rollouts, a rationale is dropped when
   does not reach the gold in `verify_n` samples (`not_derived`; `unverified` when it could not be asked): the steps,
   not the hint, must carry the answer;
 - it is not among the problem's `keep` shortest survivors (`not_shortest`).
-A problem whose gold the audit suspects is never tried: a hint towards a wrong gold teaches a wrong trace. The
+A problem whose gold the audit suspects is never tried: a hint towards a wrong gold teaches a wrong trace; nor is
+one without a gold. The
 stored trace is the completion alone; the dataset row pairs it with the plain question, as if solved unaided.
 """
 
@@ -62,7 +63,9 @@ def unsolved(graded: pl.DataFrame, problems: pl.DataFrame) -> tuple[pl.DataFrame
     open_ = tally.filter(~pl.col("_solved"))[PROBLEM_ID].implode()
     drawn = problems.filter(pl.col(PROBLEM_ID).is_in(open_))  # in the problems' order
     suspect = pl.col(GOLD_SUSPECT).fill_null(False) if GOLD_SUSPECT in drawn.columns else pl.lit(False)
-    return drawn.filter(~suspect), {"skipped_gold_suspect": int(drawn.select(suspect.sum()).item())}
+    goldless = pl.col(ANSWER).is_null()  # nothing to hint at (source.gold: majority below the bars, or none)
+    skipped = drawn.select(suspect.sum().alias("skipped_gold_suspect"), goldless.sum().alias("skipped_no_gold"))
+    return drawn.filter(~suspect & ~goldless), {k: int(v) for k, v in skipped.row(0, named=True).items()}
 
 
 def hinted(problems: pl.DataFrame, cfg: RationalizeConfig) -> pl.DataFrame:

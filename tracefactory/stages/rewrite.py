@@ -28,6 +28,7 @@ from tracefactory.store.schema import ANSWER, PROBLEM_ID, QUESTION, REWRITE_KIND
 NO_SOLUTION = "no_solution"
 NOT_ANSWER_PRESERVING = "not_answer_preserving"
 NO_TEACHER = "no_teacher"
+NO_GOLD = "no_gold"
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,12 @@ def rewrite(
     dropped by the reason an attempt made none."""
     originals = problems.filter(pl.col(REWRITE_OF).is_null())
     rows = list(originals.iter_rows(named=True))
+    goldless = sum(r[ANSWER] is None for r in rows)  # no gold to re-derive, or to gate a paraphrase on
+    rows = [r for r in rows if r[ANSWER] is not None]
     seen = set(problems[QUESTION].to_list())
     made: list[dict] = []
-    reasons: list[str] = []
-    attempts = 0
+    reasons: list[str] = [NO_GOLD] * (goldless * cfg.variants * len(cfg.kinds))
+    attempts = len(reasons)
     for kind in cfg.kinds:
         sources = rows if kind == "perturb" else rows + [v for v in made if v[REWRITE_KIND] == "perturb"]
         got, why = _perturbed(sources, cfg, seen) if kind == "perturb" else _paraphrased(sources, cfg, paraphraser)

@@ -68,6 +68,7 @@ MAJORITY_SHARE = "majority_share"  # its votes over the rollouts with an answer
 MAJORITY_VOTES = "majority_votes"
 N_ANSWERED = "n_answered"  # rollouts with an extracted answer
 MAJORITY_COT = "majority_cot"  # audit: the first trace that reached majority_answer
+GOLD_SOURCE = "gold_source"  # where a problem's gold came from: "source", "majority" (a pseudo-gold) or null (none)
 RATIONALIZED = "rationalized"  # STaR: a rationale written with the gold as a hint (stages.rationalize)
 # pairs (TRL's conversational preference format, and where each side came from)
 PROMPT = "prompt"
@@ -96,6 +97,7 @@ STEP_COLUMNS = {
 }
 
 UNSOLVED = "unsolved"
+SOURCE_GOLD, MAJORITY_GOLD = "source", "majority"  # values of gold_source: the input row's gold, a pseudo-gold
 
 # the teacher's raw output, as the rollout stage makes it and the generation store keeps it
 GENERATION_SCHEMA = {
