@@ -37,6 +37,8 @@ demo: venv
 	  count(*) AS n, round(avg(pass_rate), 3) AS mean_pass_rate, count(*) FILTER (WHERE memorised) AS memorised FROM problems GROUP BY 1 ORDER BY 1"
 	$(BIN)/tracefactory query $(RUN) "SELECT rejected_reason, count(*) AS pairs, round(avg(chosen_tokens), 1) AS chosen_tokens, \
 	  round(avg(rejected_tokens), 1) AS rejected_tokens FROM pairs GROUP BY 1 ORDER BY 2 DESC"
+	$(BIN)/tracefactory query $(RUN) "SELECT stage, rows_in AS rationales, kept, dropped_by_reason, detail FROM funnel \
+	  WHERE stage = 'rationalize'"
 
 # The demo recipe on the plain teacher (data/teacher-plain: no think block).
 demo-plain: venv

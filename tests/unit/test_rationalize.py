@@ -96,13 +96,16 @@ def test_a_request_that_failed_is_counted_not_lost():
     assert report.dropped_by_reason[NOT_RETURNED] == 4 and report.detail["problems_recovered"] == 3
 
 
-def test_unsolved_skips_solved_problems_and_suspect_golds():
-    problems = PROBLEMS.with_columns(pl.Series("gold_suspect", [None, True, False, False]))
+def test_unsolved_skips_solved_problems_suspect_golds_and_problems_without_a_gold():
+    problems = PROBLEMS.with_columns(
+        pl.Series("gold_suspect", [None, True, False, False]), pl.Series("answer", ["25", "49", "81", None])
+    )
     graded = pl.DataFrame(
         {"problem_id": ["sq-0", "sq-1", "sq-2", "sq-2", "sq-3"], "correct": [False, False, False, True, False]}
     )
     tried, skipped = unsolved(graded, problems)
-    assert tried["problem_id"].to_list() == ["sq-0", "sq-3"] and skipped == {"skipped_gold_suspect": 1}
+    assert tried["problem_id"].to_list() == ["sq-0"]
+    assert skipped == {"skipped_gold_suspect": 1, "skipped_no_gold": 1}
 
 
 def test_the_hint_keeps_latex_braces_and_a_template_without_its_fields_is_refused():
