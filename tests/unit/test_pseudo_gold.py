@@ -80,3 +80,14 @@ def test_the_majority_answer_becomes_the_gold_only_above_the_audits_bars():
         ("tie", None, None),
     ]
     assert report.rows_in == 4 and report.kept == 1 and report.dropped_by_reason == {BELOW_BARS: 3}
+
+
+def test_the_card_says_how_many_problems_have_a_pseudo_gold():
+    from tracefactory.publish.card import _pseudo_gold
+    from tracefactory.store.report import StageReport, funnel_frame
+
+    funnel = funnel_frame([StageReport("pseudo_gold", "problems", 15, 8, {BELOW_BARS: 7})])
+    cfg = load_config(None, {"source.gold": "majority"}).to_dict()
+    (line,) = _pseudo_gold(cfg, funnel)
+    assert "15 problems came without a gold; 8 got" in line and "gold_source = majority" in line
+    assert _pseudo_gold(load_config(None).to_dict(), funnel) == []  # source.gold: required says nothing

@@ -117,3 +117,14 @@ def test_the_hint_keeps_latex_braces_and_a_template_without_its_fields_is_refuse
         _cfg(**{"rationalize.hint_template": "{question} only"})
     with pytest.raises(Exception, match="rationalize.hint_phrases"):
         _cfg(**{"rationalize.hint_phrases": ["("]})
+
+
+def test_the_card_says_what_rationalization_recovered_and_how_it_was_checked():
+    from tracefactory.publish.card import _rationalize
+    from tracefactory.store.report import funnel_frame
+
+    cfg = _cfg()
+    _, report = _judge(FakeTeacher(slip_rate=0.05, hints="derive"), cfg)
+    (line,) = _rationalize(cfg.to_dict(), funnel_frame([report]))
+    assert "the 4 problems no rollout solved were asked again with the gold as a hint, 4 samples each" in line
+    assert "4 problems recovered (4 rationales" in line and "without the hint" in line

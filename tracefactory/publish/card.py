@@ -376,8 +376,7 @@ def _budget(cfg: dict, funnel: pl.DataFrame) -> str:
     budget = cfg["sampling"].get("budget") or {"policy": "fixed"}
     if budget["policy"] == "fixed":
         return f"{cfg['sampling']['n']} samples per problem"
-    row = funnel.filter(pl.col("stage") == "rollout")
-    detail = json.loads(row["detail"][0]) if len(row) and row["detail"][0] else {}
+    _, detail = _stage_row(funnel, "rollout")
     stops = ", ".join(f"{k.removeprefix('stopped_')} {v:,}" for k, v in detail.items() if k.startswith("stopped_"))
     limit = f", at most {budget['run_tokens']:,} teacher tokens in all" if budget.get("run_tokens") else ""
     return (
@@ -390,28 +389,33 @@ def _budget(cfg: dict, funnel: pl.DataFrame) -> str:
 def _pairs(cfg: dict, funnel: pl.DataFrame) -> list[str]:
     """The preference pairs' line: the rule, and what it found (the funnel's pairs row)."""
     pairs = cfg.get("pairs") or {}
-    row = funnel.filter(pl.col("stage") == "pairs")
-    if not pairs.get("enabled") or not len(row):
+    row, detail = _stage_row(funnel, "pairs")
+    if not pairs.get("enabled") or row is None:
         return []
-    detail = json.loads(row["detail"][0] or "{}")
     rules = ", then ".join(f"`{r}`" for r in pairs["rejected"])
     found = ", ".join(f"{k.removeprefix('rejected_')} {v:,}" for k, v in detail.items() if k.startswith("rejected_"))
     return [
         f"- **Preference pairs**: up to {pairs['per_problem']} per problem, a kept trace against a rejected one of"
         f" the same problem by the first rule that has one ({rules}; a wrong answer of the closest length first);"
-        f" {detail.get('pairs', 0):,} pairs ({found or 'none'}), {row['dropped'][0]:,} of {row['rows_in'][0]:,}"
+        f" {detail.get('pairs', 0):,} pairs ({found or 'none'}), {row['dropped']:,} of {row['rows_in']:,}"
         " problems with kept traces had no trace to set against them."
     ]
 
 
+def _stage_row(funnel: pl.DataFrame, stage: str) -> tuple[dict | None, dict]:
+    """A stage's funnel row (None: the run has none) and its `detail`."""
+    rows = funnel.filter(pl.col("stage") == stage).to_dicts()
+    return (rows[0], json.loads(rows[0]["detail"] or "{}")) if rows else (None, {})
+
+
 def _pseudo_gold(cfg: dict, funnel: pl.DataFrame) -> list[str]:
     """The pseudo-gold line (source.gold: majority): how many problems had no gold and how many got one."""
-    row = funnel.filter(pl.col("stage") == "pseudo_gold")
-    if (cfg.get("source") or {}).get("gold") != "majority" or not len(row):
+    row, _ = _stage_row(funnel, "pseudo_gold")
+    if (cfg.get("source") or {}).get("gold") != "majority" or row is None:
         return []
     a = cfg.get("audit") or {}
     return [
-        f"- **Pseudo-golds**: {row['rows_in'][0]:,} problems came without a gold; {row['kept'][0]:,} got their"
+        f"- **Pseudo-golds**: {row['rows_in']:,} problems came without a gold; {row['kept']:,} got their"
         f" rollouts' majority answer as one (≥ {a.get('share')} of the answers and ≥ {a.get('min_votes')} votes),"
         f" the rest stayed without. Their rows say `gold_source = majority`: graded against the teacher's own answer,"
         " never verified against a real gold — filter them out (`gold_source = 'source'`) for verified data only."
@@ -421,10 +425,9 @@ def _pseudo_gold(cfg: dict, funnel: pl.DataFrame) -> list[str]:
 def _rationalize(cfg: dict, funnel: pl.DataFrame) -> list[str]:
     """The STaR line: how rationales were asked and verified, and what survived (the funnel's rationalize row)."""
     rat = cfg.get("rationalize") or {}
-    row = funnel.filter(pl.col("stage") == "rationalize")
-    if not rat.get("enabled") or not len(row):
+    row, detail = _stage_row(funnel, "rationalize")
+    if not rat.get("enabled") or row is None:
         return []
-    detail = json.loads(row["detail"][0] or "{}")
     check = (
         f"the question without the hint and the rationale's steps but its last lead the teacher to the gold"
         f" (≤ {rat['verify_n']} samples)"
@@ -437,8 +440,8 @@ def _rationalize(cfg: dict, funnel: pl.DataFrame) -> list[str]:
         + (f" (not the {skipped:,} with a suspect gold)" if skipped else "")
         + f" were asked again with the gold as a hint, {rat['n']} samples each; a rationale is kept when it reaches"
         f" the gold, never mentions the hint, has ≥ {rat['min_steps']} steps and {check}."
-        f" {detail.get('problems_recovered', 0):,} problems recovered ({row['kept'][0]:,} rationales;"
-        f" dropped: {_reasons(row['dropped_by_reason'][0])})."
+        f" {detail.get('problems_recovered', 0):,} problems recovered ({row['kept']:,} rationales;"
+        f" dropped: {_reasons(row['dropped_by_reason'])})."
     ]
 
 
