@@ -337,9 +337,11 @@ class RationalizeConfig:
     hint_template: str = "{question}\nHint: the final answer is {answer}. Show the working that leads to it."
     n: int = 4  # rationales asked per problem
     # continue: the steps before the rationale's last, continued by the teacher under the PLAIN prompt (no hint),
-    # must reach the gold in one of `verify_n` samples; answer: the answer check and the phrase filter only
+    # must reach the gold in at least `verify_share` of `verify_n` samples (one lucky continuation is not enough:
+    # README); answer: the answer check and the phrase filter only
     verify: Literal["continue", "answer"] = "continue"
     verify_n: int = 4
+    verify_share: float = 0.5
     min_steps: int = 2  # a rationale of fewer steps is the answer restated, not a derivation
     # a rationale that talks about being given the answer is dropped (case-insensitive regular expressions)
     hint_phrases: tuple[str, ...] = (
@@ -355,6 +357,8 @@ class RationalizeConfig:
         _positive("rationalize.n", self.n)
         _positive("rationalize.verify_n", self.verify_n)
         _positive("rationalize.min_steps", self.min_steps)
+        if not 0 < self.verify_share <= 1:
+            raise ConfigError("rationalize.verify_share", self.verify_share, "a share in (0, 1]")
         _positive("rationalize.keep", self.keep)
         for field_name in ("{question}", "{answer}"):
             if field_name not in self.hint_template:

@@ -128,3 +128,18 @@ def test_the_card_says_what_rationalization_recovered_and_how_it_was_checked():
     (line,) = _rationalize(cfg.to_dict(), funnel_frame([report]))
     assert "the 4 problems no rollout solved were asked again with the gold as a hint, 4 samples each" in line
     assert "4 problems recovered (4 rationales" in line and "without the hint" in line
+
+
+@pytest.mark.parametrize("share, kept", [(0.25, 0), (0.5, 4), (None, 0)])
+def test_one_lucky_continuation_is_not_a_derivation(share, kept):
+    """The verdict on the share of continuations that reach the gold (the demo's one early survivor reached its
+    small gold, 2, from steps whose arithmetic was wrong: one continuation of four did)."""
+    cfg = _cfg()
+    asked = hinted(PROBLEMS, cfg.rationalize)
+    frame, _ = rollout(asked, cfg.rollout, FakeTeacher(slip_rate=0.0, hints="derive"), samples=(0, cfg.rationalize.n))
+    graded, _ = grade(frame, cfg.grade, PROBLEMS)
+    split = (cfg.step_score.split, cfg.step_score.pattern)
+    out, report = rationalize(graded, cfg.rationalize, PROBLEMS, split, lambda items: [(share, 10)] * len(items))
+    assert report.kept == kept
+    if not kept:
+        assert set(report.dropped_by_reason) == {NOT_DERIVED if share is not None else "unverified"}

@@ -36,11 +36,10 @@ def make_scorer(cfg: FactoryConfig, teacher: Teacher, graded: pl.DataFrame | Non
 
 
 def make_verifier(cfg: FactoryConfig, teacher: Teacher) -> Verifier:
-    """Whether a rationale's steps lead the teacher to the gold without the hint (stages/rationalize.py): its
-    steps but the last continued under the plain prompt, `rationalize.verify_n` samples at most, one success
-    settles it."""
+    """How often a rationale's steps lead the teacher to the gold without the hint (stages/rationalize.py): its
+    steps but the last continued under the plain prompt, `rationalize.verify_n` samples."""
     return MonteCarloScorer(
-        teacher, make_judge(cfg), cfg.prompt, _params(cfg, cfg.rationalize.verify_n), label="hard"
+        teacher, make_judge(cfg), cfg.prompt, _params(cfg, cfg.rationalize.verify_n), label="soft"
     ).reaches
 
 

@@ -66,8 +66,8 @@ def reuse_pool(rollouts: pl.DataFrame, split: str, pattern: str | None) -> Reuse
 
 # (gold, completion text) -> correct? ; injected so this module needs no grading machinery
 Judge = Callable[[list[tuple[str, str]]], list[bool]]
-# (items) -> per item: its steps lead the teacher to the gold (None: it could not be asked), the tokens that took
-Verifier = Callable[[Sequence[StepItem]], list[tuple[bool | None, int]]]
+# (items) -> per item: the share of continuations of its steps reaching the gold (None: could not ask), their tokens
+Verifier = Callable[[Sequence[StepItem]], list[tuple[float | None, int]]]
 
 
 @dataclass
@@ -197,14 +197,14 @@ class MonteCarloScorer:
                 return [s.result() for s in searches]
             self._estimate(probes)
 
-    def reaches(self, items: Sequence[StepItem]) -> list[tuple[bool | None, int]]:
-        """For each item, whether the teacher continuing its steps but the last (the prompt without anything the
-        steps came from, e.g. a hint) reaches the gold — one prefix estimated as any step is (with hard labels one
-        success settles it) — and the teacher tokens that took; None when the teacher could not be asked (the
-        prefix longer than its context, a request that failed for good)."""
+    def reaches(self, items: Sequence[StepItem]) -> list[tuple[float | None, int]]:
+        """For each item, the value of its steps but the last — the share of the teacher's continuations of them
+        (under the prompt without anything the steps came from, e.g. a hint) that reach the gold, estimated as any
+        step's is — and the teacher tokens that took; None when the teacher could not be asked (the prefix longer
+        than its context, a request that failed for good)."""
         searches = [_Search(it, 0, max(0, len(it.steps) - 1)) for it in items]
         self._estimate([(s, len(s.item.steps) - 2) for s in searches])
-        return [(None if s.note else s.values[len(s.item.steps) - 2] > 0, s.tokens) for s in searches]
+        return [(None if s.note else s.values[len(s.item.steps) - 2], s.tokens) for s in searches]
 
     def _estimate(self, probes: list[tuple[_Search, int]]) -> None:
         """Estimate one prefix per search; each sampling round is one teacher call per distinct sample

@@ -430,7 +430,7 @@ def _rationalize(cfg: dict, funnel: pl.DataFrame) -> list[str]:
         return []
     check = (
         f"the question without the hint and the rationale's steps but its last lead the teacher to the gold"
-        f" (≤ {rat['verify_n']} samples)"
+        f" (in ≥ {rat.get('verify_share', 0.5):g} of {rat['verify_n']} continuations)"
         if rat["verify"] == "continue"
         else "its answer is the gold"
     )

@@ -7,9 +7,9 @@ gold like rollouts, a rationale is dropped when
 - it does not reach the gold (the grade stage's reasons: `wrong_answer`, `no_answer`, `truncated`, ...);
 - it talks about being given the answer (`mentions_hint`: `rationalize.hint_phrases`);
 - it has fewer than `min_steps` steps (`too_few_steps`: the answer restated is not a derivation);
-- with `verify: continue`, the teacher, given the question WITHOUT the hint and the rationale's steps but its last,
-  does not reach the gold in `verify_n` samples (`not_derived`; `unverified` when it could not be asked): the steps,
-  not the hint, must carry the answer;
+- with `verify: continue`, fewer than `verify_share` of `verify_n` continuations by the teacher, given the question
+  WITHOUT the hint and the rationale's steps but its last, reach the gold (`not_derived`; `unverified` when it
+  could not be asked): the steps, not the hint, must carry the answer — make it likely, not merely possible;
 - it is not among the problem's `keep` shortest survivors (`not_shortest`).
 A problem whose gold the audit suspects is never tried: a hint towards a wrong gold teaches a wrong trace; nor is
 one without a gold. The
@@ -108,10 +108,12 @@ def rationalize(
             StepItem(pids[i], questions[pids[i]], golds[pids[i]], tuple(steps[i]), int(seeds[i] or 0), True, heads[i])
             for i in todo
         ]
-        for i, (reached, tokens) in zip(todo, verifier(items), strict=True):
+        for i, (share, tokens) in zip(todo, verifier(items), strict=True):
             cost[i] = tokens
-            if not reached:
-                reasons[i] = UNVERIFIED if reached is None else NOT_DERIVED
+            if share is None:
+                reasons[i] = UNVERIFIED
+            elif share < cfg.verify_share:
+                reasons[i] = NOT_DERIVED
     out = graded.with_columns(
         pl.Series(DROP_REASON, reasons, dtype=pl.String),
         pl.lit(True).alias(RATIONALIZED),
