@@ -549,6 +549,9 @@ def rationale_requests(
     return tried, hinted(tried, cfg.rationalize), skipped
 
 
+_RATIONALIZE_FILES = ("stages/rationalize.py", "backends/scorers.py", "grading/steps.py")
+
+
 def rationalize_unsolved(
     run: io.RunDir,
     cfg: FactoryConfig,
@@ -564,8 +567,10 @@ def rationalize_unsolved(
     generations = read_generations(run, rcfg, asked, teacher)
     think = think_spec(cfg, teacher)
     sc = cfg.step_score
+    code = Path(__file__).parent
     key = io.content_key(
         grader_identity(),
+        {name: io.file_sha256(code / name)[:16] for name in _RATIONALIZE_FILES},  # the stage's and the verifier's code
         dataclasses.asdict(cfg.grade),
         {k: v for k, v in dataclasses.asdict(cfg.rationalize).items() if k != "include"},  # where rows go: not here
         dataclasses.asdict(think),
