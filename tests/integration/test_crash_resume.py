@@ -27,6 +27,7 @@ def _args(out: Path, source: Path, verbose: bool = False, extra: dict | None = N
         "run.flush_every": 3,
         "step_score.enabled": "false",
         "rewrite.enabled": "false",  # the source's own problems: this test is about crashes
+        "rationalize.enabled": "false",  # ... of the rollouts (the hinted requests': test_flow_fake.py)
         "run.progress": "false",
         **(extra or {}),
     }

@@ -589,6 +589,17 @@ def test_planted_wrong_golds_are_flagged_and_kept_out(prefect_harness, tmp_path)
     assert dropped.get("gold_suspect", 0) == len(hit)
 
 
+CRASH_STAR = """
+import sys
+from flows.build_dataset import build_dataset
+from tracefactory.backends.fake import FakeTeacher
+overrides = {"source.path": sys.argv[2], "run.shard_size": 16, "grade.workers": 0, "rationalize.enabled": True}
+overrides.update({"rewrite.enabled": False, "dedup.enabled": False, "decontaminate.enabled": False})
+overrides["sampling.budget.policy"] = "fixed"
+build_dataset(config=None, out=sys.argv[1], overrides=overrides, teacher=FakeTeacher(slip_rate=0.05, hints="derive"))
+"""
+
+
 def test_star_rationales_of_unsolved_problems_verified_without_the_hint(prefect_harness, tmp_path):
     """Demo problems the fake solves, six it never solves unaided ("squares them") and one whose gold is planted
     wrong: the six get a verified rationale in their own table, the suspect gold is never hinted at."""
@@ -633,6 +644,16 @@ def test_star_rationales_of_unsolved_problems_verified_without_the_hint(prefect_
     data = _rows(out, "dataset")
     assert data.filter(pl.col("rationalized"))["problem_id"].sort().to_list() == squares
     assert data.sort("curriculum_rank")["rationalized"].to_list()[-6:] == [True] * 6 and again.calls == []
+    # SIGKILLed as the hinted requests' chunk is committed (after the rollouts' one): the resumed run asks for no
+    # rationale again and its tables equal the uninterrupted run's
+    crashed = tmp_path / "crashed"
+    _killed(CRASH_STAR, crashed, source, "rollout.chunk_committed:2")
+    assert (crashed / "_work" / "generations").exists() and not (crashed / "rationalized").exists()
+    resumed = FakeTeacher(slip_rate=0.05, hints="derive")
+    _run(crashed, source, resumed, **{"rationalize.enabled": True})
+    assert resumed.hinted == 0
+    for t, frame in tables.items():
+        assert _rows(crashed, t).equals(frame), t
     # turned off: no rationalized table from an earlier run stays, and the problems say none was tried
     _run(out, source, again, **{"rationalize.enabled": False})
     assert not (out / "rationalized").exists() and _rows(out, "problems")["rationalized"].null_count() == 16

@@ -89,6 +89,7 @@ class FakeTeacher:
         self.context_chars = context_chars
         self.fail_questions = set(fail_questions)
         self.calls: list[int] = []  # prompts per generate() call, for tests
+        self.hinted = 0  # hinted questions it was asked (rationales)
 
     def start(self) -> None:
         pass
@@ -140,6 +141,7 @@ class FakeTeacher:
             rng = random.Random(seed + i if self.weights == "v1" else f"{self.weights}:{seed + i}")
             hinted = _HINT.search(text) if self.hints and not prefix else None
             if hinted:
+                self.hinted += i == 0
                 cot = rationale(text[: hinted.start()], hinted.group(1), rng, self.slip_rate, self.hints)
             else:
                 cot = solve(text, rng, self.slip_rate, prefix)
