@@ -11,9 +11,9 @@ gold like rollouts, a rationale is dropped when
   WITHOUT the hint and the rationale's steps but its last, reach the gold (`not_derived`; `unverified` when it
   could not be asked): the steps, not the hint, must carry the answer — make it likely, not merely possible;
 - it is not among the problem's `keep` shortest survivors (`not_shortest`).
-A problem whose gold the audit suspects is never tried: a hint towards a wrong gold teaches a wrong trace; nor is
-one without a gold. The
-stored trace is the completion alone; the dataset row pairs it with the plain question, as if solved unaided.
+A problem whose gold the audit suspects is never tried (a hint towards a wrong gold teaches a wrong trace), nor is
+one without a gold. The stored trace is the completion alone; the dataset row pairs it with the plain question, as
+if solved unaided.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def hint(question: str, gold: str, template: str) -> str:
 
 
 def unsolved(graded: pl.DataFrame, problems: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """The problems to rationalize: rollouts drawn, none reached the gold, the gold not suspect; and how many were
-    left out because the audit suspects their gold."""
+    """The problems to rationalize: rollouts drawn, none reached the gold, a gold to hint at that the audit does not
+    suspect; and how many were left out for either reason."""
     tally = graded.group_by(PROBLEM_ID).agg(pl.col(CORRECT).any().alias("_solved"))
     open_ = tally.filter(~pl.col("_solved"))[PROBLEM_ID].implode()
     drawn = problems.filter(pl.col(PROBLEM_ID).is_in(open_))  # in the problems' order
