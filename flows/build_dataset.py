@@ -197,7 +197,7 @@ def run_build(
 def _rollouts(run: io.RunDir, cfg: FactoryConfig, problems, engines: Engines):
     """Every round of the sampling budget (one under the fixed budget): its shards, then the budget's decision of
     which problems go on. Returns the budget's tally and the funnel's rollout row."""
-    tally, reports, shard_no = pipeline.budget_tally(problems), [], 0
+    tally, reports, shard_no = pipeline.budget_tally(problems, cfg), [], 0
     for r, samples in enumerate(pipeline.budget_rounds(cfg)):
         shards = pipeline.shard_frames(pipeline.round_problems(problems, tally), cfg.run.shard_size)
         if r and not len(shards[0]):

@@ -278,10 +278,12 @@ def budget_rounds(cfg: FactoryConfig) -> list[Samples]:
     return cfg.sampling.budget.rounds(cfg.sampling.n)
 
 
-def budget_tally(problems: pl.DataFrame) -> pl.DataFrame:
-    """Every problem open, nothing drawn yet (with its source level, for the budget's priors)."""
+def budget_tally(problems: pl.DataFrame, cfg: FactoryConfig) -> pl.DataFrame:
+    """Every problem open, nothing drawn yet (with its source level, for the budget's priors, and whether it can be
+    hopeless: not a gold-less problem drawing votes for a pseudo-gold under source.gold: majority)."""
     levels = problems[LEVEL].to_list() if LEVEL in problems.columns else None
-    return new_tally(problems[PROBLEM_ID].to_list(), levels, problems[ANSWER].is_not_null().to_list())
+    has_gold = problems[ANSWER].is_not_null().to_list() if cfg.source.gold == "majority" else None  # None: all
+    return new_tally(problems[PROBLEM_ID].to_list(), levels, has_gold)
 
 
 def round_problems(problems: pl.DataFrame, tally: pl.DataFrame) -> pl.DataFrame:

@@ -69,6 +69,11 @@ def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def clears_bars(cfg: AuditConfig) -> pl.Expr:
+    """A `votes()` row whose majority has at least `min_votes` votes and `share` of the answers."""
+    return (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
+
+
 def audit(
     rollouts: pl.DataFrame, cfg: AuditConfig, problems: pl.DataFrame
 ) -> tuple[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame], StageReport]:
@@ -76,7 +81,7 @@ def audit(
     problem of `problems` with `gold_suspect` and the majority columns, the `audit` table). Reports on the
     correct traces still in the running (the grade stage's kept), as the stages after it do; `detail` counts the
     suspect problems."""
-    agree = (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
+    agree = clears_bars(cfg)
     # only a gold from the source can be suspect: a pseudo-gold is the majority, a problem without one has none
     own = (pl.col(GOLD_SOURCE) == SOURCE_GOLD).fill_null(False) if GOLD_SOURCE in problems.columns else pl.lit(True)
     verdicts = (

@@ -43,7 +43,7 @@ SETTLED = "settled"
 STABLE = "stable"
 MAX_SAMPLES = "max_samples"
 HOPELESS = "hopeless"
-HAS_GOLD = "_has_gold"  # a tally column: the problem has a gold (source.gold: majority / none keep some without)
+HAS_GOLD = "_has_gold"  # a tally column: false for a gold-less problem drawing votes for a pseudo-gold
 RUN_BUDGET = "run_budget"
 FIXED = "fixed"  # the fixed policy: every problem drew sampling.n in one round
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 import polars as pl
 
 from tracefactory.config import AuditConfig
-from tracefactory.stages.audit import votes
+from tracefactory.stages.audit import clears_bars, votes
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
     GOLD_SOURCE,
     MAJORITY_ANSWER,
     MAJORITY_GOLD,
-    MAJORITY_SHARE,
-    MAJORITY_VOTES,
     PROBLEM_ID,
 )
 
@@ -31,8 +29,7 @@ def pseudo_gold(rollouts: pl.DataFrame, cfg: AuditConfig, problems: pl.DataFrame
     a pseudo-gold."""
     goldless = problems.filter(pl.col(ANSWER).is_null())[PROBLEM_ID]
     voted = votes(rollouts.filter(pl.col(PROBLEM_ID).is_in(goldless.implode())))  # none is correct: all vote
-    clear = (pl.col(MAJORITY_VOTES) >= cfg.min_votes) & (pl.col(MAJORITY_SHARE) >= cfg.share)
-    labels = voted.filter(clear).select(PROBLEM_ID, pl.col(MAJORITY_ANSWER).alias("_pseudo"))
+    labels = voted.filter(clears_bars(cfg)).select(PROBLEM_ID, pl.col(MAJORITY_ANSWER).alias("_pseudo"))
     out = (
         problems.join(labels, on=PROBLEM_ID, how="left")
         .with_columns(
@@ -44,5 +41,6 @@ def pseudo_gold(rollouts: pl.DataFrame, cfg: AuditConfig, problems: pl.DataFrame
         )
         .drop("_pseudo")
     )
-    reasons = pl.Series([None if pid in set(labels[PROBLEM_ID]) else BELOW_BARS for pid in goldless], dtype=pl.String)
+    labelled = set(labels[PROBLEM_ID])
+    reasons = pl.Series([None if pid in labelled else BELOW_BARS for pid in goldless], dtype=pl.String)
     return out, StageReport.from_reasons("pseudo_gold", "problems", reasons)
