@@ -211,16 +211,6 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
         config=None, out=str(tmp_path / "r"), overrides=overrides, teacher=FakeTeacher(slip_rate=0.3), return_state=True
     )  # slips enough to leave problems unsolved: the rationalize tasks run
     assert state.is_completed()
-    deadline = time.monotonic() + 30  # task states reach the API asynchronously: wait for the last ones
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-            )
-        states = {r.name: r.state_type.value for r in runs}
-        if set(states.values()) == {"COMPLETED"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
     # the demo's adaptive budget: each round's shards (62 problems in shards of 16, then those still open,
     # numbered on), then the round's decision
     out = tmp_path / "r"
@@ -239,8 +229,21 @@ def test_every_stage_is_its_own_completed_task_run(prefect_harness, tmp_path, in
     stages += ["start-teacher"] + [f"rationalize-shard-{n_shards + i}" for i in range(-(-tried // 16))]
     stages += ["rationalize", "difficulty"]
     stages += ["curriculum", "pairs", "write"]
-    assert sorted(r.name for r in runs) == sorted(stages)
-    assert set(states.values()) == {"COMPLETED"}
+    # task runs and their states reach the API asynchronously (the flow may return before the last are recorded):
+    # wait until every expected run is there and completed
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+        names = sorted(r.name for r in runs)
+        states = {r.state_type.value for r in runs}
+        if (names == sorted(stages) and states == {"COMPLETED"}) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert names == sorted(stages)
+    assert states == {"COMPLETED"}
 
 
 CRASH_AFTER_GRADING = """
