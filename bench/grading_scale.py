@@ -26,7 +26,7 @@ import polars as pl  # noqa: E402
 from tracefactory.config import GradeConfig  # noqa: E402
 from tracefactory.grading.verify import extract_answer, is_correct  # noqa: E402
 from tracefactory.stages.grade import grade  # noqa: E402
-from tracefactory.store.schema import ANSWER, FINISH_REASON, PROBLEM_ID, TEXT  # noqa: E402
+from tracefactory.store.schema import ANSWER, COT_TOKENS, FINISH_REASON, PROBLEM_ID, TEXT  # noqa: E402
 
 WORDS = (
     "first we add the two numbers then we subtract the cost of the apples so she has left after paying for "
@@ -90,6 +90,7 @@ def synthetic(traces: int, k: int = 16, seed: int = 0) -> tuple[pl.DataFrame, pl
             texts.append(text)
             finishes.append(finish)
     rollouts = pl.DataFrame({PROBLEM_ID: ids, TEXT: texts, FINISH_REASON: finishes})
+    rollouts = rollouts.with_columns((pl.col(TEXT).str.len_chars() // 4).alias(COT_TOKENS))  # ~4 characters a token
     return rollouts, pl.DataFrame(problems, schema=[PROBLEM_ID, ANSWER], orient="row")
 
 
@@ -106,12 +107,9 @@ def after_grading(graded: pl.DataFrame, problems: pl.DataFrame) -> int:
     from tracefactory.stages.difficulty import difficulty
     from tracefactory.stages.select import select
     from tracefactory.stages.step_score import unscored
-    from tracefactory.store.schema import COT_TOKENS, SAMPLE_INDEX
+    from tracefactory.store.schema import SAMPLE_INDEX
 
-    rollouts = unscored(graded).with_columns(
-        (pl.col(TEXT).str.len_chars() // 4).alias(COT_TOKENS),
-        pl.int_range(pl.len()).over(PROBLEM_ID).alias(SAMPLE_INDEX),
-    )
+    rollouts = unscored(graded).with_columns(pl.int_range(pl.len()).over(PROBLEM_ID).alias(SAMPLE_INDEX))
     chosen, _ = select(rollouts, SelectConfig())
     tagged, _ = difficulty(problems.with_columns(pl.col(PROBLEM_ID).alias("question")), DifficultyConfig(), chosen)
     dataset, _ = curriculum(chosen, CurriculumConfig(), tagged)

@@ -412,7 +412,7 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame,
 # ---- grade (persisted) -----------------------------------------------------------------------------
 
 _GRADER_FILES = (  # the code a verdict depends on (grading/steps.py does not: steps are the step scorer's)
-    *(f"grading/{name}.py" for name in ("verify", "outcomes", "pool", "think", "answers")),
+    *(f"grading/{name}.py" for name in ("verify", "outcomes", "pool", "think", "answers", "reading")),
     "stages/grade.py",
 )
 

@@ -57,9 +57,10 @@ def closing_braces(text: str, start: int = 0) -> dict[int, int]:
 
 def boxes(text: str) -> list[tuple[int, int, str]]:
     """Every closed \\boxed{...} of `text`: (start, end, content)."""
-    first = min((i for i in (text.find("\\boxed"), text.find("\\fbox")) if i >= 0), default=-1)
-    if first < 0:  # the common case, found by a substring search
+    boxed, fbox = text.find("\\boxed"), text.find("\\fbox")
+    if boxed < 0 and fbox < 0:  # the common case, found by a substring search
         return []
+    first = fbox if boxed < 0 else boxed if fbox < 0 else min(boxed, fbox)
     found = list(_BOX.finditer(text, first))
     closes = closing_braces(text, first)
     out = []
@@ -123,10 +124,13 @@ FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
 DEFAULT_FORMATS = DEFAULT_ANSWER_FORMATS
 
 
+_DOLLARS = re.compile(r"^\$+|\$+$")  # $x$ and $$x$$
+_DISPLAY = re.compile(r"^\\\[|\\\]$|^\\\(|\\\)$")
+
+
 def clean(answer: str) -> str:
-    answer = answer.strip()
-    answer = re.sub(r"^\$+|\$+$", "", answer).strip()  # $x$ and $$x$$
-    answer = re.sub(r"^\\\[|\\\]$|^\\\(|\\\)$", "", answer).strip()
+    answer = _DOLLARS.sub("", answer.strip()).strip()
+    answer = _DISPLAY.sub("", answer).strip()
     return answer.rstrip(".").strip().rstrip(".").strip()
 
 
@@ -137,7 +141,8 @@ def extract_answer(text: str | None, formats: Iterable[str] = DEFAULT_FORMATS) -
     low = text.lower()
     found: list[tuple[int, int, str]] = []
     for rank, name in enumerate(formats):
-        found.extend((start, -rank, answer) for start, answer in FORMATS[name](text, low))
+        for start, answer in FORMATS[name](text, low):
+            found.append((start, -rank, answer))
     for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format
         inner = _boxed(answer)
         answer = clean(inner[0][1] if inner else answer)

@@ -21,7 +21,7 @@ Modes (`prompt.thinking`): `on`, `off` (the whole completion is the answer text,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 OPEN, CLOSE = "<think>", "</think>"
 R1_OPENER = "<think>\n"  # what R1-distill templates append to the generation prompt
@@ -64,31 +64,61 @@ def thinks(text: str, opener: str, mode: Thinking) -> bool:
     return bool(opener) or OPEN in text or CLOSE in text
 
 
+class Spans(NamedTuple):
+    """A completion's anatomy as positions in it (what `dissect` slices; what grading workers send back)."""
+
+    restored: str  # the opening put back in front of the completion: cot = restored + text
+    reasoning: tuple[int, int] | None  # [start, end) of the stripped reasoning; None without a block
+    response: tuple[int, int]  # [start, end) of the response (stripped inside a block; the whole text without)
+    closed: bool | None
+    problem: str | None
+    reasoning_end: int
+
+
+def _stripped(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) of `text[start:end].strip()` in `text`."""
+    part = text[start:end]
+    left = len(part) - len(part.lstrip())
+    if left == len(part):
+        return start, start
+    return start + left, end - (len(part) - len(part.rstrip()))
+
+
+def spans(text: str, opener: str = "", mode: Thinking = "auto") -> Spans:
+    """`dissect`'s anatomy as positions in `text`."""
+    if not thinks(text, opener, mode):
+        return Spans("", None, (0, len(text)), None, None, 0)
+    head = text.lstrip()
+    if not opener and head.startswith(OPEN):  # the model opened the block itself
+        restored, skip = "", len(text) - len(head) + len(OPEN)
+    else:
+        restored, skip = opener or R1_OPENER, 0
+    close = text.find(CLOSE, skip)
+    if close < 0:
+        return Spans(restored, _stripped(text, skip, len(text)), (len(text), len(text)), False, UNCLOSED, len(text))
+    end = close + len(CLOSE)
+    response = _stripped(text, end, len(text))
+    problem = None
+    if text.find(OPEN, skip, close) >= 0 or text.find(CLOSE, end) >= 0:
+        problem = MALFORMED
+    elif response[0] == response[1]:
+        problem = EMPTY_RESPONSE
+    return Spans(restored, _stripped(text, skip, close), response, True, problem, end)
+
+
 def dissect(text: str, opener: str = "", mode: Thinking = "auto") -> Anatomy:
     """`text` is the completion as generated; `opener` the think-opening tail of the prompt the teacher saw
     ("" when its template opens no block; the R1 convention `<think>\\n` is restored for a completion that
     closes a block it never opened)."""
-    if not thinks(text, opener, mode):
-        return Anatomy(text, None, text, None)
-    head = text.lstrip()
-    if not opener and head.startswith(OPEN):  # the model opened the block itself
-        restored, body, skip = "", head[len(OPEN) :], len(text) - len(head) + len(OPEN)
-    else:
-        restored, body, skip = opener or R1_OPENER, text, 0
-    cot = restored + text
-    before, tag, after = body.partition(CLOSE)
-    if not tag:
-        return Anatomy(cot, body.strip(), "", False, UNCLOSED, len(text))
-    end = skip + len(before) + len(CLOSE)
-    problem = None
-    if OPEN in before or CLOSE in after:
-        problem = MALFORMED
-    elif not after.strip():
-        problem = EMPTY_RESPONSE
-    return Anatomy(cot, before.strip(), after.strip(), True, problem, end)
+    s = spans(text, opener, mode)
+    reasoning = None if s.reasoning is None else text[s.reasoning[0] : s.reasoning[1]]
+    response = text[s.response[0] : s.response[1]]
+    return Anatomy(s.restored + text, reasoning, response, s.closed, s.problem, s.reasoning_end)
 
 
-def split_tokens(tokens: int, text: str, anatomy: Anatomy, reasoning_tokens: int | None) -> tuple[int | None, int]:
+def split_tokens(
+    tokens: int, text: str, anatomy: Anatomy | Spans, reasoning_tokens: int | None
+) -> tuple[int | None, int]:
     """(reasoning tokens, response tokens) of a completion of `tokens` tokens: the teacher's own count of the
     tokens up to its `</think>` when it has one (exact, from token ids), else `tokens` split by characters."""
     if anatomy.closed is None:

@@ -113,9 +113,11 @@ _PLAIN = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _FRAC = re.compile(r"(-?)\\d?frac\{(\d+)\}\{(\d+)\}")
 
 
-def _number(text: str) -> Fraction | None:
+def _number(text: str) -> Fraction | int | None:
     """The value of a plain number (`1,250`, `-3.5`) or a simple fraction (`\\frac{3}{4}`), else None."""
     text = text.strip()
+    if text.isascii() and text.isdigit():  # the common case, without a regex or a Fraction
+        return int(text)
     if _PLAIN.fullmatch(text):
         return Fraction(text.replace(",", ""))
     m = _FRAC.fullmatch(text)
@@ -143,7 +145,7 @@ def fast_verdict(gold: str, pred: str) -> Verdict | None:
         return None
     if a == b:
         return True, CORRECT
-    if abs(a - b) > Fraction(1, 1000) * max(abs(a), abs(b), 1):
+    if 1000 * abs(a - b) > max(abs(a), abs(b), 1):  # exact for ints and Fractions alike
         return False, WRONG
     return None
 

@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import polars as pl
 
-from tracefactory.config import GradeConfig
+from tracefactory.config import DEFAULT_ANSWER_FORMATS, GradeConfig
 from tracefactory.grading.outcomes import CORRECT as OK
 from tracefactory.grading.outcomes import NO_GOLD
-from tracefactory.grading.think import NO_THINKING_KNOWN, Anatomy, ThinkSpec, dissect, split_tokens
-from tracefactory.grading.verify import extract_answer, grade_pairs
+from tracefactory.grading.reading import ANSWER as READ_ANSWER
+from tracefactory.grading.reading import (
+    CLOSED,
+    PROBLEM,
+    READ_REASONING_TOKENS,
+    READ_RESPONSE_TOKENS,
+    READ_SCHEMA,
+    REASONING_AT,
+    REASONING_LEN,
+    RESPONSE_AT,
+    RESPONSE_LEN,
+    RESTORED,
+    read_completions,
+)
+from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec
+from tracefactory.grading.verify import grade_pairs
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
     COT,
-    COT_TOKENS,
     DROP_REASON,
     FINISH_REASON,
     PRED_ANSWER,
@@ -30,33 +43,41 @@ from tracefactory.store.schema import (
 )
 
 TRUNCATED = "truncated"
+# the grade stage's own working columns
+_GOLD, _PROBLEM, _SKIP, _OK, _WHY = "_gold", "_problem", "_skip", "_ok", "_why"
 
 
-def anatomy(rollouts: pl.DataFrame, think: ThinkSpec) -> tuple[pl.DataFrame, list[Anatomy]]:
+def anatomy(
+    rollouts: pl.DataFrame, think: ThinkSpec, formats: tuple[str, ...] = DEFAULT_ANSWER_FORMATS, workers: int = 0
+) -> tuple[pl.DataFrame, pl.Series]:
     """The completions with `cot`, `reasoning`, `response`, `think_closed`, `reasoning_complete`,
-    `reasoning_tokens` and `response_tokens` (see `tracefactory.grading.think`)."""
-    texts = rollouts[TEXT].to_list()
-    parts = [dissect(t, think.opener, think.mode) for t in texts]
-    counted = rollouts[REASONING_TOKENS].to_list() if REASONING_TOKENS in rollouts.columns else [None] * len(texts)
-    tokens = [
-        split_tokens(n, t, a, c)
-        for n, t, a, c in zip(rollouts[COT_TOKENS].to_list(), texts, parts, counted, strict=True)
-    ]
-    finished = [f == "stop" for f in rollouts[FINISH_REASON].to_list()]
-    out = rollouts.with_columns(
-        pl.Series(COT, [a.cot for a in parts], dtype=pl.String),
-        pl.Series(REASONING, [a.reasoning for a in parts], dtype=pl.String),
-        pl.Series(RESPONSE, [a.response for a in parts], dtype=pl.String),
-        pl.Series(THINK_CLOSED, [a.closed for a in parts], dtype=pl.Boolean),
-        pl.Series(
-            REASONING_COMPLETE,
-            [None if a.closed is None else a.closed and f for a, f in zip(parts, finished, strict=True)],
-            dtype=pl.Boolean,
-        ),
-        pl.Series(REASONING_TOKENS, [r for r, _ in tokens], dtype=pl.Int64),
-        pl.Series(RESPONSE_TOKENS, [n for _, n in tokens], dtype=pl.Int64),
+    `reasoning_tokens` and `response_tokens` (see `tracefactory.grading.think`), and `pred_answer` (the
+    response's final answer by `formats`' markers; none for an unclosed block): read in `workers` processes
+    (`tracefactory.grading.reading`), the text columns sliced here. Also each completion's think-block problem
+    (`think.spans`; null when none)."""
+    read = read_completions(rollouts, think, formats, workers)
+    text = pl.col(TEXT)
+    restored = pl.col(RESTORED)
+    reasoning = text.str.slice(pl.col(REASONING_AT), pl.col(REASONING_LEN))
+    # the whole text where the response is all of it (no block): no slicing
+    response = pl.when(pl.col(RESPONSE_LEN) == text.str.len_chars()).then(text)
+    response = response.otherwise(text.str.slice(pl.col(RESPONSE_AT), pl.col(RESPONSE_LEN)))
+    finished = pl.col(FINISH_REASON) == "stop"
+    out = (
+        pl.concat([rollouts, read], how="horizontal")
+        .with_columns(
+            pl.when(restored == "").then(text).otherwise(pl.concat_str(restored, text)).alias(COT),
+            pl.when(pl.col(REASONING_AT).is_null()).then(None).otherwise(reasoning).alias(REASONING),
+            response.alias(RESPONSE),
+            pl.col(CLOSED).alias(THINK_CLOSED),
+            pl.when(pl.col(CLOSED).is_null()).then(None).otherwise(pl.col(CLOSED) & finished).alias(REASONING_COMPLETE),
+            pl.col(READ_REASONING_TOKENS).alias(REASONING_TOKENS),
+            pl.col(READ_RESPONSE_TOKENS).alias(RESPONSE_TOKENS),
+            pl.col(READ_ANSWER).alias(PRED_ANSWER),
+        )
+        .drop(list(READ_SCHEMA))
     )
-    return out, parts
+    return out, read[PROBLEM]
 
 
 def grade(
@@ -68,24 +89,34 @@ def grade(
     and for a thinking teacher `think_unclosed`, `think_malformed` or `empty_response` (never graded: an
     answer inside an unfinished block is not an answer). The answer is taken from the response only. Golds
     come from `problems`; each distinct (gold, answer) pair is graded once."""
-    golds = dict(problems.select(PROBLEM_ID, ANSWER).iter_rows())
-    out, parts = anatomy(rollouts, think)
-    cut = [cfg.drop_truncated and f == "length" for f in rollouts[FINISH_REASON].to_list()]
+    golds = problems.select(PROBLEM_ID, pl.col(ANSWER).alias(_GOLD))
+    unknown = rollouts.select(PROBLEM_ID).unique().join(golds, on=PROBLEM_ID, how="anti")
+    if len(unknown):
+        raise KeyError(f"completions of problems not in the problems table: {unknown[PROBLEM_ID].head(5).to_list()}")
+    out, problem = anatomy(rollouts, think, cfg.answer_formats, cfg.workers)
     # why a completion is not graded at all: cut at the budget first, then a broken think block, then no gold (its
     # answer is still extracted: a pseudo-gold is voted from them)
-    skip = [TRUNCATED if c else a.problem for c, a in zip(cut, parts, strict=True)]
-    preds = [extract_answer(a.response, cfg.answer_formats) for a in parts]  # "" (unclosed block): None
-    pairs = [(golds[pid], p) for pid, p in zip(rollouts[PROBLEM_ID].to_list(), preds, strict=True)]
-    skip = [why or (NO_GOLD if gold is None else None) for why, (gold, _) in zip(skip, pairs, strict=True)]
-    verdicts = grade_pairs([pr for pr, why in zip(pairs, skip, strict=True) if not why], cfg.workers, cfg.timeout_s)
-    correct, reasons = [], []
-    for pair, why in zip(pairs, skip, strict=True):
-        ok, why = (False, why) if why else verdicts[pair]
-        correct.append(ok)
-        reasons.append(None if why == OK else why)
-    out = out.with_columns(
-        pl.Series(PRED_ANSWER, preds, dtype=pl.String),
-        pl.Series(CORRECT, correct, dtype=pl.Boolean),
-        pl.Series(DROP_REASON, reasons, dtype=pl.String),
+    cut = pl.lit(cfg.drop_truncated) & (pl.col(FINISH_REASON) == "length")
+    skip = pl.when(cut).then(pl.lit(TRUNCATED)).otherwise(pl.col(_PROBLEM))
+    skip = pl.coalesce(skip, pl.when(pl.col(_GOLD).is_null()).then(pl.lit(NO_GOLD)))
+    keyed = (
+        out.select(PROBLEM_ID, FINISH_REASON, PRED_ANSWER)
+        .with_columns(problem.alias(_PROBLEM))
+        .join(golds, on=PROBLEM_ID, how="left", maintain_order="left")
+        .select(_GOLD, PRED_ANSWER, skip.alias(_SKIP))
     )
+    # each distinct (gold, answer) pair once, in the order of the rows
+    todo = keyed.filter(pl.col(_SKIP).is_null()).select(_GOLD, PRED_ANSWER).unique(maintain_order=True)
+    pairs = todo.rows()
+    verdicts = grade_pairs(pairs, cfg.workers, cfg.timeout_s)
+    judged = todo.with_columns(
+        pl.Series(_OK, [verdicts[p][0] for p in pairs], dtype=pl.Boolean),
+        pl.Series(_WHY, [verdicts[p][1] for p in pairs], dtype=pl.String),
+    )
+    keyed = keyed.join(judged, on=[_GOLD, PRED_ANSWER], how="left", maintain_order="left", nulls_equal=True)
+    verdict = keyed.select(
+        pl.when(pl.col(_SKIP).is_null()).then(pl.col(_OK)).otherwise(False).alias(CORRECT),
+        pl.coalesce(_SKIP, pl.when(pl.col(_WHY) != OK).then(pl.col(_WHY))).alias(DROP_REASON),
+    )
+    out = out.with_columns(verdict.get_columns())
     return out, StageReport.from_reasons("grade", "completions", out[DROP_REASON])

@@ -1,0 +1,109 @@
+"""Reading completions at scale: each completion's anatomy (`think.spans`), token split and final answer, in
+worker processes, chunk by chunk.
+
+A chunk travels as a polars frame of the columns the reading needs (pickled as Arrow IPC buffers, not as Python
+objects) and comes back as positions, counts and the short extracted answers: the parent never turns the text
+column into Python strings, and builds the `cot` / `reasoning` / `response` columns by slicing the text column
+in polars. Reading is linear in each text (extraction is), so a chunk needs no wall-clock budget of its own;
+Math-Verify, which can hang, stays in the grading pool.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable
+
+import polars as pl
+
+from tracefactory.errors import BackendError
+from tracefactory.grading.answers import extract_answer
+from tracefactory.grading.think import ThinkSpec, spans, split_tokens
+from tracefactory.store.schema import COT_TOKENS, REASONING_TOKENS, TEXT
+
+# what a reading gives per completion (names that no rollouts column has)
+RESTORED = "_read_restored"  # the think opening put back in front of the completion
+REASONING_AT, REASONING_LEN = "_read_reasoning_at", "_read_reasoning_len"  # characters; null without a block
+RESPONSE_AT, RESPONSE_LEN = "_read_response_at", "_read_response_len"
+CLOSED, PROBLEM = "_read_closed", "_read_problem"
+READ_REASONING_TOKENS, READ_RESPONSE_TOKENS = "_read_reasoning_tokens", "_read_response_tokens"
+ANSWER = "_read_answer"
+READ_SCHEMA = {
+    RESTORED: pl.String,
+    REASONING_AT: pl.Int64,
+    REASONING_LEN: pl.Int64,
+    RESPONSE_AT: pl.Int64,
+    RESPONSE_LEN: pl.Int64,
+    CLOSED: pl.Boolean,
+    PROBLEM: pl.String,
+    READ_REASONING_TOKENS: pl.Int64,
+    READ_RESPONSE_TOKENS: pl.Int64,
+    ANSWER: pl.String,
+}
+CHUNK_ROWS = 20_000  # rows per chunk sent to a worker
+MIN_PARALLEL_ROWS = 2 * CHUNK_ROWS  # below this, starting workers costs more than it saves
+
+
+def read_chunk(chunk: pl.DataFrame, think: ThinkSpec, formats: tuple[str, ...]) -> pl.DataFrame:
+    """`READ_SCHEMA` for each row of `chunk` (columns `text`, `cot_tokens`, optional `reasoning_tokens`)."""
+    texts = chunk[TEXT].to_list()
+    tokens = chunk[COT_TOKENS].to_list()
+    counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * len(texts)
+    cols: dict[str, list] = {name: [] for name in READ_SCHEMA}
+    for text, n, c in zip(texts, tokens, counted, strict=True):
+        s = spans(text, think.opener, think.mode)
+        at, end = s.response
+        cols[RESTORED].append(s.restored)
+        cols[REASONING_AT].append(None if s.reasoning is None else s.reasoning[0])
+        cols[REASONING_LEN].append(None if s.reasoning is None else s.reasoning[1] - s.reasoning[0])
+        cols[RESPONSE_AT].append(at)
+        cols[RESPONSE_LEN].append(end - at)
+        cols[CLOSED].append(s.closed)
+        cols[PROBLEM].append(s.problem)
+        r, t = split_tokens(n, text, s, c)
+        cols[READ_REASONING_TOKENS].append(r)
+        cols[READ_RESPONSE_TOKENS].append(t)
+        # the whole text without a block (the common case: no copy); "" (an unclosed block) has no answer
+        cols[ANSWER].append(extract_answer(text if end - at == len(text) else text[at:end], formats))
+    return pl.DataFrame(cols, schema=READ_SCHEMA)
+
+
+def _chunks(frame: pl.DataFrame, rows: int) -> Iterable[pl.DataFrame]:
+    for start in range(0, len(frame), rows):
+        yield frame.slice(start, rows)
+
+
+def read_completions(
+    rollouts: pl.DataFrame,
+    think: ThinkSpec,
+    formats: tuple[str, ...],
+    workers: int = 0,
+    chunk_rows: int | None = None,
+    min_parallel_rows: int | None = None,
+) -> pl.DataFrame:
+    """`read_chunk` of every row, in order: in `workers` spawned processes (at most two chunks each in flight,
+    so memory holds a few chunks, not a copy of the column) when there are that many rows, else here. Chunks of
+    `chunk_rows` (default `CHUNK_ROWS`), workers from `min_parallel_rows` rows on (`MIN_PARALLEL_ROWS`)."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    least = MIN_PARALLEL_ROWS if min_parallel_rows is None else min_parallel_rows
+    needed = rollouts.select(c for c in (TEXT, COT_TOKENS, REASONING_TOKENS) if c in rollouts.columns)
+    if workers == 0 or len(needed) < least:
+        return read_chunk(needed, think, formats)
+    parts: list[pl.DataFrame] = []
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            flying: deque[Future] = deque()
+            for chunk in _chunks(needed, chunk_rows):
+                if len(flying) >= 2 * workers:
+                    parts.append(flying.popleft().result())
+                flying.append(pool.submit(read_chunk, chunk, think, formats))
+            parts.extend(f.result() for f in flying)
+    except BrokenProcessPool as e:
+        raise BackendError(
+            "a worker reading completions died. Workers are spawned processes that import your main module again: "
+            "a script that grades at import time needs an `if __name__ == '__main__':` guard. Otherwise look for "
+            "too little memory."
+        ) from e
+    return pl.concat(parts)
