@@ -55,8 +55,8 @@ def _variants(gold: str, rng: random.Random) -> list[str]:
     return out
 
 
-def _trace(answer: str, rng: random.Random, filler: str) -> tuple[str, str]:
-    n = rng.randint(200, 2000)
+def _trace(answer: str, rng: random.Random, filler: str, chars: tuple[int, int] = (200, 2000)) -> tuple[str, str]:
+    n = rng.randint(*chars)
     start = rng.randrange(0, len(filler) - n)
     body = filler[start : start + n]
     r = rng.random()
