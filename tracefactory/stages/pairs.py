@@ -75,17 +75,34 @@ def _candidates(rule: str, rows: list[dict], chosen: dict) -> list[dict]:
     return sorted(pool, key=lambda r: (-r[COT_TOKENS], r[SAMPLE_INDEX]))
 
 
+_ROW = "_row"  # a candidate's row in `rollouts` (its text is fetched for the picked ones only)
+_CANDIDATE_COLUMNS = (PROBLEM_ID, SAMPLE_INDEX, DROP_REASON, CORRECT, COT_TOKENS, PRED_ANSWER, PRM_MIN)
+
+
 def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tuple[pl.DataFrame, StageReport]:
     """The `pairs` table: up to `cfg.per_problem` pairs per problem of `dataset`, its kept traces (by curriculum
     rank, in turn) as `chosen` and a distinct trace of `rollouts` by the first rule of `cfg.rejected` that has
     one. Ordered as the dataset is (the chosen trace's `curriculum_rank`). Reports on the problems with a kept
     trace: kept when they have a pair, else `no_rejected`."""
-    by_problem = {key[0]: part.to_dicts() for key, part in rollouts.partition_by(PROBLEM_ID, as_dict=True).items()}
-    out, reasons, detail = [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
-    for key, part in dataset.sort(CURRICULUM_RANK).partition_by(PROBLEM_ID, as_dict=True, maintain_order=True).items():
-        kept = part.to_dicts()
+    # the candidates of the dataset's problems, without their texts: a rule only looks at outcomes and lengths
+    light = (
+        rollouts.select(c for c in _CANDIDATE_COLUMNS if c in rollouts.columns)
+        .with_row_index(_ROW)
+        .filter(
+            pl.col(PROBLEM_ID).is_in(dataset[PROBLEM_ID].unique().implode())
+            & (pl.col(DROP_REASON).is_null() | pl.col(DROP_REASON).is_in([WRONG, LOW_STEP_SCORE, NOT_SHORTEST]))
+        )
+    )
+    by_problem: dict[str, list[dict]] = {}
+    for row in light.to_dicts():
+        by_problem.setdefault(row[PROBLEM_ID], []).append(row)
+    kept_by_problem: dict[str, list[dict]] = {}
+    for row in dataset.sort(CURRICULUM_RANK, maintain_order=True).to_dicts():
+        kept_by_problem.setdefault(row[PROBLEM_ID], []).append(row)
+    out, picked, reasons, detail = [], [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
+    for key, kept in kept_by_problem.items():
         # a rationale's sample index is that of a hinted request, not of a rollout
-        rows, used = by_problem.get(key[0], []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
+        rows, used = by_problem.get(key, []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
         made = 0
         for i in range(cfg.per_problem):
             chosen = kept[i % len(kept)]
@@ -105,7 +122,11 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
             detail[f"rejected_{rule}"] += 1
             made += 1
             out.append(_pair(chosen, rejected, rule))
+            picked.append(rejected[_ROW])
         reasons.append(None if made else NO_REJECTED)
+    texts = rollouts[COT].gather(picked).to_list() if picked else []
+    for pair, text in zip(out, texts, strict=True):
+        pair[REJECTED] = [{"role": "assistant", "content": text}]
     detail["pairs"] = len(out)
     frame = pl.DataFrame(out, schema=empty("pairs").schema)  # the table's types, from schemas/pairs.json
     report = StageReport.from_reasons("pairs", "problems", pl.Series(reasons, dtype=pl.String), detail=detail)
@@ -117,7 +138,7 @@ def _pair(chosen: dict, rejected: dict, rule: str) -> dict:
     return {
         PROMPT: prompt,
         CHOSEN: [answer],
-        REJECTED: [{"role": "assistant", "content": rejected[COT]}],
+        REJECTED: None,  # the rejected trace's text, fetched for all pairs at once
         CHOSEN_SAMPLE_INDEX: chosen[SAMPLE_INDEX],
         REJECTED_SAMPLE_INDEX: rejected[SAMPLE_INDEX],
         CHOSEN_TOKENS: chosen[COT_TOKENS],
