@@ -174,7 +174,9 @@ def make_engines(cfg: FactoryConfig) -> Engines:
     if cfg.run.task_runner == "ray":
         from tracefactory.distributed import RayTeacherPool
 
-        return RayTeacherPool(cfg.teacher, cfg.run.ray_engines, cfg.run.ray_start_timeout_s)
+        return RayTeacherPool(
+            cfg.teacher, cfg.run.ray_engines, cfg.run.ray_start_timeout_s, cfg.run.ray_actor_resources
+        )
     return pipeline.LocalEngines(make_teacher(cfg.teacher))  # engines load on first use
 
 

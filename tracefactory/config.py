@@ -28,6 +28,21 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 DEMO_PLAIN_CONFIG = REPO_ROOT / "configs" / "demo-plain.yaml"  # the demo recipe on PLAIN_TEACHER
 
 
+class FrozenMap(dict):
+    """A mapping config value, hashable and unchangeable as the frozen configs that hold it."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self):  # pickled (Ray, Prefect, process pools) as a whole, not item by item
+        return FrozenMap, (dict(self),)
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError("a config mapping cannot be changed")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]
+
+
 def _positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(name, value, "a number >= 0" if allow_zero else "a number > 0")
@@ -433,9 +448,14 @@ class RunConfig:
     ray_address: str | None = None  # None: start a local Ray instance; "auto" or "ray://head:10001": join one
     ray_engines: int = 1  # teacher engine actors (each takes teacher.tensor_parallel_size GPUs)
     ray_start_timeout_s: float = 1800.0  # engine actors not loaded by then: the run stops (a download, a hang)
+    # custom resources each engine actor asks for besides its GPUs (e.g. {"teacher_node": 1}: only nodes started with
+    # `ray start --resources '{"teacher_node": 1}'` take one)
+    ray_actor_resources: dict[str, float] = field(default_factory=FrozenMap)
 
     def __post_init__(self):
         _positive("run.shard_size", self.shard_size)
+        for name, amount in self.ray_actor_resources.items():
+            _positive(f"run.ray_actor_resources.{name}", amount)
         _positive("run.flush_every", self.flush_every)
         _positive("run.flush_seconds", self.flush_seconds, allow_zero=True)
         _positive("run.ray_engines", self.ray_engines)
@@ -508,6 +528,10 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
         return _coerce(path, inner[0], value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping")
+        return FrozenMap({_coerce(path, args[0], k): _coerce(f"{path}.{k}", args[1], v) for k, v in value.items()})
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, value, "a list")

@@ -68,12 +68,19 @@ class RayTeacherPool:
     over them; picklable, so Prefect tasks on Ray workers can take it as an argument and reach the
     same long-lived actors."""
 
-    def __init__(self, cfg: TeacherConfig, engines: int = 1, start_timeout_s: float = 1800.0):
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        engines: int = 1,
+        start_timeout_s: float = 1800.0,
+        resources: dict[str, float] | None = None,
+    ):
         from tracefactory.backends.vllm_teacher import teacher_name
 
         self.cfg = cfg
         self.engines = engines
         self.start_timeout_s = start_timeout_s
+        self.resources = dict(resources or {})  # custom resources each actor asks for (`run.ray_actor_resources`)
         self.name = teacher_name(cfg) if cfg.kind == "vllm" else cfg.model
         self.actors: list = []
         self._identity: dict | None = None
@@ -104,7 +111,9 @@ class RayTeacherPool:
                     f"run.ray_engines={self.engines} x teacher.tensor_parallel_size={tp} needs "
                     f"more GPUs than the Ray cluster's {gpus:g}"
                 )
-            opts = {"num_gpus": tp} if gpus else {"num_cpus": 1}
+            opts: dict = {"num_gpus": tp} if gpus else {"num_cpus": 1}
+            if self.resources:
+                opts["resources"] = self.resources
             actor = ray.remote(TeacherActor).options(**opts)
             self.actors = [actor.remote(self.cfg) for _ in range(self.engines)]
             log.info("%d teacher engine(s) in Ray actors (%s each)", self.engines, opts)
@@ -128,9 +137,8 @@ class RayTeacherPool:
         seeds: Sequence[int] | None = None,
         on_result: OnResult | None = None,
     ) -> list[RequestResult]:
-        ray = import_ray()
         self.start()
-        results = ray.get(self.actors[0].generate.remote(list(prompts), n, params, seeds))
+        results = self._get(self.actors[0].generate.remote(list(prompts), n, params, seeds))
         for i, r in enumerate(results):
             if on_result:
                 on_result(i, r)
@@ -139,11 +147,23 @@ class RayTeacherPool:
     def rollout_shard(self, run: io.RunDir, shard: int, problems, cfg: FactoryConfig, samples=None) -> StageReport:
         if pipeline.shard_done(run, cfg, problems, self, samples):  # nothing to generate: read it here, no engine
             return pipeline.rollout_shard(run, shard, problems, cfg, self, samples)
-        ray = import_ray()
         if not self.actors:
             raise BackendError("the engine actors must be started (start()) before shards are handed out")
         actor = self.actors[shard % len(self.actors)]
-        return ray.get(actor.rollout_shard.remote(str(run.root.resolve()), shard, problems, cfg, samples))
+        return self._get(actor.rollout_shard.remote(str(run.root.resolve()), shard, problems, cfg, samples))
+
+    def _get(self, ref):
+        """`ray.get`, with an engine actor's death (its node lost, its process killed) as a clear error."""
+        ray = import_ray()
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BackendError(
+                "a teacher engine actor died (its node was lost, or its process killed or out of memory). "
+                "What it committed is kept: run the same command again once the cluster has a node for the engine, "
+                f"and the run resumes from there. Ray said: {said}"
+            ) from None
 
     def close(self) -> None:
         if not self.actors:
@@ -151,6 +171,8 @@ class RayTeacherPool:
         ray = import_ray()
         try:
             ray.get([a.close.remote() for a in self.actors], timeout=120)
+        except ray.exceptions.RayError as exc:  # a dead actor has nothing to close; the run's own error stays
+            log.warning("teacher engine actors not closed cleanly: %s", str(exc).splitlines()[0] if str(exc) else exc)
         finally:
             for a in self.actors:
                 ray.kill(a)

@@ -2,11 +2,20 @@
 the same dataset as the local task runner (and the same rationalize stage: its hinted requests through the actor)."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 
 from flows.build_dataset import run_build
+from tracefactory.errors import BackendError
 
 pytestmark = pytest.mark.vllm
 ray = pytest.importorskip("ray")
@@ -70,3 +79,106 @@ def test_engine_actors_that_do_not_start_in_time_stop_the_run_with_a_clear_error
         assert pool.actors == []
     finally:
         ray.shutdown()
+
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # a loopback cluster: no token to hand round
+
+
+class TwoNodes:
+    """A Ray head and a second node on this host, started with `ray start` as on a real cluster (one command per
+    node); only the second node has the `teacher_node` resource the engine actors ask for."""
+
+    def __init__(self, port: int):
+        self.address = f"127.0.0.1:{port}"
+        self.ray = str(Path(sys.executable).parent / "ray")
+        self.env = {**os.environ, **RAY_ENV}
+        common = ["--node-ip-address=127.0.0.1", "--object-store-memory=100000000", "--disable-usage-stats"]
+        self._start("--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", *common)
+        self.worker = [f"--address={self.address}", "--num-cpus=1", '--resources={"teacher_node": 1}', *common]
+        self.start_worker()
+
+    def _start(self, *args: str) -> None:
+        subprocess.run([self.ray, "start", *args], env=self.env, check=True, capture_output=True, timeout=180)
+
+    def start_worker(self) -> None:
+        self._start(*self.worker)
+
+    def kill_worker(self) -> int:
+        """SIGKILL the second node: its raylet and every process under it (the engine actor among them), as a lost
+        machine ends. Returns how many processes were killed."""
+        raylets = [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if "raylet" in (p.info["name"] or "") and "teacher_node" in " ".join(p.info["cmdline"] or [])
+        ]
+        doomed = [q for p in raylets for q in (p, *p.children(recursive=True))]
+        for q in doomed:
+            q.kill()
+        return len(doomed)
+
+    def stop(self) -> None:
+        subprocess.run([self.ray, "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+
+
+def test_a_two_node_cluster_runs_the_engine_on_the_second_node_and_a_lost_node_resumes_to_the_same_tables(
+    prefect_harness, embedded_teacher, demo_subset, tmp_path, monkeypatch
+):
+    """`run.ray_address` joins a running cluster; `run.ray_actor_resources` puts the engine on the only node that has
+    the resource. Killing that node mid-rollout stops the run with a clear error (the driver cannot finish a shard
+    without its engine); the same command, once the node is back, resumes from the committed chunks to the local
+    runner's tables."""
+    over = {
+        "source.path": str(demo_subset),
+        "source.limit": 48,
+        "run.shard_size": 8,
+        "sampling.n": 4,
+        "sampling.budget.policy": "fixed",
+        "step_score.enabled": False,
+        "rewrite.enabled": False,
+        "rationalize.enabled": False,
+    }
+    run_build(out=str(tmp_path / "local"), overrides=over, teacher=embedded_teacher)
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = TwoNodes(port)
+    ray_over = {
+        **over,
+        "run.task_runner": "ray",
+        "run.ray_address": nodes.address,
+        "run.ray_actor_resources": {"teacher_node": 1},
+        "run.ray_start_timeout_s": 300,
+    }
+    out = tmp_path / "ray"
+    chunks = out / "_work" / "generations"
+    killed: list[int] = []
+
+    def kill_after_first_chunk() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not list(chunks.glob("chunk-*.parquet")):
+            time.sleep(0.05)
+        killed.append(nodes.kill_worker())
+
+    try:
+        killer = threading.Thread(target=kill_after_first_chunk, daemon=True)
+        killer.start()
+        with pytest.raises(BackendError, match="teacher engine actor died"):
+            run_build(out=str(out), overrides=ray_over)
+        killer.join(timeout=60)
+        assert killed and killed[0] >= 2  # the raylet and the engine actor at least
+        done = pl.read_parquet(chunks / "chunk-*.parquet")["problem_id"].n_unique()
+        assert 1 <= done < 48  # stopped mid-rollout (6 shards of 8 problems), what it finished committed
+        assert not (out / "manifest.json").exists()
+        nodes.start_worker()
+        run_build(out=str(out), overrides=ray_over)  # the same command: resumes
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        nodes.stop()
+    for table in ("problems", "rollouts", "dataset"):
+        assert pl.read_parquet(tmp_path / "local" / table).equals(pl.read_parquet(out / table)), table
+    # the problems done before the loss were not drawn again
+    rollout = pl.read_parquet(out / "funnel").filter(pl.col("stage") == "rollout")
+    assert json.loads(rollout["detail"][0])["problems_generated"] == 48 - done

@@ -33,7 +33,16 @@ BAD = [
     ("source: {path: ''}", "source.path", "JSONL/Parquet path"),
     ("- just\n- a list", "<top level>", "mapping"),
     ("source: {path: x.jsonl}\nselect: {keep: true}", "select.keep", "type int"),
+    ("source: {path: x.jsonl}\nrun: {ray_actor_resources: teacher_node}", "run.ray_actor_resources", "a mapping"),
+    ("source: {path: x.jsonl}\nrun: {ray_actor_resources: {gpu_node: 0}}", "run.ray_actor_resources.gpu_node", "> 0"),
+    ("source: {path: x.jsonl}\nrun: {ray_actor_resources: {gpu: all}}", "run.ray_actor_resources.gpu", "float"),
 ]
+
+
+def test_a_mapping_field_takes_a_mapping(tmp_path):
+    cfg = load_config(_write(tmp_path, "source: {path: x.jsonl}\nrun: {ray_actor_resources: {teacher_node: 1}}"))
+    assert cfg.run.ray_actor_resources == {"teacher_node": 1.0}
+    assert load_config(_write(tmp_path, "source: {path: x.jsonl}")).run.ray_actor_resources == {}
 
 
 @pytest.mark.parametrize("text,field,allowed", BAD)
