@@ -47,7 +47,7 @@ from tracefactory.stages.grade import grade  # noqa: E402
 from tracefactory.stages.pairs import pairs  # noqa: E402
 from tracefactory.stages.select import select  # noqa: E402
 from tracefactory.stages.step_score import unscored  # noqa: E402
-from tracefactory.store.io import write_parquet  # noqa: E402
+from tracefactory.store.io import write_table_file  # noqa: E402
 from tracefactory.store.schema import (  # noqa: E402
     ANSWER,
     COT_TOKENS,
@@ -66,6 +66,8 @@ from tracefactory.store.schema import (  # noqa: E402
     SOURCE,
     TEACHER,
     TEXT,
+    columns,
+    empty,
 )
 
 CHUNK_ROWS = 50_000
@@ -176,16 +178,17 @@ def in_memory(paths: list[Path], problems: pl.DataFrame, out: Path, workers: int
     dataset, _ = timed("curriculum", n, lambda: curriculum(chosen, CurriculumConfig(), tagged))
     pair_table, _ = timed("pairs", n, lambda: pairs(chosen, PairsConfig(enabled=True), dataset))
 
-    def write() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, frame in (
-            ("problems", tagged),
-            ("rollouts", chosen),
-            ("dataset", dataset),
-            ("pairs", pair_table),
-            ("audit", audit_table),
-        ):
-            write_parquet(frame.to_arrow(), out / f"{name}.parquet")
+    def full(frame: pl.DataFrame, table: str) -> pl.DataFrame:
+        """The table's columns; those the stages skipped here add (budget, rationalize) null."""
+        schema = empty(table).schema
+        return frame.with_columns(pl.lit(None, t).alias(c) for c, t in schema.items() if c not in frame.columns)
+
+    def write() -> None:  # as pipeline.write_outputs writes them
+        lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
+        rollouts = chosen.join(lineage, on=PROBLEM_ID, how="left")
+        tables = {"problems": tagged, "rollouts": rollouts, "dataset": dataset, "pairs": pair_table}
+        for name, frame in {**tables, "audit": audit_table}.items():
+            write_table_file(full(frame, name).select(columns(name)), name, out / name / "part-0.parquet")
 
     timed("write", n, write)
     return rows

@@ -86,8 +86,44 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+_PARQUET = dict(compression="zstd", write_page_checksum=True)
+SLICE_BYTES = 64 << 20  # text per slice a table is written in (converted to Arrow and compressed one at a time)
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_page_checksum=True))
+    _atomic(path, lambda tmp: pq.write_table(table, tmp, **_PARQUET))
+
+
+def slices(frame: pl.DataFrame, limit: int = SLICE_BYTES) -> list[tuple[int, int]]:
+    """(offset, rows) of consecutive slices of `frame` holding about `limit` bytes of its string columns each (a
+    row counts 64 bytes besides); one slice for a frame under the limit. A function of the rows alone."""
+    strings = [c for c, t in frame.schema.items() if t == pl.String]
+    size = pl.sum_horizontal([pl.col(c).str.len_bytes().fill_null(0) for c in strings]) + 64 if strings else pl.lit(64)
+    ends = frame.select(((size.cum_sum() - 1) // limit).alias("g")).with_row_index("i")
+    if not len(ends) or ends["g"][-1] == 0:
+        return [(0, len(frame))]
+    parts = ends.group_by("g", maintain_order=True).agg(pl.col("i").min().alias("start"), pl.len().alias("rows"))
+    return [(int(a), int(n)) for a, n in parts.select("start", "rows").iter_rows()]
+
+
+def write_table_file(frame: pl.DataFrame, table: str, path: Path) -> None:
+    """`frame` checked against the table's schema (`validate_frame`) and written atomically, slice by slice
+    (`slices`: one row group each), so memory holds one slice's Arrow copy, not the table's. A table under one
+    slice is written exactly as `write_parquet` writes it."""
+
+    def write(tmp: str) -> None:
+        writer = None
+        try:
+            for start, rows in slices(frame, SLICE_BYTES):
+                arrow = validate_frame(frame.slice(start, rows), table)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
+                writer.write_table(arrow)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    _atomic(path, write)
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -121,7 +157,7 @@ class RunDir:
 
     def write_table(self, frame: pl.DataFrame, table: str, part: str = "0") -> Path:
         path = self.table_path(table, part)
-        write_parquet(validate_frame(frame, table), path)
+        write_table_file(frame, table, path)
         return path
 
     def remove_table(self, table: str) -> None:
