@@ -144,7 +144,7 @@ def extract_answer(text: str | None, formats: Iterable[str] = DEFAULT_FORMATS) -
         for start, answer in FORMATS[name](text, low):
             found.append((start, -rank, answer))
     for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format
-        inner = _boxed(answer)
+        inner = _boxed(answer) if "box" in answer else None  # \\boxed, \\fbox
         answer = clean(inner[0][1] if inner else answer)
         if answer and "\\boxed" not in answer:
             return answer
