@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import polars as pl  # noqa: E402
+from rss import PeakRss  # noqa: E402
 
 from tracefactory.config import GradeConfig  # noqa: E402
 from tracefactory.grading.verify import extract_answer, is_correct  # noqa: E402
@@ -94,12 +95,6 @@ def synthetic(traces: int, k: int = 16, seed: int = 0) -> tuple[pl.DataFrame, pl
     return rollouts, pl.DataFrame(problems, schema=[PROBLEM_ID, ANSWER], orient="row")
 
 
-def _peak_rss_mib() -> tuple[float, float]:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return round(own, 1), round(children, 1)
-
-
 def after_grading(graded: pl.DataFrame, problems: pl.DataFrame) -> int:
     """The stages after grading, as the flow runs them with step scoring off."""
     from tracefactory.config import CurriculumConfig, DifficultyConfig, SelectConfig
@@ -131,21 +126,23 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default="bench/results/grading_scale.json")
     args = ap.parse_args()
+    peak = PeakRss()
     t = time.perf_counter()
     rollouts, problems = synthetic(args.traces)
     made = time.perf_counter() - t
-    print(f"{len(rollouts):,} traces of {len(problems):,} problems made in {made:.1f} s; RSS {_peak_rss_mib()} MiB")
+    print(f"{len(rollouts):,} traces of {len(problems):,} problems made in {made:.1f} s; RSS {peak.mib():,.0f} MiB")
+    peak.reset()
     t = time.perf_counter()
     graded, report = grade(rollouts, GradeConfig(workers=args.workers), problems)
     seconds = time.perf_counter() - t
     rate = len(rollouts) / seconds
     print(f"grade: {seconds:.1f} s, {rate:,.0f} traces/s; {report.dropped_by_reason}")
-    print(f"peak RSS (MiB, this process / largest worker): {_peak_rss_mib()}")
+    print(f"peak RSS while grading (this process and its workers): {peak.mib():,.0f} MiB")
     t = time.perf_counter()
     kept = after_grading(graded, problems)
     print(
         f"after grading (select, difficulty, curriculum): {time.perf_counter() - t:.1f} s, {kept:,} dataset rows;"
-        f" peak RSS now {_peak_rss_mib()[0]} MiB"
+        f" peak RSS so far {peak.mib():,.0f} MiB"
     )
     rng = random.Random(1)
     rows = rng.sample(range(len(rollouts)), min(args.sample, len(rollouts)))
@@ -166,7 +163,7 @@ def main() -> None:
         "traces": len(rollouts),
         "seconds": round(seconds, 2),
         "traces_per_s": round(rate),
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak.mib(),
         "plain_traces_per_s": round(plain_rate),
         "dataset_rows": kept,
         "sample": len(rows),

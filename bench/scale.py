@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import polars as pl  # noqa: E402
 import psutil  # noqa: E402
 from grading_scale import WORDS, _gold, _trace, _variants  # noqa: E402
+from rss import PeakRss  # noqa: E402
 
 from tracefactory.config import (  # noqa: E402
     AuditConfig,
@@ -72,36 +72,6 @@ from tracefactory.store.schema import (  # noqa: E402
 
 CHUNK_ROWS = 50_000
 K = 16
-
-
-class PeakRss:
-    """The largest RSS of this process plus its children since `reset`, sampled by a thread."""
-
-    def __init__(self, every_s: float = 0.02):
-        self.me = psutil.Process(os.getpid())
-        self.peak = 0
-        self.every_s = every_s
-        self.stopped = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def now(self) -> int:
-        total = self.me.memory_info().rss
-        for child in self.me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _sample(self) -> None:
-        while not self.stopped.wait(self.every_s):
-            self.peak = max(self.peak, self.now())
-
-    def reset(self) -> None:
-        self.peak = self.now()
-
-    def mib(self) -> float:
-        return round(max(self.peak, self.now()) / 2**20, 1)
 
 
 def make_chunks(root: Path, traces: int, chars: tuple[int, int], seed: int = 0) -> tuple[list[Path], pl.DataFrame]:
