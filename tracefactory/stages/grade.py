@@ -89,7 +89,7 @@ def grade(
     and for a thinking teacher `think_unclosed`, `think_malformed` or `empty_response` (never graded: an
     answer inside an unfinished block is not an answer). The answer is taken from the response only. Golds
     come from `problems`; each distinct (gold, answer) pair is graded once."""
-    golds = problems.select(PROBLEM_ID, pl.col(ANSWER).alias(_GOLD))
+    golds = problems.select(PROBLEM_ID, pl.col(ANSWER).alias(_GOLD)).unique(PROBLEM_ID, keep="last")  # one per id
     unknown = rollouts.select(PROBLEM_ID).unique().join(golds, on=PROBLEM_ID, how="anti")
     if len(unknown):
         raise KeyError(f"completions of problems not in the problems table: {unknown[PROBLEM_ID].head(5).to_list()}")
