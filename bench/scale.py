@@ -3,12 +3,15 @@
     .venv/bin/python bench/scale.py 1000000 [--trace-chars 200-2000 | --trace-kb 2-16] [--workers 2]
 
 Synthetic completions (`bench/grading_scale.py`'s generator: K=16 per problem, a few distinct answers each, 2%
-truncated, 3% unanswered; texts of the given length range) are written as Parquet chunks of 50,000 rows, as the
-generation store commits them, so making them needs one chunk of memory. Then the in-memory path — what the flow
-runs today: every chunk read into one frame; grade, audit, step_score (off: `unscored`), select, difficulty,
-curriculum, pairs; the tables written with the run's Parquet writer. Peak RSS is this process and its workers
-together, sampled every 20 ms from the stage's start. A run whose text would not fit in memory on this path
-(~4 copies of the text, against half the machine's memory) is not started: the estimate is printed.
+truncated, 3% unanswered; texts of the given length range) are committed into a run directory's generation store
+in chunks of 50,000 rows, under the keys the flow computes for them (the demo config with a fixed K=16, step
+scoring and rationalization off; a fake teacher's identity), so making them needs one chunk of memory. Then the
+flow's own functions run as `flows/build_dataset.py` calls them after the teacher: the rollout shards read back
+(every sample committed: nothing to generate), the budget tally, grade (with its stage cache), audit, step_score
+(off), select, the problems' budget / token / audit columns, difficulty, curriculum, pairs, and `write_outputs`.
+Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start. A run whose text
+would not fit in memory on this path (~4 copies of the text, against half the machine's memory) is not started:
+the estimate is printed.
 
 Only ratios and counts compare across machines; traces/s is this machine's.
 """
@@ -32,41 +35,25 @@ import psutil  # noqa: E402
 from grading_scale import WORDS, _gold, _trace, _variants  # noqa: E402
 from rss import PeakRss  # noqa: E402
 
-from tracefactory.config import (  # noqa: E402
-    AuditConfig,
-    CurriculumConfig,
-    DifficultyConfig,
-    GradeConfig,
-    PairsConfig,
-    SelectConfig,
-)
+from tracefactory import pipeline  # noqa: E402
+from tracefactory.backends.fake import FakeTeacher  # noqa: E402
+from tracefactory.config import FactoryConfig, load_config  # noqa: E402
+from tracefactory.pipeline import run_stage  # noqa: E402
 from tracefactory.stages.audit import audit  # noqa: E402
 from tracefactory.stages.curriculum import curriculum  # noqa: E402
-from tracefactory.stages.difficulty import difficulty  # noqa: E402
-from tracefactory.stages.grade import grade  # noqa: E402
 from tracefactory.stages.pairs import pairs  # noqa: E402
 from tracefactory.stages.select import select  # noqa: E402
-from tracefactory.stages.step_score import unscored  # noqa: E402
-from tracefactory.store.io import write_table_file  # noqa: E402
+from tracefactory.store import io  # noqa: E402
 from tracefactory.store.schema import (  # noqa: E402
     ANSWER,
-    COT_TOKENS,
-    FINISH_REASON,
     GENERATION_SCHEMA,
     GOLD_SOURCE,
     LEVEL,
     PROBLEM_ID,
     QUESTION,
-    REASONING_TOKENS,
     REWRITE_KIND,
     REWRITE_OF,
-    ROLLOUT_KEY,
-    SAMPLE_INDEX,
-    SEED,
     SOURCE,
-    TEACHER,
-    TEXT,
-    columns,
     empty,
 )
 
@@ -74,53 +61,53 @@ CHUNK_ROWS = 50_000
 K = 16
 
 
-def make_chunks(root: Path, traces: int, chars: tuple[int, int], seed: int = 0) -> tuple[list[Path], pl.DataFrame]:
-    """Synthetic completions in Parquet chunks of CHUNK_ROWS (whole problems each), and the problems table."""
-    root.mkdir(parents=True, exist_ok=True)
+def bench_config(workers: int) -> FactoryConfig:
+    over = {
+        "source.path": "synthetic.jsonl",
+        "sampling.n": K,
+        "sampling.budget.policy": "fixed",
+        "step_score.enabled": False,
+        "rationalize.enabled": False,
+        "rewrite.enabled": False,
+        "grade.workers": workers,
+        "run.progress": False,
+    }
+    return load_config(None, over)
+
+
+def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tuple[int, int], seed: int = 0):
+    """Synthetic completions committed to `run`'s generation store, CHUNK_ROWS at a time (whole problems each), under
+    the sample keys the flow asks for; returns the problems as the load stage gives them."""
     rng = random.Random(seed)
     filler = " ".join(rng.choice(WORDS) for _ in range(max(200_000, chars[1] // 3)))
-    paths, problems = [], []
+    problems = []
+    for p in range(traces // K):
+        problems.append((f"p{p}", f"question {p}", _gold(rng), "source", "synthetic", str(p % 5 + 1), None, None))
+    cols = [PROBLEM_ID, QUESTION, ANSWER, GOLD_SOURCE, SOURCE, LEVEL, REWRITE_OF, REWRITE_KIND]
+    problems = pl.DataFrame(problems, schema={c: pl.String for c in cols}, orient="row")
+    store = run.generations()
     per_chunk = CHUNK_ROWS // K
-    for c, first in enumerate(range(0, traces // K, per_chunk)):
-        ids, texts, finishes = [], [], []
-        for p in range(first, min(first + per_chunk, traces // K)):
-            gold = _gold(rng)
+    for c, first in enumerate(range(0, len(problems), per_chunk)):
+        part = problems.slice(first, per_chunk)
+        keys = pipeline._requests(cfg, part, teacher)
+        rows = []
+        for pid, gold in part.select(PROBLEM_ID, ANSWER).iter_rows():
             answers = _variants(gold, rng)
             weights = [6] + [1] * (len(answers) - 1)
-            problems.append((f"p{p}", gold, f"question {p}"))
-            for _ in range(K):
+            for j in range(K):
                 text, finish = _trace(rng.choices(answers, weights)[0], rng, filler, chars)
-                ids.append(f"p{p}")
-                texts.append(text)
-                finishes.append(finish)
-        frame = pl.DataFrame({PROBLEM_ID: ids, TEXT: texts, FINISH_REASON: finishes}).with_columns(
-            (pl.col(TEXT).str.len_chars() // 4).alias(COT_TOKENS),  # ~4 characters a token
-            pl.int_range(pl.len()).over(PROBLEM_ID).alias(SAMPLE_INDEX),
-            pl.lit("synthetic").alias(TEACHER),
-            pl.lit(None, pl.Int64).alias(REASONING_TOKENS),
-        )
-        frame = frame.with_columns(  # as the generation store holds them
-            (pl.col(PROBLEM_ID) + "/" + pl.col(SAMPLE_INDEX).cast(pl.String)).alias(ROLLOUT_KEY),
-            pl.col(SAMPLE_INDEX).alias(SEED),
-        ).select(list(GENERATION_SCHEMA))
-        path = root / f"chunk-{c:05d}.parquet"
-        frame.write_parquet(path, compression="zstd")
-        paths.append(path)
-    problems = pl.DataFrame(problems, schema=[PROBLEM_ID, ANSWER, QUESTION], orient="row")
-    return paths, problems.with_columns(  # as the load stage gives them
-        pl.lit("source").alias(GOLD_SOURCE),
-        pl.lit("synthetic").alias(SOURCE),
-        (pl.int_range(pl.len()) % 5 + 1).cast(pl.String).alias(LEVEL),
-        pl.lit(None, pl.String).alias(REWRITE_OF),
-        pl.lit(None, pl.String).alias(REWRITE_KIND),
-    )
+                rows.append((pid, j, keys[pid].sample(j), j, text, len(text) // 4, finish, teacher.name, None))
+        frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA, orient="row")
+        store.commit(frame, keys, shard=c, run_id="bench", seq=c)
+    return problems
 
 
-def in_memory(paths: list[Path], problems: pl.DataFrame, out: Path, workers: int, peak: PeakRss) -> list[dict]:
-    """The flow's path after rollout, one frame for the run; a row per stage."""
+def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFrame, peak: PeakRss) -> list[dict]:
+    """`flows/build_dataset.py`'s calls after the teacher, in its order; a row per stage."""
     rows: list[dict] = []
+    n = len(problems) * K
 
-    def timed(name: str, n: int, fn):
+    def timed(name: str, fn):
         peak.reset()
         t = time.perf_counter()
         result = fn()
@@ -134,33 +121,39 @@ def in_memory(paths: list[Path], problems: pl.DataFrame, out: Path, workers: int
         )
         return result
 
-    generations = timed(
-        "read",
-        sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in paths),
-        lambda: pl.concat([pl.read_parquet(p) for p in paths]),
+    def read_back():  # every sample committed: the shards only read their completions back
+        tally = pipeline.budget_tally(problems, cfg)
+        shards = pipeline.shard_frames(problems, cfg.run.shard_size)
+        reports = [
+            pipeline.rollout_shard(run, i, s, cfg, teacher, pipeline.all_samples(cfg)) for i, s in enumerate(shards)
+        ]
+        tally = pipeline.close_round(run, cfg, problems, tally, teacher, 0)
+        return pipeline.with_budget(problems, tally), pipeline.rollout_total(reports, tally)
+
+    budgeted, r_roll = timed("rollout", read_back)
+    graded, r_grade = timed("grade", lambda: pipeline.grade_rollouts(run, cfg, budgeted, teacher))
+    (graded, verdicts, audit_table), r_audit = timed("audit", lambda: run_stage(audit, graded, cfg.audit, budgeted))
+    scored, _ = timed("step_score", lambda: pipeline.score_steps(run, cfg, graded, budgeted, teacher))
+    chosen, r_select = timed("select", lambda: run_stage(select, scored, cfg.select))
+    tagged, r_diff = timed(
+        "difficulty",
+        lambda: pipeline.tag_difficulty(
+            cfg,
+            pipeline.with_rationales(
+                pipeline.with_audit(pipeline.with_teacher_tokens(budgeted, scored), verdicts), None, None
+            ),
+            chosen,
+        ),
     )
-    n = len(generations)
-    graded, _ = timed("grade", n, lambda: grade(generations, GradeConfig(workers=workers), problems))
-    (graded, _verdicts, audit_table), _ = timed("audit", n, lambda: audit(graded, AuditConfig(), problems))
-    scored = timed("step_score", n, lambda: unscored(graded))
-    chosen, _ = timed("select", n, lambda: select(scored, SelectConfig()))
-    tagged, _ = timed("difficulty", n, lambda: difficulty(problems, DifficultyConfig(), chosen))
-    dataset, _ = timed("curriculum", n, lambda: curriculum(chosen, CurriculumConfig(), tagged))
-    pair_table, _ = timed("pairs", n, lambda: pairs(chosen, PairsConfig(enabled=True), dataset))
-
-    def full(frame: pl.DataFrame, table: str) -> pl.DataFrame:
-        """The table's columns; those the stages skipped here add (budget, rationalize) null."""
-        schema = empty(table).schema
-        return frame.with_columns(pl.lit(None, t).alias(c) for c, t in schema.items() if c not in frame.columns)
-
-    def write() -> None:  # as pipeline.write_outputs writes them
-        lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
-        rollouts = chosen.join(lineage, on=PROBLEM_ID, how="left")
-        tables = {"problems": tagged, "rollouts": rollouts, "dataset": dataset, "pairs": pair_table}
-        for name, frame in {**tables, "audit": audit_table}.items():
-            write_table_file(full(frame, name).select(columns(name)), name, out / name / "part-0.parquet")
-
-    timed("write", n, write)
+    dataset, r_curr = timed(
+        "curriculum",
+        lambda: run_stage(curriculum, pipeline.training_rows(cfg, chosen, None), cfg.curriculum, tagged, cfg.prompt),
+    )
+    pair_table, r_pairs = timed("pairs", lambda: run_stage(pairs, chosen, cfg.pairs, dataset))
+    loaded = pipeline.Loaded(problems, empty("rejected"), r_roll)
+    reports = [r_roll, r_grade, r_audit, r_select, r_diff, r_curr, r_pairs]
+    extra = {"pairs": pair_table, "audit": audit_table, "rationalized": None}
+    timed("write", lambda: pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, {}))
     return rows
 
 
@@ -178,32 +171,33 @@ def main() -> None:
     chars = (lo * 1000, hi * 1000) if args.trace_kb else (lo, hi)
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
+    run, cfg, teacher = io.RunDir(root), bench_config(args.workers), FakeTeacher()
     peak = PeakRss()
     t = time.perf_counter()
-    paths, problems = make_chunks(root / "chunks", args.traces, chars)
+    problems = make_run(run, cfg, teacher, args.traces, chars)
     text_gib = args.traces * sum(chars) / 2 / 2**30
     print(
-        f"{args.traces:,} traces of {chars[0]:,}-{chars[1]:,} characters (~{text_gib:.1f} GiB of text) in "
-        f"{len(paths)} chunks, made in {time.perf_counter() - t:.0f} s (peak {peak.mib():,.0f} MiB)"
+        f"{args.traces:,} traces of {chars[0]:,}-{chars[1]:,} characters (~{text_gib:.1f} GiB of text) committed in "
+        f"{len(run.generations().commits())} chunks in {time.perf_counter() - t:.0f} s (peak {peak.mib():,.0f} MiB)"
     )
     result = {"traces": args.traces, "chars": chars, "text_gib": round(text_gib, 2), "cores": os.cpu_count()}
     budget = psutil.virtual_memory().total / 2
     if 4 * text_gib * 2**30 > budget:
         print(
-            f"in-memory path: not run (~{4 * text_gib:.0f} GiB needed, half this machine's memory is "
+            f"the flow's path: not run (~{4 * text_gib:.0f} GiB needed, half this machine's memory is "
             f"{budget / 2**30:.0f} GiB)"
         )
-        result["in_memory"] = None
+        result["flow"] = None
     else:
-        print("in-memory path (today's flow):")
+        print("the flow's path (one frame for the run):")
         t = time.perf_counter()
-        rows = in_memory(paths, problems, root / "tables", args.workers, peak)
+        rows = flow_path(run, cfg, teacher, problems, peak)
         total = time.perf_counter() - t
         print(
             f"  {'total':<11} {args.traces:>11,} rows {total:8.1f} s {args.traces / total:>10,.0f}/s  "
             f"peak {max(r['peak_rss_mib'] for r in rows):>8,.0f} MiB"
         )
-        result["in_memory"] = {"stages": rows, "seconds": round(total, 1)}
+        result["flow"] = {"stages": rows, "seconds": round(total, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
