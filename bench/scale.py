@@ -4,8 +4,9 @@
 
 Synthetic completions (`bench/grading_scale.py`'s generator: K=16 per problem, a few distinct answers each, 2%
 truncated, 3% unanswered; texts of the given length range) are committed into a run directory's generation store
-in chunks of 50,000 rows, under the keys the flow computes for them (the demo config with a fixed K=16, step
-scoring and rationalization off; a fake teacher's identity), so making them needs one chunk of memory. Then the
+in chunks of `run.flush_every` problems, as the rollout stage commits them, under the keys the flow computes for
+them (the demo config with a fixed K=16, step scoring and rationalization off; a fake teacher's identity), so
+making them needs one chunk of memory. Then the
 flow's own functions run as `flows/build_dataset.py` calls them after the teacher: the rollout shards read back
 (every sample committed: nothing to generate), the budget tally, grade (with its stage cache), audit, step_score
 (off), select, the problems' budget / token / audit columns, difficulty, curriculum, pairs, and `write_outputs`.
@@ -57,7 +58,6 @@ from tracefactory.store.schema import (  # noqa: E402
     empty,
 )
 
-CHUNK_ROWS = 50_000
 K = 16
 
 
@@ -76,7 +76,7 @@ def bench_config(workers: int) -> FactoryConfig:
 
 
 def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tuple[int, int], seed: int = 0):
-    """Synthetic completions committed to `run`'s generation store, CHUNK_ROWS at a time (whole problems each), under
+    """Synthetic completions committed to `run`'s generation store, `run.flush_every` problems a chunk, under
     the sample keys the flow asks for; returns the problems as the load stage gives them."""
     rng = random.Random(seed)
     filler = " ".join(rng.choice(WORDS) for _ in range(max(200_000, chars[1] // 3)))
@@ -86,7 +86,7 @@ def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tu
     cols = [PROBLEM_ID, QUESTION, ANSWER, GOLD_SOURCE, SOURCE, LEVEL, REWRITE_OF, REWRITE_KIND]
     problems = pl.DataFrame(problems, schema={c: pl.String for c in cols}, orient="row")
     store = run.generations()
-    per_chunk = CHUNK_ROWS // K
+    per_chunk = cfg.run.flush_every  # problems per chunk, as the rollout stage commits them
     for c, first in enumerate(range(0, len(problems), per_chunk)):
         part = problems.slice(first, per_chunk)
         keys = pipeline._requests(cfg, part, teacher)
@@ -98,7 +98,7 @@ def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tu
                 text, finish = _trace(rng.choices(answers, weights)[0], rng, filler, chars)
                 rows.append((pid, j, keys[pid].sample(j), j, text, len(text) // 4, finish, teacher.name, None))
         frame = pl.DataFrame(rows, schema=GENERATION_SCHEMA, orient="row")
-        store.commit(frame, keys, shard=c, run_id="bench", seq=c)
+        store.commit(frame, keys, shard=first // cfg.run.shard_size, run_id="bench", seq=c)
     return problems
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Mapping, Protocol
 
 import polars as pl
 
@@ -181,7 +181,7 @@ _PARTS = ("prompt", "sampling", "teacher")
 
 
 def why_generated(
-    history: dict[str, tuple[str, str, str]], todo: dict[str, RequestKey], first: int = 0
+    history: Mapping[str, tuple[str, str, str]], todo: dict[str, RequestKey], first: int = 0
 ) -> dict[str, int]:
     """Why each request to generate is not reused: `new` (nothing committed for its problem), which of its
     parts changed since the last commit (`prompt_changed`, `teacher_changed`, ...), `more_samples` (a later
@@ -242,7 +242,7 @@ def rollout_shard(
                 len(failed),
                 next(iter(failed.values())),
             )
-    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)})
+    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)}, keys)
     frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
     detail = {"problems_reused": len(keys) - len(todo), "problems_generated": len(todo)}
     detail.update({f"generated_{k}": v for k, v in why.items()})
@@ -302,7 +302,7 @@ def close_round(
     asked = round_problems(problems, tally)
     if cfg.sampling.budget.policy == "adaptive":
         keys = _requests(cfg, asked, teacher)
-        frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)})
+        frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)}, keys)
         frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
         frame, _ = grade(frame, cfg.grade, asked, think_spec(cfg, teacher))
     else:  # nothing to decide, so nothing to read: every problem drew its n and stops
@@ -402,7 +402,7 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame,
     drawn = problems[SAMPLES_DRAWN].to_list() if SAMPLES_DRAWN in problems.columns else [cfg.sampling.n] * len(problems)
     keys = _requests(cfg, problems, teacher)
     wanted = {s for k, m in zip(keys.values(), drawn, strict=True) for s in k.samples(0, m)}
-    frame = run.generations().read(wanted)
+    frame = run.generations().read(wanted, keys)
     if frame is None:
         return pl.DataFrame(schema=GENERATION_SCHEMA)
     order = problems.select(PROBLEM_ID).with_row_index("_order")

@@ -58,7 +58,10 @@ class RequestKey:
     teacher: str
 
     def sample(self, j: int) -> str:
-        return digest([self.key, j])
+        if not (self.key.isascii() and self.key.isalnum()):
+            return digest([self.key, j])
+        # the same without json.dumps (millions per run): an ASCII alphanumeric key's JSON is itself in quotes
+        return hashlib.sha256(f'["{self.key}", {int(j)}]'.encode()).hexdigest()[:16]
 
     def samples(self, lo: int, hi: int) -> list[str]:
         return [self.sample(j) for j in range(lo, hi)]

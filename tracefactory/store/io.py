@@ -27,10 +27,12 @@ import shutil
 import socket
 import tempfile
 import time
+import types
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -237,6 +239,30 @@ class RunDir:
 _COMMITS: dict[tuple[str, int, int], dict] = {}  # verified commit records, by (path, mtime, size)
 
 
+@dataclasses.dataclass
+class _Index:
+    """What the commit records hold, kept up to date as chunks are committed (every shard of a run asks, and a
+    run of millions of samples has thousands of chunks): built once, then extended by the new records only."""
+
+    records: dict[str, dict]  # chunk name -> its commit record
+    done: set[str]  # sample keys with committed completions
+    history: dict[str, tuple[str, str, str]]
+    by_problem: dict[str, list[str]]  # problem -> the chunks that hold its samples
+    latest: float = 0.0  # the latest commit time seen
+
+    def add(self, record: dict) -> None:
+        self.records[record["chunk"]] = record
+        self.done.update(GenerationStore._keys(record))
+        self.history.update({pid: tuple(parts) for pid, parts in record["parts"].items()})
+        for pid in record["keys"]:
+            self.by_problem.setdefault(pid, []).append(record["chunk"])
+        self.latest = max(self.latest, record["at"])
+
+
+_INDEX: dict[str, _Index] = {}  # per store root: the few most recent ones (a long-lived worker serves many runs)
+_INDEXED_ROOTS = 4
+
+
 class DamagedFile(Exception):
     """A file of the run directory that fails its checks (unreadable, truncated, checksum mismatch)."""
 
@@ -264,7 +290,8 @@ class GenerationStore:
             raise DamagedFile("no commit record in its footer") from None
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise DamagedFile(f"unreadable: {exc}") from None
-        if len(frame) != record.get("completions") or content_key(frame) != record.get("checksum"):
+        checksum = content_key(frame) if record.get("checksum_version") == 2 else _row_checksum(frame)
+        if len(frame) != record.get("completions") or checksum != record.get("checksum"):
             raise DamagedFile("its rows do not match the checksum in its commit record")
         return {**record, "chunk": path.stem}
 
@@ -292,16 +319,31 @@ class GenerationStore:
         request key per problem: it matches no sample key, so those requests are generated again)."""
         return [k for v in commit["keys"].values() for k in (v if isinstance(v, list) else [v])]
 
-    def done_keys(self) -> set[str]:
-        """Keys of the samples whose completions are committed (a skipped or failed request is not done)."""
-        return {key for c in self.commits() for key in self._keys(c)}
+    def _index(self) -> _Index:
+        records = {c["chunk"]: c for c in self.commits()}
+        index = _INDEX.get(str(self.root))
+        new = [] if index is None else [r for name, r in records.items() if name not in index.records]
+        # extended in commit order; rebuilt when a chunk went (quarantined) or changed, or a new one is older than the
+        # latest (a record is the same object while its file is unchanged: `_COMMITS`)
+        stale = index is None or any(records.get(name) is not r for name, r in index.records.items())
+        if stale or any(r["at"] < index.latest for r in new):
+            index, new = _Index({}, set(), {}, {}), list(records.values())
+            _INDEX.pop(str(self.root), None)
+            while len(_INDEX) >= _INDEXED_ROOTS:
+                _INDEX.pop(next(iter(_INDEX)))
+            _INDEX[str(self.root)] = index
+        for record in sorted(new, key=lambda r: r["at"]):
+            index.add(record)
+        return index
 
-    def history(self) -> dict[str, tuple[str, str, str]]:
-        """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it."""
-        out: dict[str, tuple[str, str, str]] = {}
-        for c in sorted(self.commits(), key=lambda c: c["at"]):
-            out.update({pid: tuple(parts) for pid, parts in c["parts"].items()})
-        return out
+    def done_keys(self) -> AbstractSet[str]:
+        """Keys of the samples whose completions are committed (a skipped or failed request is not done). The
+        store's own set, kept up to date: read it, never change it."""
+        return self._index().done
+
+    def history(self) -> Mapping[str, tuple[str, str, str]]:
+        """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it (read-only)."""
+        return types.MappingProxyType(self._index().history)
 
     def commit(
         self,
@@ -329,17 +371,24 @@ class GenerationStore:
             "failed": failed or {},
             "skipped": skipped or {},
             "checksum": content_key(frame),
+            "checksum_version": 2,
             "at": time.time(),
         }
         table = frame.to_arrow()
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(record)})
         write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
-    def read(self, keys: set[str]) -> pl.DataFrame | None:
-        """Committed completions of the samples `keys`, each (problem, sample) once; None if none."""
+    def read(self, keys: set[str], problems: Iterable[str] | None = None) -> pl.DataFrame | None:
+        """Committed completions of the samples `keys`, each (problem, sample) once; None if none. `problems`, the
+        problems the keys are of, narrows the chunks looked at to theirs."""
+        index = self._index()
+        names = sorted(index.records)  # chunk order, as `commits`
+        if problems is not None:
+            names = sorted({name for pid in problems for name in index.by_problem.get(pid, ())})
+        commits = [index.records[name] for name in names]
         paths = [
             self.root / f"{c['chunk']}.parquet"
-            for c in self.commits()
+            for c in commits
             if c["completions"] and not keys.isdisjoint(self._keys(c))
         ]
         if not paths:
@@ -413,18 +462,59 @@ class ChunkWriter:
         self.last = time.monotonic()
 
 
+_CANONICAL_TYPES = {pl.String: "str", pl.Int64: "i64", pl.Float64: "f64", pl.Boolean: "bool"}
+
+
+def _feed_frame(h: Any, frame: pl.DataFrame) -> None:
+    """Every value of `frame`, in order, into hash `h` in a canonical byte form — per column its null mask, then its
+    values as little-endian numbers, or a string column's lengths and UTF-8 bytes — slice by slice, the bytes taken
+    from Arrow buffers: the same rows give the same bytes whatever their chunking or the polars version."""
+    types = [_CANONICAL_TYPES.get(t, repr(t)) for t in frame.dtypes]
+    h.update(json.dumps({"columns": frame.columns, "types": types, "rows": len(frame)}).encode())
+    for start, rows in slices(frame):
+        for name, dtype in frame.slice(start, rows).schema.items():
+            col = frame[name].slice(start, rows)
+            h.update(col.is_null().to_numpy().tobytes())
+            if dtype == pl.String:
+                arr = col.to_arrow()
+                arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+                arr = arr.cast(pa.large_string())
+                offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
+                h.update((offsets - offsets[0]).tobytes())
+                if len(arr) and offsets[-1] > offsets[0]:
+                    h.update(memoryview(arr.buffers()[2])[offsets[0] : offsets[-1]])
+            elif dtype == pl.Boolean:
+                h.update(col.fill_null(False).to_numpy().astype("u1").tobytes())
+            elif dtype.is_integer():
+                h.update(col.fill_null(0).cast(pl.Int64).to_numpy().astype("<i8").tobytes())
+            elif dtype.is_float():
+                h.update(col.fill_null(0.0).cast(pl.Float64).to_numpy().astype("<f8").tobytes())
+            else:  # lists, structs: their values as JSON
+                for value in col.to_list():
+                    h.update(json.dumps(value, default=str).encode())
+                    h.update(b"\n")
+
+
 def content_key(*parts: Any) -> str:
-    """A stable hash of frames (every row, in order) and plain values: the key of derived work."""
-    h = hashlib.sha256()
+    """A stable hash of frames (every row, in order: `_feed_frame`) and plain values: the key of derived work."""
+    h = hashlib.sha256(b"content-key-2")
     for part in parts:
         if isinstance(part, pl.DataFrame):
-            h.update(json.dumps(part.columns).encode())
-            for row in part.iter_rows():
-                h.update(json.dumps(row, default=str).encode())
-                h.update(b"\n")
+            _feed_frame(h, part)
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
         h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def _row_checksum(frame: pl.DataFrame) -> str:
+    """The checksum chunks committed before `content_key` version 2 carry: each row as JSON, in order."""
+    h = hashlib.sha256()
+    h.update(json.dumps(frame.columns).encode())
+    for row in frame.iter_rows():
+        h.update(json.dumps(row, default=str).encode())
+        h.update(b"\n")
+    h.update(b"\x00")
     return h.hexdigest()[:16]
 
 
