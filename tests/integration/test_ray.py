@@ -82,6 +82,10 @@ def test_engine_actors_that_do_not_start_in_time_stop_the_run_with_a_clear_error
 
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # a loopback cluster: no token to hand round
+# two nodes and a vLLM engine compiling on two cores can starve a raylet of CPU for longer than Ray's default
+# health check allows (the head then declares a live node dead); a lost node is still seen at once through its
+# engine actor's broken connection
+NODE_ENV = {"RAY_health_check_period_ms": "2000", "RAY_health_check_failure_threshold": "30"}
 
 
 class TwoNodes:
@@ -91,7 +95,7 @@ class TwoNodes:
     def __init__(self, port: int):
         self.address = f"127.0.0.1:{port}"
         self.ray = str(Path(sys.executable).parent / "ray")
-        self.env = {**os.environ, **RAY_ENV}
+        self.env = {**os.environ, **RAY_ENV, **NODE_ENV}
         common = ["--node-ip-address=127.0.0.1", "--object-store-memory=100000000", "--disable-usage-stats"]
         self._start("--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", *common)
         self.worker = [f"--address={self.address}", "--num-cpus=1", '--resources={"teacher_node": 1}', *common]
