@@ -53,3 +53,16 @@ def test_a_later_slice_that_breaks_the_schema_leaves_no_file(tmp_path, monkeypat
     with pytest.raises(SchemaError, match="problem_id"):
         io.write_table_file(frame, "rollouts", tmp_path / "t.parquet")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_cache_entry_is_written_in_slices_and_reads_back_whole(tmp_path, monkeypatch):
+    from tracefactory.store.report import StageReport
+
+    frame = _rollouts(300)
+    report = StageReport("grade", "completions", 300, 120, {"wrong_answer": 180})
+    monkeypatch.setattr(io, "SLICE_BYTES", 5_000)
+    cache = io.StageCache(tmp_path)
+    cache.put("k", frame, report)
+    assert pq.ParquetFile(cache.path("k")).num_row_groups > 10
+    got, got_report = cache.get("k")
+    assert got.equals(frame) and got_report == report

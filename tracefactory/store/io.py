@@ -112,12 +112,25 @@ def write_table_file(frame: pl.DataFrame, table: str, path: Path) -> None:
     """`frame` checked against the table's schema (`validate_frame`) and written atomically, slice by slice
     (`slices`: one row group each), so memory holds one slice's Arrow copy, not the table's. A table under one
     slice is written exactly as `write_parquet` writes it."""
+    write_frame(frame, path, lambda part: validate_frame(part, table))
+
+
+def write_frame(
+    frame: pl.DataFrame,
+    path: Path,
+    to_arrow: Callable[[pl.DataFrame], pa.Table] = pl.DataFrame.to_arrow,
+    metadata: dict[bytes, bytes] | None = None,
+) -> None:
+    """`frame` written atomically slice by slice (`slices`: one row group each; `to_arrow` converts a slice), with
+    `metadata` added to the file's schema."""
 
     def write(tmp: str) -> None:
         writer = None
         try:
             for start, rows in slices(frame, SLICE_BYTES):
-                arrow = validate_frame(frame.slice(start, rows), table)
+                arrow = to_arrow(frame.slice(start, rows))
+                if metadata:
+                    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
                 writer.write_table(arrow)
@@ -543,9 +556,8 @@ class StageCache:
         return pl.from_arrow(table), report
 
     def put(self, key: str, frame: pl.DataFrame, report: StageReport) -> None:
-        table = frame.to_arrow()
-        meta = {**(table.schema.metadata or {}), self.KEY: json.dumps(dataclasses.asdict(report))}
-        write_parquet(table.replace_schema_metadata(meta), self.path(key))
+        """Written slice by slice (`write_frame`): a run's graded completions are not copied whole."""
+        write_frame(frame, self.path(key), metadata={self.KEY: json.dumps(dataclasses.asdict(report)).encode()})
 
 
 class StepScoreStore:
