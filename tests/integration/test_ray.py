@@ -68,7 +68,6 @@ def test_two_shards_on_ray_give_the_local_runners_dataset(prefect_harness, embed
 def test_engine_actors_that_do_not_start_in_time_stop_the_run_with_a_clear_error():
     from tracefactory.config import TeacherConfig
     from tracefactory.distributed import RayTeacherPool
-    from tracefactory.errors import BackendError
 
     cfg = TeacherConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m")  # nothing to load
     pool = RayTeacherPool(cfg, engines=1, start_timeout_s=0.001)  # no actor process starts that fast
@@ -125,12 +124,13 @@ class TwoNodes:
 
 
 def test_a_two_node_cluster_runs_the_engine_on_the_second_node_and_a_lost_node_resumes_to_the_same_tables(
-    prefect_harness, embedded_teacher, demo_subset, tmp_path, monkeypatch
+    prefect_harness, embedded_teacher, demo_subset, tmp_path
 ):
     """`run.ray_address` joins a running cluster; `run.ray_actor_resources` puts the engine on the only node that has
     the resource. Killing that node mid-rollout stops the run with a clear error (the driver cannot finish a shard
     without its engine); the same command, once the node is back, resumes from the committed chunks to the local
-    runner's tables."""
+    runner's tables. The Ray runs are `tracefactory run` processes, as a user runs them (and each a fresh driver:
+    this process has had local Ray instances of its own)."""
     over = {
         "source.path": str(demo_subset),
         "source.limit": 48,
@@ -142,8 +142,6 @@ def test_a_two_node_cluster_runs_the_engine_on_the_second_node_and_a_lost_node_r
         "rationalize.enabled": False,
     }
     run_build(out=str(tmp_path / "local"), overrides=over, teacher=embedded_teacher)
-    for k, v in RAY_ENV.items():
-        monkeypatch.setenv(k, v)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -152,10 +150,18 @@ def test_a_two_node_cluster_runs_the_engine_on_the_second_node_and_a_lost_node_r
         **over,
         "run.task_runner": "ray",
         "run.ray_address": nodes.address,
-        "run.ray_actor_resources": {"teacher_node": 1},
+        "run.ray_actor_resources": json.dumps({"teacher_node": 1}),
         "run.ray_start_timeout_s": 300,
+        "run.progress": False,
     }
     out = tmp_path / "ray"
+    command = [sys.executable, "-m", "tracefactory.cli", "run", "--out", str(out)]
+    sets = {k: str(v).lower() if isinstance(v, bool) else v for k, v in ray_over.items()}
+    command += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+    def run_cli() -> subprocess.CompletedProcess:
+        return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, **RAY_ENV})
+
     chunks = out / "_work" / "generations"
     killed: list[int] = []
 
@@ -168,18 +174,19 @@ def test_a_two_node_cluster_runs_the_engine_on_the_second_node_and_a_lost_node_r
     try:
         killer = threading.Thread(target=kill_after_first_chunk, daemon=True)
         killer.start()
-        with pytest.raises(BackendError, match="teacher engine actor died"):
-            run_build(out=str(out), overrides=ray_over)
+        lost = run_cli()
+        assert lost.returncode == 2 and "error:" in lost.stdout and "teacher engine actor died" in lost.stdout, (
+            lost.stdout[-3000:] + lost.stderr[-3000:]
+        )
         killer.join(timeout=60)
         assert killed and killed[0] >= 2  # the raylet and the engine actor at least
         done = pl.read_parquet(chunks / "chunk-*.parquet")["problem_id"].n_unique()
         assert 1 <= done < 48  # stopped mid-rollout (6 shards of 8 problems), what it finished committed
         assert not (out / "manifest.json").exists()
         nodes.start_worker()
-        run_build(out=str(out), overrides=ray_over)  # the same command: resumes
+        resumed = run_cli()  # the same command: resumes
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         nodes.stop()
     for table in ("problems", "rollouts", "dataset"):
         assert pl.read_parquet(tmp_path / "local" / table).equals(pl.read_parquet(out / table)), table
