@@ -485,7 +485,7 @@ def _feed_frame(h: Any, frame: pl.DataFrame) -> None:
     types = [_CANONICAL_TYPES.get(t, repr(t)) for t in frame.dtypes]
     h.update(json.dumps({"columns": frame.columns, "types": types, "rows": len(frame)}).encode())
     for start, rows in slices(frame):
-        for name, dtype in frame.slice(start, rows).schema.items():
+        for name, dtype in frame.schema.items():
             col = frame[name].slice(start, rows)
             h.update(col.is_null().to_numpy().tobytes())
             if dtype == pl.String:
