@@ -1,6 +1,6 @@
 """Every stage after rollout at scale: seconds, traces/s and peak RSS per stage.
 
-    .venv/bin/python bench/scale.py 1000000 [--trace-chars 200-2000 | --trace-kb 2-16] [--workers 2]
+    .venv/bin/python bench/scale.py 1000000 [--trace-chars 200-2000 | --trace-kb 2-16] [--workers 2] [--post both]
 
 Synthetic completions (`bench/grading_scale.py`'s generator: K=16 per problem, a few distinct answers each, 2%
 truncated, 3% unanswered; texts of the given length range) are committed into a run directory's generation store
@@ -9,10 +9,12 @@ them (the demo config with a fixed K=16, step scoring and rationalization off; a
 making them needs one chunk of memory. Then the
 flow's own functions run as `flows/build_dataset.py` calls them after the teacher: the rollout shards read back
 (every sample committed: nothing to generate), the budget tally, grade (with its stage cache), audit, step_score
-(off), select, the problems' budget / token / audit columns, difficulty, curriculum, pairs, and `write_outputs`.
-Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start. A run whose text
-would not fit in memory on this path (~4 copies of the text, against half the machine's memory) is not started:
-the estimate is printed.
+(off), select, the problems' budget / token / audit columns, difficulty, curriculum, pairs, and `write_outputs` —
+under `run.post: memory` (the run in one frame), then `run.post: streaming` (graded slices on disk, light rows in
+memory), each from the same committed chunks with no stage cache or table of the other, holding the run's lock
+as the flow does. Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start.
+The memory path is not started where the run's text would not fit (~4 copies of it, against half the machine's
+memory): the estimate is printed.
 
 Only ratios and counts compare across machines; traces/s is this machine's.
 """
@@ -61,8 +63,9 @@ from tracefactory.store.schema import (  # noqa: E402
 K = 16
 
 
-def bench_config(workers: int) -> FactoryConfig:
+def bench_config(workers: int, post: str = "streaming") -> FactoryConfig:
     over = {
+        "run.post": post,
         "source.path": "synthetic.jsonl",
         "sampling.n": K,
         "sampling.budget.policy": "fixed",
@@ -157,6 +160,17 @@ def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFram
     return rows
 
 
+def fresh(run: io.RunDir) -> None:
+    """No graded slices, tables or per-process store caches from a path run before: each path starts alike."""
+    for cache in ("graded", "graded_slices"):
+        shutil.rmtree(run.root / "_work" / cache, ignore_errors=True)
+    for table in run.tables():
+        run.remove_table(table)
+    io._COMMITS.clear()
+    io._INDEX.clear()
+    io._LISTING.clear()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("traces", type=int)
@@ -164,6 +178,9 @@ def main() -> None:
     size.add_argument("--trace-chars", default="200-2000", help="characters per trace, A-B")
     size.add_argument("--trace-kb", help="KB per trace, A-B (instead of --trace-chars)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--post", choices=["both", "memory", "streaming"], default="both", help="run.post path(s) (both: memory first)"
+    )
     ap.add_argument("--dir", default="runs/scale", help="where the chunks and tables go (removed first)")
     ap.add_argument("--json", default="bench/results/scale.json")
     args = ap.parse_args()
@@ -171,7 +188,8 @@ def main() -> None:
     chars = (lo * 1000, hi * 1000) if args.trace_kb else (lo, hi)
     root = Path(args.dir)
     shutil.rmtree(root, ignore_errors=True)
-    run, cfg, teacher = io.RunDir(root), bench_config(args.workers), FakeTeacher()
+    run, teacher = io.RunDir(root), FakeTeacher()
+    cfg = bench_config(args.workers)
     peak = PeakRss()
     t = time.perf_counter()
     problems = make_run(run, cfg, teacher, args.traces, chars)
@@ -182,22 +200,25 @@ def main() -> None:
     )
     result = {"traces": args.traces, "chars": chars, "text_gib": round(text_gib, 2), "cores": os.cpu_count()}
     budget = psutil.virtual_memory().total / 2
-    if 4 * text_gib * 2**30 > budget:
-        print(
-            f"the flow's path: not run (~{4 * text_gib:.0f} GiB needed, half this machine's memory is "
-            f"{budget / 2**30:.0f} GiB)"
-        )
-        result["flow"] = None
-    else:
-        print("the flow's path (one frame for the run):")
+    for post in ("memory", "streaming") if args.post == "both" else (args.post,):
+        if post == "memory" and 4 * text_gib * 2**30 > budget:
+            print(
+                f"run.post: memory — not run (~{4 * text_gib:.0f} GiB needed, half this machine's memory is "
+                f"{budget / 2**30:.0f} GiB)"
+            )
+            result[post] = None
+            continue
+        fresh(run)
+        print(f"run.post: {post}")
         t = time.perf_counter()
-        rows = flow_path(run, cfg, teacher, problems, peak)
+        with run.lock():  # as the flow holds it
+            rows = flow_path(run, bench_config(args.workers, post), teacher, problems, peak)
         total = time.perf_counter() - t
         print(
             f"  {'total':<11} {args.traces:>11,} rows {total:8.1f} s {args.traces / total:>10,.0f}/s  "
             f"peak {max(r['peak_rss_mib'] for r in rows):>8,.0f} MiB"
         )
-        result["flow"] = {"stages": rows, "seconds": round(total, 1)}
+        result[post] = {"stages": rows, "seconds": round(total, 1)}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -451,9 +451,15 @@ class RunConfig:
     # custom resources each engine actor asks for besides its GPUs (e.g. {"teacher_node": 1}: only nodes started with
     # `ray start --resources '{"teacher_node": 1}'` take one)
     ray_actor_resources: dict[str, float] = field(default_factory=FrozenMap)
+    # after rollout: "streaming" grades a slice of problems at a time and keeps the graded texts on disk, reading
+    # back only those a stage needs (memory bounded by a slice and the per-row outcomes); "memory": the whole run in
+    # one frame. The same tables either way.
+    post: Literal["memory", "streaming"] = "streaming"
+    post_slice_tokens: int = 32_000_000  # completion tokens per graded slice when streaming (~128 MB of text)
 
     def __post_init__(self):
         _positive("run.shard_size", self.shard_size)
+        _positive("run.post_slice_tokens", self.post_slice_tokens)
         for name, amount in self.ray_actor_resources.items():
             _positive(f"run.ray_actor_resources.{name}", amount)
         _positive("run.flush_every", self.flush_every)

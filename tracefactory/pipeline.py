@@ -24,6 +24,7 @@ from tracefactory.backends.prompts import build_prompt
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
+from tracefactory.grading.reading import kept_workers
 from tracefactory.grading.think import ThinkSpec, opener_of
 from tracefactory.grading.verify import check_golds, judge_texts
 from tracefactory.stages.budget import decide, new_tally, open_problems, record_round
@@ -37,12 +38,13 @@ from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report
 from tracefactory.stages.select import selected
 from tracefactory.stages.step_score import step_score, unscored
-from tracefactory.store import io
+from tracefactory.store import io, texts
 from tracefactory.store.failpoints import failpoint
-from tracefactory.store.report import StageReport, funnel_frame, merge_reports
+from tracefactory.store.report import StageReport, funnel_frame, merge_reports, ordered
 from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
+    COT,
     COT_TOKENS,
     GENERATION_SCHEMA,
     GOLD_SOURCE,
@@ -61,6 +63,7 @@ from tracefactory.store.schema import (
     QUESTION,
     RATIONALIZED,
     REASON,
+    REASONING,
     REWRITE_KIND,
     REWRITE_OF,
     ROUNDS,
@@ -69,6 +72,7 @@ from tracefactory.store.schema import (
     STEP_TOKENS,
     STOP_REASON,
     TEACHER_TOKENS,
+    TEXT,
     columns,
     empty,
 )
@@ -242,8 +246,9 @@ def rollout_shard(
                 len(failed),
                 next(iter(failed.values())),
             )
-    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)}, keys)
-    frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
+    # what the report counts: the samples and their tokens, not their texts
+    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)}, keys, columns=[COT_TOKENS])
+    frame = frame if frame is not None else pl.DataFrame(schema={PROBLEM_ID: pl.String, COT_TOKENS: pl.Int64})
     detail = {"problems_reused": len(keys) - len(todo), "problems_generated": len(todo)}
     detail.update({f"generated_{k}": v for k, v in why.items()})
     report = rollout_report(len(problems), hi - lo, frame, len(failed), len(skipped), detail)
@@ -434,20 +439,27 @@ def grader_identity() -> dict[str, str]:
     return ident
 
 
-def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> StageOutput:
-    """The grade stage over the committed completions, kept in the run dir by the content of its inputs
-    (completions, golds, grade settings, grading code): a re-run with the same inputs reads the graded
-    rows back instead of grading again."""
-    generations = read_generations(run, cfg, problems, teacher)
-    cache = run.stage_cache("graded")
-    think = think_spec(cfg, teacher)
-    key = io.content_key(
+def _grade_key(cfg: FactoryConfig, think: ThinkSpec, problems: pl.DataFrame, generations: pl.DataFrame) -> str:
+    """The grade stage's cache key: the content of its inputs (completions, golds, grade settings, grading code)."""
+    return io.content_key(
         grader_identity(),
         dataclasses.asdict(cfg.grade),
         dataclasses.asdict(think),
         problems.select(PROBLEM_ID, ANSWER),
         generations,
     )
+
+
+def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> StageOutput:
+    """The grade stage over the committed completions, kept in the run dir by the content of its inputs
+    (completions, golds, grade settings, grading code): a re-run with the same inputs reads the graded
+    rows back instead of grading again. Under `run.post: streaming`, slice by slice (`grade_slices`)."""
+    if cfg.run.post == "streaming":
+        return grade_slices(run, cfg, problems, teacher)
+    generations = read_generations(run, cfg, problems, teacher)
+    cache = run.stage_cache("graded")
+    think = think_spec(cfg, teacher)
+    key = _grade_key(cfg, think, problems, generations)
     hit = cache.get(key)
     if hit is not None:
         log.info("grade: %d completions graded by an earlier run, read back (inputs unchanged)", len(hit[0]))
@@ -456,6 +468,51 @@ def grade_rollouts(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, t
     cache.put(key, graded, report)
     failpoint("grade.persisted")
     return graded, report
+
+
+def post_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> list[pl.DataFrame]:
+    """`problems` cut, in order, into slices of about `run.post_slice_tokens` completion tokens each (their samples
+    drawn times the mean tokens of the chunks holding them: the commit records say, no chunk is read)."""
+    if not len(problems):
+        return [problems]
+    drawn = problems[SAMPLES_DRAWN] if SAMPLES_DRAWN in problems.columns else pl.lit(cfg.sampling.n)
+    per_sample = pl.Series(run.generations().tokens_per_sample(problems[PROBLEM_ID].to_list()), dtype=pl.Float64)
+    weight = problems.select((per_sample * drawn).alias("w"))["w"]
+    group = ((weight.cum_sum() - weight) // cfg.run.post_slice_tokens).cast(pl.Int64).alias("_slice")
+    return problems.with_columns(group).partition_by("_slice", maintain_order=True, include_key=False)
+
+
+def grade_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> StageOutput:
+    """The grade stage a slice of problems at a time (`post_slices`): each slice's completions read, graded and kept
+    in the stage cache as one file, by the content of its inputs (a crash keeps the slices done; a re-run reads
+    back each slice whose inputs did not change); what it returns are light rows (`store.texts`): every column but
+    the texts, which stay in the slices' files until a stage reads the few it needs."""
+    started = time.perf_counter()
+    cache, think = run.stage_cache("graded_slices"), think_spec(cfg, teacher)  # stored as `store.texts` says
+    parts, reports, reused = [], [], 0
+    with kept_workers():
+        for part in post_slices(run, cfg, problems):
+            generations = read_generations(run, cfg, part, teacher)
+            key = _grade_key(cfg, think, part, generations)
+            hit = cache.get(key, leave_out=texts.STORED)
+            if hit is None:
+                graded, report = grade(generations, cfg.grade, part, think, positions=True)
+                cache.put(key, graded, report)
+                graded = graded.drop(texts.STORED)
+            else:
+                (graded, report), reused = hit, reused + 1
+            del generations
+            parts.append(texts.light(graded, cache.path(key)))
+            reports.append(report)
+            failpoint("grade.persisted")
+    merged = merge_reports(reports)
+    merged = dataclasses.replace(
+        merged, dropped_by_reason=ordered(merged.dropped_by_reason), seconds=time.perf_counter() - started
+    )
+    if reused:
+        log.info("grade: %d of %d slices graded by an earlier run, read back (inputs unchanged)", reused, len(parts))
+    log.info(merged.line())
+    return pl.concat(parts), merged
 
 
 # ---- pseudo_gold (source.gold: majority) -------------------------------------------------------------
@@ -470,9 +527,10 @@ def label_golds(
     again = pl.col(PROBLEM_ID).is_in(labelled.filter(pl.col(GOLD_SOURCE) == MAJORITY_GOLD)[PROBLEM_ID].implode())
     rows = graded.with_row_index("_row")
     if rows.select(again.any()).item():
-        regraded, _ = grade(
-            rows.filter(again).select("_row", *GENERATION_SCHEMA), cfg.grade, labelled, think_spec(cfg, teacher)
-        )
+        # the completions as the teacher gave them (their text read back where it is on disk: `store.texts`)
+        keep = [c for c in rows.columns if c in (*GENERATION_SCHEMA, *texts.LOCATORS)]
+        base = rows.filter(again).select("_row", *keep)
+        regraded, _ = grade(texts.with_texts(base, [TEXT]), cfg.grade, labelled, think_spec(cfg, teacher))
         rows = pl.concat([rows.filter(~again), regraded.select(rows.columns)]).sort("_row")
         # the rows graded again, and those that reach their pseudo-gold (they join the grade stage's kept)
         reached = int(regraded[CORRECT].sum())
@@ -514,11 +572,14 @@ def score_steps(
         return unscored(graded), None
     store = run.step_scores(_step_key(cfg, teacher))
     cache = store.load()
+    light = texts.is_light(graded)  # every trace's steps are split from its text: read them back (`store.texts`)
+    graded = texts.with_texts(graded, [TEXT, COT, REASONING])
     scorer = CachedScorer(make_scorer(cfg, teacher, graded), cache, on_block=lambda: store.save(cache))
     try:
-        return run_stage(step_score, graded, cfg.step_score, problems, scorer)
+        scored, report = run_stage(step_score, graded, cfg.step_score, problems, scorer)
     finally:
         scorer.close()  # a PRM's own engine; the teacher's belongs to the flow
+    return (scored.drop(texts.HEAVY, strict=False) if light else scored), report
 
 
 def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None, limit: int | None = None) -> dict:
@@ -674,8 +735,9 @@ def write_outputs(
     run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
     lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
-    rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left")
-    run.write_table(rollouts.select(columns("rollouts")), "rollouts")
+    rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left", maintain_order="left")
+    # light rows (`run.post: streaming`): written a graded slice at a time, each with its texts read back
+    run.write_table((part.select(columns("rollouts")) for part in texts.parts(rollouts)), "rollouts")
     run.write_table(dataset, "dataset")
     for table, frame in extra.items():
         if frame is not None:

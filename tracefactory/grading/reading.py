@@ -10,18 +10,19 @@ Math-Verify, which can hang, stays in the grading pool.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import polars as pl
 
 from tracefactory.errors import BackendError
 from tracefactory.grading.answers import extract_answer
 from tracefactory.grading.think import ThinkSpec, spans, split_tokens
-from tracefactory.store.schema import COT_TOKENS, REASONING_TOKENS, TEXT
+from tracefactory.store.schema import COT, COT_TOKENS, REASONING, REASONING_TOKENS, RESPONSE, TEXT
 
 # what a reading gives per completion (names that no rollouts column has)
 RESTORED = "_read_restored"  # the think opening put back in front of the completion
@@ -42,6 +43,28 @@ READ_SCHEMA = {
     READ_RESPONSE_TOKENS: pl.Int64,
     ANSWER: pl.String,
 }
+# where a completion's sliced texts are: what a reading gives that `texts_of` turns into `cot`, `reasoning`, `response`
+POSITIONS = (RESTORED, REASONING_AT, REASONING_LEN, RESPONSE_AT, RESPONSE_LEN)
+
+
+def texts_of(columns: Iterable[str] = (COT, REASONING, RESPONSE)) -> list[pl.Expr]:
+    """`cot` (the think opening restored in front of the completion), `reasoning` (inside the block; null without
+    one) and `response` (after it; the whole text without a block) of each completion, sliced from `text` by the
+    `POSITIONS` columns of its reading — those of `columns`."""
+    text = pl.col(TEXT)
+    restored = pl.col(RESTORED)
+    reasoning = text.str.slice(pl.col(REASONING_AT), pl.col(REASONING_LEN))
+    # the whole text where the response is all of it (no block): no slicing
+    response = pl.when(pl.col(RESPONSE_LEN) == text.str.len_chars()).then(text)
+    response = response.otherwise(text.str.slice(pl.col(RESPONSE_AT), pl.col(RESPONSE_LEN)))
+    exprs = {
+        COT: pl.when(restored == "").then(text).otherwise(pl.concat_str(restored, text)).alias(COT),
+        REASONING: pl.when(pl.col(REASONING_AT).is_null()).then(None).otherwise(reasoning).alias(REASONING),
+        RESPONSE: response.alias(RESPONSE),
+    }
+    return [exprs[c] for c in columns]
+
+
 CHUNK_ROWS = 20_000  # rows per chunk sent to a worker
 MIN_PARALLEL_ROWS = 2 * CHUNK_ROWS  # below this, starting workers costs more than it saves
 
@@ -92,18 +115,46 @@ def read_completions(
     if workers == 0 or len(needed) < least:
         return read_chunk(needed, think, formats)
     parts: list[pl.DataFrame] = []
+    pool = _KEPT.get(workers) if _KEPT.get("on") else None
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            flying: deque[Future] = deque()
-            for chunk in _chunks(needed, chunk_rows):
-                if len(flying) >= 2 * workers:
-                    parts.append(flying.popleft().result())
-                flying.append(pool.submit(read_chunk, chunk, think, formats))
-            parts.extend(f.result() for f in flying)
+        if pool is None:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+            if _KEPT.get("on"):
+                _KEPT[workers] = pool
+        flying: deque[Future] = deque()
+        for chunk in _chunks(needed, chunk_rows):
+            if len(flying) >= 2 * workers:
+                parts.append(flying.popleft().result())
+            flying.append(pool.submit(read_chunk, chunk, think, formats))
+        parts.extend(f.result() for f in flying)
     except BrokenProcessPool as e:
+        _KEPT.pop(workers, None)
         raise BackendError(
             "a worker reading completions died. Workers are spawned processes that import your main module again: "
             "a script that grades at import time needs an `if __name__ == '__main__':` guard. Otherwise look for "
             "too little memory."
         ) from e
+    finally:
+        if pool is not None and _KEPT.get(workers) is not pool:  # not kept (or broken): stopped now
+            pool.shutdown()
     return pl.concat(parts)
+
+
+_KEPT: dict = {}  # "on" while `kept_workers` is entered; then workers -> the pool started for that many
+
+
+@contextlib.contextmanager
+def kept_workers() -> Iterator[None]:
+    """Within it, the reading workers `read_completions` starts stay up for its next call (a streamed grade reads
+    slice after slice: spawning workers each time would cost a second or two per slice); stopped on the way out."""
+    if _KEPT.get("on"):
+        yield
+        return
+    _KEPT["on"] = True
+    try:
+        yield
+    finally:
+        pools = [v for k, v in _KEPT.items() if k != "on"]
+        _KEPT.clear()
+        for pool in pools:
+            pool.shutdown()

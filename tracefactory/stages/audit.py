@@ -35,6 +35,7 @@ from tracefactory.store.schema import (
     SOURCE_GOLD,
     columns,
 )
+from tracefactory.store.texts import PART, ROW, with_texts
 
 EXAMPLE, REACHED = "_example", "_reached"  # votes()'s working columns: the majority's first sample; gold reached
 OWN = "_own_gold"
@@ -115,10 +116,14 @@ def audit(
 def _table(problems: pl.DataFrame, verdicts: pl.DataFrame, rollouts: pl.DataFrame) -> pl.DataFrame:
     """The `audit` table: each suspect problem with its gold, the answer its rollouts agree on, and the first
     trace that wrote it (`majority_cot`), most confident first."""
-    examples = rollouts.select(PROBLEM_ID, pl.col(SAMPLE_INDEX).alias(EXAMPLE), pl.col(COT).alias(MAJORITY_COT))
+    suspects = verdicts.filter(pl.col(GOLD_SUSPECT))
+    # the example traces of the suspects only: their texts may be on disk (`store.texts`)
+    located = rollouts.select(
+        PROBLEM_ID, pl.col(SAMPLE_INDEX).alias(EXAMPLE), *[c for c in (COT, PART, ROW) if c in rollouts.columns]
+    ).join(suspects.select(PROBLEM_ID, EXAMPLE), on=[PROBLEM_ID, EXAMPLE], how="semi")
+    examples = with_texts(located, [COT]).select(PROBLEM_ID, EXAMPLE, pl.col(COT).alias(MAJORITY_COT))
     out = (
-        verdicts.filter(pl.col(GOLD_SUSPECT))
-        .join(problems.select(PROBLEM_ID, QUESTION, ANSWER, SOURCE, LEVEL), on=PROBLEM_ID, how="left")
+        suspects.join(problems.select(PROBLEM_ID, QUESTION, ANSWER, SOURCE, LEVEL), on=PROBLEM_ID, how="left")
         .join(examples, on=[PROBLEM_ID, EXAMPLE], how="left")
         .sort([MAJORITY_SHARE, MAJORITY_VOTES, PROBLEM_ID], descending=[True, True, False])
     )

@@ -26,6 +26,7 @@ from tracefactory.store.schema import (
     SAMPLE_INDEX,
     columns,
 )
+from tracefactory.store.texts import HEAVY, with_texts
 
 NO_PROBLEM = "no_problem"
 MESSAGES_TYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
@@ -48,6 +49,7 @@ def curriculum(
     `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`."""
     prompt = prompt or PromptConfig()
     picked = selected(rollouts)
+    picked = with_texts(picked, [c for c in HEAVY if c in columns("dataset")])  # the kept traces' texts only
     if RATIONALIZED not in picked.columns:  # rollouts only (the rationalize stage marks its rows)
         picked = picked.with_columns(pl.lit(False).alias(RATIONALIZED))
     picked = picked.with_columns(pl.col(RATIONALIZED).fill_null(False))

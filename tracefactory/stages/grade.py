@@ -11,16 +11,13 @@ from tracefactory.grading.outcomes import NO_GOLD
 from tracefactory.grading.reading import ANSWER as READ_ANSWER
 from tracefactory.grading.reading import (
     CLOSED,
+    POSITIONS,
     PROBLEM,
     READ_REASONING_TOKENS,
     READ_RESPONSE_TOKENS,
     READ_SCHEMA,
-    REASONING_AT,
-    REASONING_LEN,
-    RESPONSE_AT,
-    RESPONSE_LEN,
-    RESTORED,
     read_completions,
+    texts_of,
 )
 from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec
 from tracefactory.grading.verify import grade_pairs
@@ -28,17 +25,13 @@ from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
-    COT,
     DROP_REASON,
     FINISH_REASON,
     PRED_ANSWER,
     PROBLEM_ID,
-    REASONING,
     REASONING_COMPLETE,
     REASONING_TOKENS,
-    RESPONSE,
     RESPONSE_TOKENS,
-    TEXT,
     THINK_CLOSED,
 )
 
@@ -48,52 +41,55 @@ _GOLD, _PROBLEM, _SKIP, _OK, _WHY = "_gold", "_problem", "_skip", "_ok", "_why"
 
 
 def anatomy(
-    rollouts: pl.DataFrame, think: ThinkSpec, formats: tuple[str, ...] = DEFAULT_ANSWER_FORMATS, workers: int = 0
+    rollouts: pl.DataFrame,
+    think: ThinkSpec,
+    formats: tuple[str, ...] = DEFAULT_ANSWER_FORMATS,
+    workers: int = 0,
+    positions: bool = False,
 ) -> tuple[pl.DataFrame, pl.Series]:
     """The completions with `cot`, `reasoning`, `response`, `think_closed`, `reasoning_complete`,
     `reasoning_tokens` and `response_tokens` (see `tracefactory.grading.think`), and `pred_answer` (the
     response's final answer by `formats`' markers; none for an unclosed block): read in `workers` processes
-    (`tracefactory.grading.reading`), the text columns sliced here. Also each completion's think-block problem
-    (`think.spans`; null when none)."""
+    (`tracefactory.grading.reading`), the text columns sliced here — or, with `positions`, not sliced: the reading's
+    `POSITIONS` columns instead, from which `texts_of` slices them when asked. Also each completion's think-block
+    problem (`think.spans`; null when none)."""
     read = read_completions(rollouts, think, formats, workers)
-    text = pl.col(TEXT)
-    restored = pl.col(RESTORED)
-    reasoning = text.str.slice(pl.col(REASONING_AT), pl.col(REASONING_LEN))
-    # the whole text where the response is all of it (no block): no slicing
-    response = pl.when(pl.col(RESPONSE_LEN) == text.str.len_chars()).then(text)
-    response = response.otherwise(text.str.slice(pl.col(RESPONSE_AT), pl.col(RESPONSE_LEN)))
     finished = pl.col(FINISH_REASON) == "stop"
+    sliced = [] if positions else texts_of()
     out = (
         pl.concat([rollouts, read], how="horizontal")
         .with_columns(
-            pl.when(restored == "").then(text).otherwise(pl.concat_str(restored, text)).alias(COT),
-            pl.when(pl.col(REASONING_AT).is_null()).then(None).otherwise(reasoning).alias(REASONING),
-            response.alias(RESPONSE),
+            *sliced,
             pl.col(CLOSED).alias(THINK_CLOSED),
             pl.when(pl.col(CLOSED).is_null()).then(None).otherwise(pl.col(CLOSED) & finished).alias(REASONING_COMPLETE),
             pl.col(READ_REASONING_TOKENS).alias(REASONING_TOKENS),
             pl.col(READ_RESPONSE_TOKENS).alias(RESPONSE_TOKENS),
             pl.col(READ_ANSWER).alias(PRED_ANSWER),
         )
-        .drop(list(READ_SCHEMA))
+        .drop([c for c in READ_SCHEMA if not (positions and c in POSITIONS)])
     )
     return out, read[PROBLEM]
 
 
 def grade(
-    rollouts: pl.DataFrame, cfg: GradeConfig, problems: pl.DataFrame, think: ThinkSpec = NO_THINKING_KNOWN
+    rollouts: pl.DataFrame,
+    cfg: GradeConfig,
+    problems: pl.DataFrame,
+    think: ThinkSpec = NO_THINKING_KNOWN,
+    positions: bool = False,
 ) -> tuple[pl.DataFrame, StageReport]:
     """Adds the anatomy columns, `pred_answer`, `correct` and `drop_reason` to every completion: `wrong_answer`,
     `no_answer` (none of `cfg.answer_formats`' markers), `grade_timeout` / `grade_error` (the grader gave up on
     the pair), `truncated` (cut at max_tokens — not a trace, even if it holds an answer, when `drop_truncated`),
     and for a thinking teacher `think_unclosed`, `think_malformed` or `empty_response` (never graded: an
     answer inside an unfinished block is not an answer). The answer is taken from the response only. Golds
-    come from `problems`; each distinct (gold, answer) pair is graded once."""
+    come from `problems`; each distinct (gold, answer) pair is graded once. With `positions`, the text columns are
+    left as where they are in `text` (see `anatomy`)."""
     golds = problems.select(PROBLEM_ID, pl.col(ANSWER).alias(_GOLD)).unique(PROBLEM_ID, keep="last")  # one per id
     unknown = rollouts.select(PROBLEM_ID).unique().join(golds, on=PROBLEM_ID, how="anti")
     if len(unknown):
         raise KeyError(f"completions of problems not in the problems table: {unknown[PROBLEM_ID].head(5).to_list()}")
-    out, problem = anatomy(rollouts, think, cfg.answer_formats, cfg.workers)
+    out, problem = anatomy(rollouts, think, cfg.answer_formats, cfg.workers, positions)
     # why a completion is not graded at all: cut at the budget first, then a broken think block, then no gold (its
     # answer is still extracted: a pseudo-gold is voted from them)
     cut = pl.lit(cfg.drop_truncated) & (pl.col(FINISH_REASON) == "length")

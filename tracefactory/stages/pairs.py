@@ -54,6 +54,7 @@ from tracefactory.store.schema import (
     TEACHER,
     empty,
 )
+from tracefactory.store.texts import PART, ROW, with_texts
 
 NO_REJECTED = "no_rejected"  # a problem with kept traces and no trace to set against them
 # a pair's columns taken as they are from the chosen trace's dataset row
@@ -93,44 +94,69 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
             & (pl.col(DROP_REASON).is_null() | pl.col(DROP_REASON).is_in([WRONG, LOW_STEP_SCORE, NOT_SHORTEST]))
         )
     )
-    by_problem: dict[str, list[dict]] = {}
-    for row in light.to_dicts():
-        by_problem.setdefault(row[PROBLEM_ID], []).append(row)
-    kept_by_problem: dict[str, list[dict]] = {}
-    for row in dataset.sort(CURRICULUM_RANK, maintain_order=True).to_dicts():
-        kept_by_problem.setdefault(row[PROBLEM_ID], []).append(row)
+    ranked = dataset.sort(CURRICULUM_RANK, maintain_order=True)
+    order = ranked[PROBLEM_ID].unique(maintain_order=True)  # problems by their first kept trace's rank
     out, picked, reasons, detail = [], [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
-    for key, kept in kept_by_problem.items():
-        # a rationale's sample index is that of a hinted request, not of a rollout
-        rows, used = by_problem.get(key, []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
-        made = 0
-        for i in range(cfg.per_problem):
-            chosen = kept[i % len(kept)]
-            pick = next(
-                (
-                    (rule, c)
-                    for rule in cfg.rejected
-                    for c in _candidates(rule, rows, chosen)
-                    if c[SAMPLE_INDEX] not in used
-                ),
-                None,
-            )
-            if pick is None:
-                break
-            rule, rejected = pick
-            used.add(rejected[SAMPLE_INDEX])
-            detail[f"rejected_{rule}"] += 1
-            made += 1
-            out.append(_pair(chosen, rejected, rule))
-            picked.append(rejected[_ROW])
-        reasons.append(None if made else NO_REJECTED)
-    texts = rollouts[COT].gather(picked).to_list() if picked else []
+    for start in range(0, len(order), _BATCH):  # a batch of problems' rows as Python objects at a time
+        batch = order.slice(start, _BATCH).implode()
+        by_problem = _grouped(light.filter(pl.col(PROBLEM_ID).is_in(batch)))
+        kept_by_problem = _grouped(ranked.filter(pl.col(PROBLEM_ID).is_in(batch)))
+        for key, kept in kept_by_problem.items():
+            _pick(key, kept, by_problem, cfg, out, picked, reasons, detail)
+    located = rollouts.select(pl.col(c).gather(picked) for c in (COT, PART, ROW) if c in rollouts.columns)
+    texts = with_texts(located, [COT])[COT].to_list() if picked else []
     for pair, text in zip(out, texts, strict=True):
         pair[REJECTED] = [{"role": "assistant", "content": text}]
     detail["pairs"] = len(out)
     frame = pl.DataFrame(out, schema=empty("pairs").schema)  # the table's types, from schemas/pairs.json
     report = StageReport.from_reasons("pairs", "problems", pl.Series(reasons, dtype=pl.String), detail=detail)
     return frame, report
+
+
+_BATCH = 20_000  # problems whose candidate rows are Python dicts at once
+
+
+def _grouped(rows: pl.DataFrame) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in rows.to_dicts():
+        out.setdefault(row[PROBLEM_ID], []).append(row)
+    return out
+
+
+def _pick(
+    key: str,
+    kept: list[dict],
+    by_problem: dict[str, list[dict]],
+    cfg: PairsConfig,
+    out: list[dict],
+    picked: list[int],
+    reasons: list[str | None],
+    detail: dict[str, int],
+) -> None:
+    """The pairs of one problem (its kept traces `kept`, by rank) added to `out`, their rejected rows to `picked`."""
+    # a rationale's sample index is that of a hinted request, not of a rollout
+    rows, used = by_problem.get(key, []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
+    made = 0
+    for i in range(cfg.per_problem):
+        chosen = kept[i % len(kept)]
+        pick = next(
+            (
+                (rule, c)
+                for rule in cfg.rejected
+                for c in _candidates(rule, rows, chosen)
+                if c[SAMPLE_INDEX] not in used
+            ),
+            None,
+        )
+        if pick is None:
+            break
+        rule, rejected = pick
+        used.add(rejected[SAMPLE_INDEX])
+        detail[f"rejected_{rule}"] += 1
+        made += 1
+        out.append(_pair(chosen, rejected, rule))
+        picked.append(rejected[_ROW])
+    reasons.append(None if made else NO_REJECTED)
 
 
 def _pair(chosen: dict, rejected: dict, rule: str) -> dict:

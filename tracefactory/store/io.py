@@ -108,32 +108,39 @@ def slices(frame: pl.DataFrame, limit: int = SLICE_BYTES) -> list[tuple[int, int
     return [(int(a), int(n)) for a, n in parts.select("start", "rows").iter_rows()]
 
 
-def write_table_file(frame: pl.DataFrame, table: str, path: Path) -> None:
+def write_table_file(frame: pl.DataFrame | Iterable[pl.DataFrame], table: str, path: Path) -> None:
     """`frame` checked against the table's schema (`validate_frame`) and written atomically, slice by slice
     (`slices`: one row group each), so memory holds one slice's Arrow copy, not the table's. A table under one
-    slice is written exactly as `write_parquet` writes it."""
+    slice is written exactly as `write_parquet` writes it. `frame` may be an iterable of frames, the table's rows
+    in order (each sliced in turn): the table is never whole in memory."""
     write_frame(frame, path, lambda part: validate_frame(part, table))
 
 
 def write_frame(
-    frame: pl.DataFrame,
+    frame: pl.DataFrame | Iterable[pl.DataFrame],
     path: Path,
     to_arrow: Callable[[pl.DataFrame], pa.Table] = pl.DataFrame.to_arrow,
     metadata: dict[bytes, bytes] | None = None,
 ) -> None:
-    """`frame` written atomically slice by slice (`slices`: one row group each; `to_arrow` converts a slice), with
-    `metadata` added to the file's schema."""
+    """`frame` (or each frame of an iterable, in turn) written atomically slice by slice (`slices`: one row group
+    each; `to_arrow` converts a slice), with `metadata` added to the file's schema."""
+    frames = [frame] if isinstance(frame, pl.DataFrame) else frame
 
     def write(tmp: str) -> None:
         writer = None
         try:
-            for start, rows in slices(frame, SLICE_BYTES):
-                arrow = to_arrow(frame.slice(start, rows))
-                if metadata:
-                    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
-                writer.write_table(arrow)
+            for whole in frames:
+                for start, rows in slices(whole, SLICE_BYTES):
+                    if writer is not None and not rows:
+                        continue  # an empty piece after the first adds no row group
+                    arrow = to_arrow(whole.slice(start, rows))
+                    if metadata:
+                        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
+                    writer.write_table(arrow)
+            if writer is None:
+                raise ValueError(f"{path}: no frame to write (not even an empty one)")
         finally:
             if writer is not None:
                 writer.close()
@@ -192,7 +199,11 @@ class RunDir:
 
     # raw generations: the resumable, expensive part
     def generations(self) -> "GenerationStore":
-        return GenerationStore(self.root / "_work" / "generations", self.quarantine)
+        return GenerationStore(self.root / "_work" / "generations", self.quarantine, self.holds_lock)
+
+    def holds_lock(self) -> bool:
+        """Whether this process holds the run directory's lock (`lock`)."""
+        return str(self.root.resolve()) in _LOCKED
 
     def quarantine(self, path: Path, why: str) -> None:
         """Move a damaged file aside (never delete it: it may be evidence), saying where and why."""
@@ -241,6 +252,8 @@ class RunDir:
             yield
         finally:
             _LOCKED.discard(key)
+            for root in [r for r in _LISTING if r.startswith(key + os.sep)]:  # trusted while the lock is held only
+                del _LISTING[root]
             f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
@@ -262,6 +275,7 @@ class _Index:
     history: dict[str, tuple[str, str, str]]
     by_problem: dict[str, list[str]]  # problem -> the chunks that hold its samples
     latest: float = 0.0  # the latest commit time seen
+    listing: list[dict] | None = None  # the `commits` listing it was last brought up to date with
 
     def add(self, record: dict) -> None:
         self.records[record["chunk"]] = record
@@ -274,6 +288,8 @@ class _Index:
 
 _INDEX: dict[str, _Index] = {}  # per store root: the few most recent ones (a long-lived worker serves many runs)
 _INDEXED_ROOTS = 4
+# per store root, while its run's lock is held: its directory's mtime and the records listed then (see `commits`)
+_LISTING: dict[str, tuple[int, list[dict]]] = {}
 
 
 class DamagedFile(Exception):
@@ -291,9 +307,11 @@ class GenerationStore:
 
     KEY = b"tracefactory.commit"
 
-    def __init__(self, root: Path, quarantine: Callable[[Path, str], None]):
+    def __init__(self, root: Path, quarantine: Callable[[Path, str], None], locked: Callable[[], bool] = lambda: False):
         self.root = root
         self.quarantine = quarantine
+        self.locked = locked  # whether this process holds the run's lock (no other writer but its own engines)
+        self._listing_key = str(root.resolve())  # under the run's resolved root, as its lock is known
 
     def _verify(self, path: Path) -> dict:
         try:
@@ -309,9 +327,28 @@ class GenerationStore:
         return {**record, "chunk": path.stem}
 
     def commits(self) -> list[dict]:
-        """The commit records of every intact chunk (a damaged chunk is quarantined on the way)."""
+        """The commit records of every intact chunk (a damaged chunk is quarantined on the way). While this process
+        holds the run's lock, a listing is reused as long as the directory's mtime has not moved since it was taken
+        and it had last moved over a second before (so a chunk added in the same clock tick cannot hide): every
+        shard of a run asks, and a run of millions of samples has thousands of chunks. Chunks are renamed into the
+        directory, which moves its mtime; a chunk damaged in place is caught by the next run's listing."""
         if not self.root.is_dir():
             return []
+        trusted, root = self.locked(), self._listing_key
+        if trusted:
+            mtime = os.stat(self.root).st_mtime_ns
+            cached = _LISTING.get(root)
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+        listed_at = time.time_ns()
+        out = self._list()
+        if trusted and mtime < listed_at - 1_000_000_000 and os.stat(self.root).st_mtime_ns == mtime:
+            _LISTING[root] = (mtime, out)
+        else:
+            _LISTING.pop(root, None)
+        return out
+
+    def _list(self) -> list[dict]:
         out = []
         for path in sorted(self.root.glob("chunk-*.parquet")):
             try:
@@ -333,8 +370,11 @@ class GenerationStore:
         return [k for v in commit["keys"].values() for k in (v if isinstance(v, list) else [v])]
 
     def _index(self) -> _Index:
-        records = {c["chunk"]: c for c in self.commits()}
+        listing = self.commits()
         index = _INDEX.get(str(self.root))
+        if index is not None and index.listing is listing:  # a listing reused (see `commits`): nothing new
+            return index
+        records = {c["chunk"]: c for c in listing}
         new = [] if index is None else [r for name, r in records.items() if name not in index.records]
         # extended in commit order; rebuilt when a chunk went (quarantined) or changed, or a new one is older than the
         # latest (a record is the same object while its file is unchanged: `_COMMITS`)
@@ -347,6 +387,7 @@ class GenerationStore:
             _INDEX[str(self.root)] = index
         for record in sorted(new, key=lambda r: r["at"]):
             index.add(record)
+        index.listing = listing
         return index
 
     def done_keys(self) -> AbstractSet[str]:
@@ -357,6 +398,17 @@ class GenerationStore:
     def history(self) -> Mapping[str, tuple[str, str, str]]:
         """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it (read-only)."""
         return types.MappingProxyType(self._index().history)
+
+    def tokens_per_sample(self, problems: Iterable[str]) -> list[float]:
+        """Per problem, the mean completion tokens of the chunks that hold its samples (0 with none): what a
+        slice of problems weighs, known from the commit records without reading a chunk."""
+        index = self._index()
+        out = []
+        for pid in problems:
+            records = [index.records[name] for name in index.by_problem.get(pid, ())]
+            completions = sum(r["completions"] for r in records)
+            out.append(sum(r["tokens"] for r in records) / completions if completions else 0.0)
+        return out
 
     def commit(
         self,
@@ -391,9 +443,12 @@ class GenerationStore:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), self.KEY: json.dumps(record)})
         write_parquet(table, self.root / f"chunk-{shard:05d}-{run_id}-{seq:05d}.parquet")
 
-    def read(self, keys: set[str], problems: Iterable[str] | None = None) -> pl.DataFrame | None:
+    def read(
+        self, keys: set[str], problems: Iterable[str] | None = None, columns: Iterable[str] | None = None
+    ) -> pl.DataFrame | None:
         """Committed completions of the samples `keys`, each (problem, sample) once; None if none. `problems`, the
-        problems the keys are of, narrows the chunks looked at to theirs."""
+        problems the keys are of, narrows the chunks looked at to theirs; `columns` (of GENERATION_SCHEMA) narrows
+        what is read to those columns (the texts are most of a chunk's bytes)."""
         index = self._index()
         names = sorted(index.records)  # chunk order, as `commits`
         if problems is not None:
@@ -406,13 +461,22 @@ class GenerationStore:
         ]
         if not paths:
             return None
+        asked = set(GENERATION_SCHEMA) if columns is None else {*columns, *_KEYED}
+        wanted = [c for c in GENERATION_SCHEMA if c in asked]
         # chunks committed before a column was added lack it: it reads as null
-        frame = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+        frames = []
+        for p in paths:
+            have = set(pq.read_schema(p).names) if columns is not None else None
+            frames.append(pl.read_parquet(p, columns=None if have is None else [c for c in wanted if c in have]))
+        frame = pl.concat(frames, how="diagonal_relaxed")
         frame = frame.with_columns(
-            pl.lit(None, dtype=t).alias(c) for c, t in GENERATION_SCHEMA.items() if c not in frame.columns
+            pl.lit(None, dtype=GENERATION_SCHEMA[c]).alias(c) for c in wanted if c not in frame.columns
         )
-        frame = frame.select(list(GENERATION_SCHEMA)).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
+        frame = frame.select(wanted).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
         return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
+
+
+_KEYED = (PROBLEM_ID, SAMPLE_INDEX, ROLLOUT_KEY)  # what `GenerationStore.read` always reads: which sample a row is
 
 
 RUN_ID = uuid.uuid4().hex[:12]  # this process: chunk names and the per-run generation ledger
@@ -543,13 +607,16 @@ class StageCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.parquet"
 
-    def get(self, key: str) -> tuple[pl.DataFrame, StageReport] | None:
+    def get(self, key: str, leave_out: Iterable[str] = ()) -> tuple[pl.DataFrame, StageReport] | None:
+        """The entry of `key` (None if none, or unreadable: the stage runs again), without the `leave_out`
+        columns (not read at all)."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            table = pq.read_table(path)
-            report = StageReport(**json.loads((table.schema.metadata or {})[self.KEY]))
+            schema = pq.read_schema(path)
+            report = StageReport(**json.loads((schema.metadata or {})[self.KEY]))
+            table = pq.read_table(path, columns=[c for c in schema.names if c not in set(leave_out)])
         except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:  # damaged: redo the stage
             log.warning("%s is unreadable (%s); the stage runs again", path, exc)
             return None

@@ -39,7 +39,7 @@ class StageReport:
     def from_reasons(cls, stage: str, unit: str, reasons: pl.Series, **kw) -> "StageReport":
         """`reasons` holds one entry per input row: null when kept, else why it was dropped."""
         counts = reasons.drop_nulls().value_counts()
-        by = {str(r[0]): int(r[1]) for r in counts.iter_rows()}
+        by = ordered({str(r[0]): int(r[1]) for r in counts.iter_rows()})
         return cls(stage, unit, len(reasons), reasons.null_count(), by, **kw)  # kw: seconds, tokens, detail
 
     def line(self) -> str:
@@ -47,6 +47,11 @@ class StageReport:
         counts = f"in={self.rows_in:<7} kept={self.kept:<7} dropped={self.dropped:<6}"
         detail = " [" + ", ".join(f"{k}={v}" for k, v in self.detail.items()) + "]" if self.detail else ""
         return f"{self.stage:<13} {self.unit:<12} {counts} ({why}) {self.seconds:.1f} s{detail}"
+
+
+def ordered(reasons: dict[str, int]) -> dict[str, int]:
+    """Drop reasons most frequent first, then by name: one order however the counts were made."""
+    return dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def merge_reports(reports: list[StageReport]) -> StageReport:
