@@ -24,7 +24,7 @@ from tracefactory.backends.prompts import build_prompt
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
-from tracefactory.grading.reading import kept_workers
+from tracefactory.grading.pool import kept_workers
 from tracefactory.grading.think import ThinkSpec, opener_of
 from tracefactory.grading.verify import check_golds, judge_texts
 from tracefactory.stages.budget import decide, new_tally, open_problems, record_round
@@ -220,7 +220,8 @@ def rollout_shard(
     store = run.generations()
     keys = _requests(cfg, problems, teacher)
     done = store.done_keys()
-    todo = {pid: k for pid, k in keys.items() if not done.issuperset(k.samples(lo, hi))}
+    wanted = {pid: k.samples(lo, hi) for pid, k in keys.items()}  # once: millions of sample keys in a large run
+    todo = {pid: k for pid, k in keys.items() if not done.issuperset(wanted[pid])}
     why = why_generated(store.history(), todo, lo)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -247,7 +248,7 @@ def rollout_shard(
                 next(iter(failed.values())),
             )
     # what the report counts: the samples and their tokens, not their texts
-    frame = store.read({s for k in keys.values() for s in k.samples(lo, hi)}, keys, columns=[COT_TOKENS])
+    frame = store.read({s for samples in wanted.values() for s in samples}, keys, columns=[COT_TOKENS])
     frame = frame if frame is not None else pl.DataFrame(schema={PROBLEM_ID: pl.String, COT_TOKENS: pl.Int64})
     detail = {"problems_reused": len(keys) - len(todo), "problems_generated": len(todo)}
     detail.update({f"generated_{k}": v for k, v in why.items()})
@@ -305,11 +306,15 @@ def close_round(
     rounds = budget_rounds(cfg)
     lo, hi = rounds[r]
     asked = round_problems(problems, tally)
-    if cfg.sampling.budget.policy == "adaptive":
-        keys = _requests(cfg, asked, teacher)
-        frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)}, keys)
-        frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
-        frame, _ = grade(frame, cfg.grade, asked, think_spec(cfg, teacher))
+    if cfg.sampling.budget.policy == "adaptive":  # a slice of problems at a time (`post_slices`): what it tallies
+        frames, think = [], think_spec(cfg, teacher)
+        with kept_workers():
+            for part in post_slices(run, cfg, asked) if cfg.run.post == "streaming" else [asked]:
+                keys = _requests(cfg, part, teacher)
+                frame = run.generations().read({s for k in keys.values() for s in k.samples(lo, hi)}, keys)
+                frame = frame if frame is not None else pl.DataFrame(schema=GENERATION_SCHEMA)
+                frames.append(grade(frame, cfg.grade, part, think)[0].select(PROBLEM_ID, CORRECT, COT_TOKENS))
+        frame = pl.concat(frames)
     else:  # nothing to decide, so nothing to read: every problem drew its n and stops
         frame = pl.DataFrame(schema={PROBLEM_ID: pl.String, CORRECT: pl.Boolean, COT_TOKENS: pl.Int64})
     tally = record_round(tally, asked[PROBLEM_ID], hi, frame)

@@ -13,8 +13,10 @@ import pytest
 from tracefactory import pipeline
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import GradeConfig, load_config
+from tracefactory.grading import pool as pool_module
 from tracefactory.grading import reading
 from tracefactory.grading.think import R1_OPENER, ThinkSpec
+from tracefactory.grading.verify import grade_pairs
 from tracefactory.stages.grade import grade
 from tracefactory.store import io, texts
 from tracefactory.store.schema import COT, PROBLEM_ID, REASONING, SAMPLE_INDEX, TEXT
@@ -142,13 +144,19 @@ def test_reading_workers_are_kept_across_calls_within_kept_workers():
     frame = pl.DataFrame({TEXT: ["so \\boxed{3}", "no answer"] * 5, "cot_tokens": [3] * 10})
     spec = ThinkSpec("off")
     alone = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-    assert reading._KEPT == {}
-    with reading.kept_workers():
+    assert pool_module._KEPT == {}
+    with pool_module.kept_workers():
         a = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-        pool = reading._KEPT[1]
+        pool = pool_module._KEPT[("read", 1)]
         b = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-        assert reading._KEPT[1] is pool
-    assert reading._KEPT == {} and a.equals(alone) and b.equals(alone)
+        assert pool_module._KEPT[("read", 1)] is pool
+        # Math-Verify's workers too (pairs no fast verdict settles)
+        first = grade_pairs([("2\\sqrt{2}", "\\sqrt{8}")], workers=1)
+        graders = pool_module._KEPT[("verify", 1, 5.0)]
+        again = grade_pairs([("\\sqrt{3}", "\\sqrt{8}")], workers=1)
+        assert pool_module._KEPT[("verify", 1, 5.0)] is graders and graders.slots
+    assert pool_module._KEPT == {} and a.equals(alone) and b.equals(alone) and not graders.slots
+    assert list(first.values()) == [(True, "correct")] and list(again.values())[0][0] is False
 
 
 def test_the_store_listing_is_reused_under_the_lock_and_never_hides_a_new_chunk(tmp_path, monkeypatch):

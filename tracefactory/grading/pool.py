@@ -12,12 +12,13 @@ the pool stops with a BackendError naming the likely cause instead of replacing 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tracefactory.errors import BackendError
 from tracefactory.grading.outcomes import ERROR, TIMEOUT, Pair, Verdict
@@ -171,3 +172,43 @@ class GradePool:
                     left -= 1
                     self._replace(s, "timeout")
         return results  # type: ignore[return-value]
+
+
+_KEPT: dict = {}  # "on" while `kept_workers` is entered; then each kind of worker pool started in it, by its key
+
+
+@contextlib.contextmanager
+def kept_workers() -> Iterator[None]:
+    """Within it, the worker pools grading starts (reading completions, Math-Verify) stay up for the next call that
+    asks for the same kind: a streamed grade calls them slice after slice, and spawning workers costs a second or
+    two each time. They are stopped on the way out."""
+    if _KEPT.get("on"):
+        yield
+        return
+    _KEPT["on"] = True
+    try:
+        yield
+    finally:
+        pools = [v for k, v in _KEPT.items() if k != "on"]
+        _KEPT.clear()
+        for pool in pools:
+            getattr(pool, "shutdown", getattr(pool, "close", None))()
+
+
+def kept_on() -> bool:
+    return bool(_KEPT.get("on"))
+
+
+def kept(key: tuple, make: Callable[[], Any]) -> tuple[Any, bool]:
+    """The pool of `key` kept by `kept_workers` (made by `make` the first time), or a new one outside it; and
+    whether the caller owns it (must stop it)."""
+    if not _KEPT.get("on"):
+        return make(), True
+    if key not in _KEPT:
+        _KEPT[key] = make()
+    return _KEPT[key], False
+
+
+def forget(key: tuple) -> bool:
+    """A kept pool that broke is no longer handed out: True (the caller now owns it, to stop it) if it was kept."""
+    return _KEPT.pop(key, None) is not None

@@ -10,17 +10,17 @@ Math-Verify, which can hang, stays in the grading pool.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import polars as pl
 
 from tracefactory.errors import BackendError
 from tracefactory.grading.answers import extract_answer
+from tracefactory.grading.pool import forget, kept
 from tracefactory.grading.think import ThinkSpec, spans, split_tokens
 from tracefactory.store.schema import COT, COT_TOKENS, REASONING, REASONING_TOKENS, RESPONSE, TEXT
 
@@ -115,12 +115,9 @@ def read_completions(
     if workers == 0 or len(needed) < least:
         return read_chunk(needed, think, formats)
     parts: list[pl.DataFrame] = []
-    pool = _KEPT.get(workers) if _KEPT.get("on") else None
+    key = ("read", workers)
+    pool, owned = kept(key, lambda: ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")))
     try:
-        if pool is None:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-            if _KEPT.get("on"):
-                _KEPT[workers] = pool
         flying: deque[Future] = deque()
         for chunk in _chunks(needed, chunk_rows):
             if len(flying) >= 2 * workers:
@@ -128,33 +125,13 @@ def read_completions(
             flying.append(pool.submit(read_chunk, chunk, think, formats))
         parts.extend(f.result() for f in flying)
     except BrokenProcessPool as e:
-        _KEPT.pop(workers, None)
+        owned = owned or forget(key)
         raise BackendError(
             "a worker reading completions died. Workers are spawned processes that import your main module again: "
             "a script that grades at import time needs an `if __name__ == '__main__':` guard. Otherwise look for "
             "too little memory."
         ) from e
     finally:
-        if pool is not None and _KEPT.get(workers) is not pool:  # not kept (or broken): stopped now
+        if owned:
             pool.shutdown()
     return pl.concat(parts)
-
-
-_KEPT: dict = {}  # "on" while `kept_workers` is entered; then workers -> the pool started for that many
-
-
-@contextlib.contextmanager
-def kept_workers() -> Iterator[None]:
-    """Within it, the reading workers `read_completions` starts stay up for its next call (a streamed grade reads
-    slice after slice: spawning workers each time would cost a second or two per slice); stopped on the way out."""
-    if _KEPT.get("on"):
-        yield
-        return
-    _KEPT["on"] = True
-    try:
-        yield
-    finally:
-        pools = [v for k, v in _KEPT.items() if k != "on"]
-        _KEPT.clear()
-        for pool in pools:
-            pool.shutdown()

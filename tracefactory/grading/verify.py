@@ -19,7 +19,7 @@ from typing import Iterable
 
 from tracefactory.grading.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
 from tracefactory.grading.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
-from tracefactory.grading.pool import GradeFn, GradePool
+from tracefactory.grading.pool import GradeFn, GradePool, forget, kept, kept_on
 from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec, dissect
 from tracefactory.store.failpoints import failpoint
 
@@ -170,8 +170,18 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
     if workers == 0 or not todo:
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out
-    with GradePool(is_correct, min(workers, len(todo)), timeout_s) as pool:
+    key = ("verify", workers, timeout_s)  # kept across calls inside `pool.kept_workers` (a streamed grade's slices)
+    pool, owned = kept(
+        key, lambda: GradePool(is_correct, min(workers, len(todo)) if not kept_on() else workers, timeout_s)
+    )
+    try:
         out.update(zip(todo, pool.grade(todo), strict=True))
+    except BaseException:
+        owned = owned or forget(key)
+        raise
+    finally:
+        if owned:
+            pool.close()
     return out
 
 

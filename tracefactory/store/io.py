@@ -29,6 +29,7 @@ import tempfile
 import time
 import types
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping
 
@@ -349,19 +350,31 @@ class GenerationStore:
         return out
 
     def _list(self) -> list[dict]:
-        out = []
+        found = []
         for path in sorted(self.root.glob("chunk-*.parquet")):
             try:
                 st = path.stat()
-                key = (str(path), st.st_mtime_ns, st.st_size)
-                if key not in _COMMITS:  # a chunk never changes once written: verify each once per process
-                    _COMMITS[key] = self._verify(path)
-                out.append(_COMMITS[key])
             except FileNotFoundError:  # quarantined by a reader in another task of this run
                 continue
-            except DamagedFile as why:
-                self.quarantine(path, str(why))
-        return out
+            found.append((path, (str(path), st.st_mtime_ns, st.st_size)))
+        # a chunk never changes once written: verify each once per process — the new ones in threads (reading
+        # Parquet and hashing release the GIL: a resumed run of thousands of chunks verifies them all at once)
+        new = [(path, key) for path, key in found if key not in _COMMITS]
+        with ThreadPoolExecutor(max_workers=min(len(new), os.cpu_count() or 1) or 1) as pool:
+            checked = list(pool.map(self._checked, [path for path, _ in new]))
+        for (path, key), (record, why) in zip(new, checked, strict=True):
+            if record is not None:
+                _COMMITS[key] = record
+            elif why is not None:
+                self.quarantine(path, why)
+        return [_COMMITS[key] for _, key in found if key in _COMMITS]
+
+    def _checked(self, path: Path) -> tuple[dict | None, str | None]:
+        """(its commit record, None) for an intact chunk, (None, why) for a damaged one, (None, None) if gone."""
+        try:
+            return self._verify(path), None
+        except DamagedFile as why:
+            return (None, None) if not path.exists() else (None, str(why))
 
     @staticmethod
     def _keys(commit: dict) -> list[str]:
