@@ -46,7 +46,8 @@ def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
     and the most common wrong answer — its
     `majority_answer` (the lowest sample's text), `majority_votes`, `majority_share` of the answered, and the
     sample that wrote it first (`_example`). Ties go to the answer first written (lowest sample index)."""
-    answered = rollouts.filter(pl.col(PRED_ANSWER).is_not_null())
+    # the columns it counts only: a run's rows are millions (filters copy what they keep)
+    answered = rollouts.select(PROBLEM_ID, SAMPLE_INDEX, PRED_ANSWER, CORRECT).filter(pl.col(PRED_ANSWER).is_not_null())
     counts = answered.group_by(PROBLEM_ID).agg(pl.len().alias(N_ANSWERED), pl.col(CORRECT).sum().alias(REACHED))
     wrong = answered.filter(~pl.col(CORRECT)).with_columns(
         pl.col(PRED_ANSWER).map_elements(vote_key, return_dtype=pl.String).alias("_key")
@@ -106,7 +107,9 @@ def audit(
             .otherwise(pl.col(DROP_REASON))
             .alias(DROP_REASON)
         )
-    was = rollouts.filter(in_running | (pl.col(CORRECT) & (pl.col(DROP_REASON) == GOLD_SUSPECT)))
+    was = rollouts.select(CORRECT, DROP_REASON).filter(
+        in_running | (pl.col(CORRECT) & (pl.col(DROP_REASON) == GOLD_SUSPECT))
+    )
     detail = {"suspect_problems": int(verdicts[GOLD_SUSPECT].sum())}
     report = StageReport.from_reasons("audit", "completions", was[DROP_REASON], detail=detail)
     table = _table(problems, verdicts, rollouts)

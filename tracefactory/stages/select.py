@@ -23,7 +23,8 @@ def select(rollouts: pl.DataFrame, cfg: SelectConfig) -> tuple[pl.DataFrame, Sta
         .alias(DROP_REASON)
     )
     in_running = pl.col(CORRECT) & pl.col(DROP_REASON).is_null() | (pl.col(DROP_REASON) == NOT_SHORTEST)
-    return out, StageReport.from_reasons("select", "completions", out.filter(in_running)[DROP_REASON])
+    reasons = out.select(CORRECT, DROP_REASON).filter(in_running)[DROP_REASON]  # not a copy of every column
+    return out, StageReport.from_reasons("select", "completions", reasons)
 
 
 def selected(rollouts: pl.DataFrame) -> pl.DataFrame:
