@@ -24,6 +24,7 @@ from tracefactory.backends.prompts import build_prompt
 from tracefactory.backends.scorers import CachedScorer
 from tracefactory.config import FactoryConfig, digest
 from tracefactory.errors import ConfigError
+from tracefactory.grading import texts
 from tracefactory.grading.pool import kept_workers
 from tracefactory.grading.think import ThinkSpec, opener_of
 from tracefactory.grading.verify import check_golds, judge_texts
@@ -38,7 +39,7 @@ from tracefactory.stages.rewrite import Paraphraser, rewrite
 from tracefactory.stages.rollout import RequestKey, request_keys, rollout, rollout_report
 from tracefactory.stages.select import selected
 from tracefactory.stages.step_score import step_score, unscored
-from tracefactory.store import io, texts
+from tracefactory.store import io
 from tracefactory.store.failpoints import failpoint
 from tracefactory.store.report import StageReport, funnel_frame, merge_reports, ordered
 from tracefactory.store.schema import (
@@ -69,6 +70,7 @@ from tracefactory.store.schema import (
     ROUNDS,
     SAMPLE_INDEX,
     SAMPLES_DRAWN,
+    SEED,
     STEP_TOKENS,
     STOP_REASON,
     TEACHER_TOKENS,
@@ -170,8 +172,9 @@ def shard_done(
 ) -> bool:
     """Whether every sample asked of every problem is committed — checked against the chunks, not a marker."""
     lo, hi = samples or all_samples(cfg)
-    done = run.generations().done_keys()
-    return all(done.issuperset(k.samples(lo, hi)) for k in _requests(cfg, problems, teacher).values())
+    return not run.generations().undone(
+        {pid: k.samples(lo, hi) for pid, k in _requests(cfg, problems, teacher).items()}
+    )
 
 
 def rollouts_pending(
@@ -219,9 +222,9 @@ def rollout_shard(
     lo, hi = samples or all_samples(cfg)
     store = run.generations()
     keys = _requests(cfg, problems, teacher)
-    done = store.done_keys()
     wanted = {pid: k.samples(lo, hi) for pid, k in keys.items()}  # once: millions of sample keys in a large run
-    todo = {pid: k for pid, k in keys.items() if not done.issuperset(wanted[pid])}
+    undone = store.undone(wanted)
+    todo = {pid: k for pid, k in keys.items() if pid in undone}
     why = why_generated(store.history(), todo, lo)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -490,10 +493,10 @@ def post_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame) -> l
 def grade_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, teacher: Teacher) -> StageOutput:
     """The grade stage a slice of problems at a time (`post_slices`): each slice's completions read, graded and kept
     in the stage cache as one file, by the content of its inputs (a crash keeps the slices done; a re-run reads
-    back each slice whose inputs did not change); what it returns are light rows (`store.texts`): every column but
+    back each slice whose inputs did not change); what it returns are light rows (`grading.texts`): every column but
     the texts, which stay in the slices' files until a stage reads the few it needs."""
     started = time.perf_counter()
-    cache, think = run.stage_cache("graded_slices"), think_spec(cfg, teacher)  # stored as `store.texts` says
+    cache, think = run.stage_cache("graded_slices"), think_spec(cfg, teacher)  # stored as `grading.texts` says
     parts, reports, reused = [], [], 0
     with kept_workers():
         for part in post_slices(run, cfg, problems):
@@ -532,7 +535,7 @@ def label_golds(
     again = pl.col(PROBLEM_ID).is_in(labelled.filter(pl.col(GOLD_SOURCE) == MAJORITY_GOLD)[PROBLEM_ID].implode())
     rows = graded.with_row_index("_row")
     if rows.select(again.any()).item():
-        # the completions as the teacher gave them (their text read back where it is on disk: `store.texts`)
+        # the completions as the teacher gave them (their text read back where it is on disk: `grading.texts`)
         keep = [c for c in rows.columns if c in (*GENERATION_SCHEMA, *texts.LOCATORS)]
         base = rows.filter(again).select("_row", *keep)
         regraded, _ = grade(texts.with_texts(base, [TEXT]), cfg.grade, labelled, think_spec(cfg, teacher))
@@ -577,14 +580,14 @@ def score_steps(
         return unscored(graded), None
     store = run.step_scores(_step_key(cfg, teacher))
     cache = store.load()
-    light = texts.is_light(graded)  # every trace's steps are split from its text: read them back (`store.texts`)
-    graded = texts.with_texts(graded, [TEXT, COT, REASONING])
+    light = texts.is_light(graded)  # every trace's steps are split from its text: read them back (`grading.texts`)
+    graded = texts.with_texts(graded, [TEXT, COT, REASONING, SEED])
     scorer = CachedScorer(make_scorer(cfg, teacher, graded), cache, on_block=lambda: store.save(cache))
     try:
         scored, report = run_stage(step_score, graded, cfg.step_score, problems, scorer)
     finally:
         scorer.close()  # a PRM's own engine; the teacher's belongs to the flow
-    return (scored.drop(texts.HEAVY, strict=False) if light else scored), report
+    return (scored.drop(texts.ON_DISK, strict=False) if light else scored), report
 
 
 def evaluate_steps(cfg: FactoryConfig, teacher: Teacher, path: str | None = None, limit: int | None = None) -> dict:

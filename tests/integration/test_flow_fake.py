@@ -289,7 +289,7 @@ def test_a_run_killed_after_grading_is_not_graded_again(prefect_harness, tmp_pat
     _run(clean, input_file, FakeTeacher(slip_rate=0.08), **no_star)
     crashed = tmp_path / "crashed"
     _killed(CRASH_AFTER_GRADING, crashed, input_file, "grade.persisted")
-    assert list((crashed / "_work" / "graded").glob("*.parquet")) and not (crashed / "dataset").exists()
+    assert list((crashed / "_work" / "graded_slices").glob("*.parquet")) and not (crashed / "dataset").exists()
 
     from tracefactory.errors import BackendError
 

@@ -14,11 +14,11 @@ from tracefactory import pipeline
 from tracefactory.backends.fake import FakeTeacher
 from tracefactory.config import GradeConfig, load_config
 from tracefactory.grading import pool as pool_module
-from tracefactory.grading import reading
+from tracefactory.grading import reading, texts
 from tracefactory.grading.think import R1_OPENER, ThinkSpec
 from tracefactory.grading.verify import grade_pairs
 from tracefactory.stages.grade import grade
-from tracefactory.store import io, texts
+from tracefactory.store import io
 from tracefactory.store.schema import COT, PROBLEM_ID, REASONING, SAMPLE_INDEX, TEXT
 from tracefactory.training.synth import generate
 
@@ -36,7 +36,10 @@ def _rollouts(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
             PROBLEM_ID: [f"p{seed}-{i // 4}" for i in range(n)],
             SAMPLE_INDEX: [i % 4 for i in range(n)],
             TEXT: text,
+            "rollout_key": [f"k{seed}-{i}" for i in range(n)],
+            "seed": [seed * 1000 + i for i in range(n)],
             "finish_reason": ["stop"] * n,
+            "teacher": ["fake"] * n,
             "cot_tokens": [len(t) // 3 for t in text],
         }
     )
@@ -68,7 +71,7 @@ def test_light_rows_read_back_the_texts_of_any_subset_in_any_order(parts):
     whole, light = parts
     assert not set(texts.STORED) & set(light.columns) and light.columns[-2:] == list(texts.LOCATORS)
     assert whole[REASONING].drop_nulls().len() and whole[COT].str.starts_with(R1_OPENER).any()
-    assert texts.strip(texts.with_texts(light, texts.HEAVY)).select(whole.columns).equals(whole)
+    assert texts.strip(texts.with_texts(light, texts.ON_DISK)).select(whole.columns).equals(whole)
     order = list(range(len(whole)))
     random.Random(1).shuffle(order)
     some = order[:17]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from tracefactory.config import AuditConfig
+from tracefactory.grading.texts import PART, ROW, with_texts
 from tracefactory.grading.verify import vote_key
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
@@ -35,7 +36,6 @@ from tracefactory.store.schema import (
     SOURCE_GOLD,
     columns,
 )
-from tracefactory.store.texts import PART, ROW, with_texts
 
 EXAMPLE, REACHED = "_example", "_reached"  # votes()'s working columns: the majority's first sample; gold reached
 OWN = "_own_gold"
@@ -120,7 +120,7 @@ def _table(problems: pl.DataFrame, verdicts: pl.DataFrame, rollouts: pl.DataFram
     """The `audit` table: each suspect problem with its gold, the answer its rollouts agree on, and the first
     trace that wrote it (`majority_cot`), most confident first."""
     suspects = verdicts.filter(pl.col(GOLD_SUSPECT))
-    # the example traces of the suspects only: their texts may be on disk (`store.texts`)
+    # the example traces of the suspects only: their texts may be on disk (`grading.texts`)
     located = rollouts.select(
         PROBLEM_ID, pl.col(SAMPLE_INDEX).alias(EXAMPLE), *[c for c in (COT, PART, ROW) if c in rollouts.columns]
     ).join(suspects.select(PROBLEM_ID, EXAMPLE), on=[PROBLEM_ID, EXAMPLE], how="semi")

@@ -11,6 +11,7 @@ import polars as pl
 
 from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import CurriculumConfig, PromptConfig
+from tracefactory.grading.texts import ON_DISK, with_texts
 from tracefactory.stages.select import selected
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
@@ -26,7 +27,6 @@ from tracefactory.store.schema import (
     SAMPLE_INDEX,
     columns,
 )
-from tracefactory.store.texts import HEAVY, with_texts
 
 NO_PROBLEM = "no_problem"
 MESSAGES_TYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
@@ -49,7 +49,7 @@ def curriculum(
     `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`."""
     prompt = prompt or PromptConfig()
     picked = selected(rollouts)
-    picked = with_texts(picked, [c for c in HEAVY if c in columns("dataset")])  # the kept traces' texts only
+    picked = with_texts(picked, [c for c in ON_DISK if c in columns("dataset")])  # the kept traces' texts only
     if RATIONALIZED not in picked.columns:  # rollouts only (the rationalize stage marks its rows)
         picked = picked.with_columns(pl.lit(False).alias(RATIONALIZED))
     picked = picked.with_columns(pl.col(RATIONALIZED).fill_null(False))

@@ -20,6 +20,7 @@ import polars as pl
 
 from tracefactory.config import PairsConfig
 from tracefactory.grading.outcomes import WRONG
+from tracefactory.grading.texts import PART, ROW, with_texts
 from tracefactory.stages.select import NOT_SHORTEST
 from tracefactory.stages.step_score import LOW_STEP_SCORE
 from tracefactory.store.report import StageReport
@@ -54,7 +55,6 @@ from tracefactory.store.schema import (
     TEACHER,
     empty,
 )
-from tracefactory.store.texts import PART, ROW, with_texts
 
 NO_REJECTED = "no_rejected"  # a problem with kept traces and no trace to set against them
 # a pair's columns taken as they are from the chosen trace's dataset row

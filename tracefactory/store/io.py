@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import types
@@ -272,7 +273,6 @@ class _Index:
     run of millions of samples has thousands of chunks): built once, then extended by the new records only."""
 
     records: dict[str, dict]  # chunk name -> its commit record
-    done: set[str]  # sample keys with committed completions
     history: dict[str, tuple[str, str, str]]
     by_problem: dict[str, list[str]]  # problem -> the chunks that hold its samples
     latest: float = 0.0  # the latest commit time seen
@@ -280,7 +280,6 @@ class _Index:
 
     def add(self, record: dict) -> None:
         self.records[record["chunk"]] = record
-        self.done.update(GenerationStore._keys(record))
         self.history.update({pid: tuple(parts) for pid, parts in record["parts"].items()})
         for pid in record["keys"]:
             self.by_problem.setdefault(pid, []).append(record["chunk"])
@@ -291,6 +290,38 @@ _INDEX: dict[str, _Index] = {}  # per store root: the few most recent ones (a lo
 _INDEXED_ROOTS = 4
 # per store root, while its run's lock is held: its directory's mtime and the records listed then (see `commits`)
 _LISTING: dict[str, tuple[int, list[dict]]] = {}
+
+
+class _Packed(str):
+    """A problem's sample keys in a commit record, as one string (`SAMPLE_KEY_CHARS` characters each): a run of
+    millions of samples keeps every record in memory, and one string per problem is a quarter of a list of them."""
+
+    __slots__ = ()
+
+    def keys(self) -> list[str]:
+        n = SAMPLE_KEY_CHARS
+        return [self[i : i + n] for i in range(0, len(self), n)]
+
+
+SAMPLE_KEY_CHARS = 16  # `RequestKey.sample`'s hex digits
+
+
+def _packed(record: dict) -> dict:
+    """`record` with each problem's sample keys packed (`_Packed`); a record written before samples had keys of
+    their own (one request key per problem) stays as it is."""
+    keys = record["keys"]
+    for pid, value in keys.items():
+        if isinstance(value, list) and all(len(k) == SAMPLE_KEY_CHARS for k in value):
+            keys[pid] = _Packed("".join(value))
+    record["parts"] = {pid: [sys.intern(p) for p in parts] for pid, parts in record["parts"].items()}
+    return record
+
+
+def _sample_keys(value: Any) -> list[str]:
+    """A problem's sample keys as a commit record holds them: packed, a list, or one request key (legacy)."""
+    if isinstance(value, _Packed):
+        return value.keys()
+    return value if isinstance(value, list) else [value]
 
 
 class DamagedFile(Exception):
@@ -325,7 +356,7 @@ class GenerationStore:
         checksum = content_key(frame) if record.get("checksum_version") == 2 else _row_checksum(frame)
         if len(frame) != record.get("completions") or checksum != record.get("checksum"):
             raise DamagedFile("its rows do not match the checksum in its commit record")
-        return {**record, "chunk": path.stem}
+        return _packed({**record, "chunk": path.stem})
 
     def commits(self) -> list[dict]:
         """The commit records of every intact chunk (a damaged chunk is quarantined on the way). While this process
@@ -380,7 +411,7 @@ class GenerationStore:
     def _keys(commit: dict) -> list[str]:
         """The sample keys a commit record holds (a record written before samples had keys of their own holds one
         request key per problem: it matches no sample key, so those requests are generated again)."""
-        return [k for v in commit["keys"].values() for k in (v if isinstance(v, list) else [v])]
+        return [k for v in commit["keys"].values() for k in _sample_keys(v)]
 
     def _index(self) -> _Index:
         listing = self.commits()
@@ -393,7 +424,7 @@ class GenerationStore:
         # latest (a record is the same object while its file is unchanged: `_COMMITS`)
         stale = index is None or any(records.get(name) is not r for name, r in index.records.items())
         if stale or any(r["at"] < index.latest for r in new):
-            index, new = _Index({}, set(), {}, {}), list(records.values())
+            index, new = _Index({}, {}, {}), list(records.values())
             _INDEX.pop(str(self.root), None)
             while len(_INDEX) >= _INDEXED_ROOTS:
                 _INDEX.pop(next(iter(_INDEX)))
@@ -404,9 +435,21 @@ class GenerationStore:
         return index
 
     def done_keys(self) -> AbstractSet[str]:
-        """Keys of the samples whose completions are committed (a skipped or failed request is not done). The
-        store's own set, kept up to date: read it, never change it."""
-        return self._index().done
+        """Keys of the samples whose completions are committed (a skipped or failed request is not done): built
+        for the asking (a run asks `undone` of the problems it has at hand)."""
+        return {k for record in self._index().records.values() for k in self._keys(record)}
+
+    def undone(self, wanted: Mapping[str, Iterable[str]]) -> set[str]:
+        """The problems of `wanted` (problem -> the sample keys asked of it) with a sample not committed yet."""
+        index = self._index()
+        out = set()
+        for pid, samples in wanted.items():
+            have: set[str] = set()
+            for name in index.by_problem.get(pid, ()):
+                have.update(_sample_keys(index.records[name]["keys"][pid]))
+            if not have.issuperset(samples):
+                out.add(pid)
+        return out
 
     def history(self) -> Mapping[str, tuple[str, str, str]]:
         """Per problem, the (prompt, sampling, teacher) parts of the last request committed for it (read-only)."""
