@@ -14,7 +14,8 @@ under `run.post: memory` (the run in one frame), then `run.post: streaming` (gra
 memory), each from the same committed chunks with no stage cache or table of the other, holding the run's lock
 as the flow does. Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start.
 The memory path is not started where the run's text would not fit (~4 copies of it, against half the machine's
-memory): the estimate is printed.
+memory): the estimate is printed. With `--post both` the second path's peaks include what the first left in the
+process: for peaks, run one path per process (the README's table does).
 
 Only ratios and counts compare across machines; traces/s is this machine's.
 """
