@@ -41,7 +41,7 @@ from tracefactory.stages.select import selected
 from tracefactory.stages.step_score import step_score, unscored
 from tracefactory.store import io
 from tracefactory.store.failpoints import failpoint
-from tracefactory.store.report import StageReport, funnel_frame, merge_reports, ordered
+from tracefactory.store.report import StageReport, funnel_frame, merge_reports
 from tracefactory.store.schema import (
     ANSWER,
     CORRECT,
@@ -513,10 +513,7 @@ def grade_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, tea
             parts.append(texts.light(graded, cache.path(key)))
             reports.append(report)
             failpoint("grade.persisted")
-    merged = merge_reports(reports)
-    merged = dataclasses.replace(
-        merged, dropped_by_reason=ordered(merged.dropped_by_reason), seconds=time.perf_counter() - started
-    )
+    merged = dataclasses.replace(merge_reports(reports), seconds=time.perf_counter() - started)
     if reused:
         log.info("grade: %d of %d slices graded by an earlier run, read back (inputs unchanged)", reused, len(parts))
     log.info(merged.line())

@@ -147,18 +147,18 @@ def test_reading_workers_are_kept_across_calls_within_kept_workers():
     frame = pl.DataFrame({TEXT: ["so \\boxed{3}", "no answer"] * 5, "cot_tokens": [3] * 10})
     spec = ThinkSpec("off")
     alone = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-    assert pool_module._KEPT == {}
+    assert pool_module._KEPT is None
     with pool_module.kept_workers():
         a = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-        pool = pool_module._KEPT[("read", 1)]
+        pool = pool_module._KEPT[("read", 1)][0]
         b = reading.read_completions(frame, spec, ("boxed",), workers=1, chunk_rows=4, min_parallel_rows=0)
-        assert pool_module._KEPT[("read", 1)] is pool
+        assert pool_module._KEPT[("read", 1)][0] is pool
         # Math-Verify's workers too (pairs no fast verdict settles)
         first = grade_pairs([("2\\sqrt{2}", "\\sqrt{8}")], workers=1)
-        graders = pool_module._KEPT[("verify", 1, 5.0)]
+        graders = pool_module._KEPT[("verify", 1, 5.0)][0]
         again = grade_pairs([("\\sqrt{3}", "\\sqrt{8}")], workers=1)
-        assert pool_module._KEPT[("verify", 1, 5.0)] is graders and graders.slots
-    assert pool_module._KEPT == {} and a.equals(alone) and b.equals(alone) and not graders.slots
+        assert pool_module._KEPT[("verify", 1, 5.0)][0] is graders and graders.slots
+    assert pool_module._KEPT is None and a.equals(alone) and b.equals(alone) and not graders.slots
     assert list(first.values()) == [(True, "correct")] and list(again.values())[0][0] is False
 
 

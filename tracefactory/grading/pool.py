@@ -174,7 +174,8 @@ class GradePool:
         return results  # type: ignore[return-value]
 
 
-_KEPT: dict = {}  # "on" while `kept_workers` is entered; then each kind of worker pool started in it, by its key
+# while `kept_workers` is entered: each kind of worker pool started in it, by its key, with how to stop it
+_KEPT: dict[tuple, tuple[Any, Callable[[], None]]] | None = None
 
 
 @contextlib.contextmanager
@@ -182,33 +183,34 @@ def kept_workers() -> Iterator[None]:
     """Within it, the worker pools grading starts (reading completions, Math-Verify) stay up for the next call that
     asks for the same kind: a streamed grade calls them slice after slice, and spawning workers costs a second or
     two each time. They are stopped on the way out."""
-    if _KEPT.get("on"):
+    global _KEPT
+    if _KEPT is not None:
         yield
         return
-    _KEPT["on"] = True
+    _KEPT = {}
     try:
         yield
     finally:
-        pools = [v for k, v in _KEPT.items() if k != "on"]
-        _KEPT.clear()
-        for pool in pools:
-            getattr(pool, "shutdown", getattr(pool, "close", None))()
+        pools, _KEPT = list(_KEPT.values()), None
+        for _, stop in pools:
+            stop()
 
 
 def kept_on() -> bool:
-    return bool(_KEPT.get("on"))
+    return _KEPT is not None
 
 
-def kept(key: tuple, make: Callable[[], Any]) -> tuple[Any, bool]:
-    """The pool of `key` kept by `kept_workers` (made by `make` the first time), or a new one outside it; and
-    whether the caller owns it (must stop it)."""
-    if not _KEPT.get("on"):
+def kept(key: tuple, make: Callable[[], Any], stop: Callable[[Any], None]) -> tuple[Any, bool]:
+    """The pool of `key` kept by `kept_workers` (made by `make` the first time, stopped by `stop` on the way out), or
+    a new one outside it; and whether the caller owns it (must stop it)."""
+    if _KEPT is None:
         return make(), True
     if key not in _KEPT:
-        _KEPT[key] = make()
-    return _KEPT[key], False
+        pool = make()
+        _KEPT[key] = (pool, lambda: stop(pool))
+    return _KEPT[key][0], False
 
 
 def forget(key: tuple) -> bool:
     """A kept pool that broke is no longer handed out: True (the caller now owns it, to stop it) if it was kept."""
-    return _KEPT.pop(key, None) is not None
+    return _KEPT is not None and _KEPT.pop(key, None) is not None

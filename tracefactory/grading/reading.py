@@ -116,7 +116,8 @@ def read_completions(
         return read_chunk(needed, think, formats)
     parts: list[pl.DataFrame] = []
     key = ("read", workers)
-    pool, owned = kept(key, lambda: ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")))
+    spawn = mp.get_context("spawn")
+    pool, owned = kept(key, lambda: ProcessPoolExecutor(workers, mp_context=spawn), ProcessPoolExecutor.shutdown)
     try:
         flying: deque[Future] = deque()
         for chunk in _chunks(needed, chunk_rows):

@@ -88,7 +88,8 @@ def parts(rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
     if not is_light(rows) or not len(rows):
         yield with_texts(rows, ON_DISK) if is_light(rows) else rows
         return
-    run = (pl.col(PART).cast(pl.String).fill_null("") != pl.col(PART).cast(pl.String).fill_null("").shift()).cum_sum()
+    code = pl.col(PART).to_physical().cast(pl.Int64).fill_null(-1)  # the categorical's codes: no string per row
+    run = (code != code.shift()).cum_sum()
     groups = rows.with_columns(run.fill_null(0).alias(_I)).partition_by(_I, maintain_order=True, include_key=False)
     for group in groups:
         yield with_texts(group, ON_DISK)

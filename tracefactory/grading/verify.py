@@ -171,9 +171,8 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
         out.update({p: is_correct(*p, timeout_s=timeout_s) for p in todo})
         return out
     key = ("verify", workers, timeout_s)  # kept across calls inside `pool.kept_workers` (a streamed grade's slices)
-    pool, owned = kept(
-        key, lambda: GradePool(is_correct, min(workers, len(todo)) if not kept_on() else workers, timeout_s)
-    )
+    size = workers if kept_on() else min(workers, len(todo))  # a kept pool serves later, larger calls too
+    pool, owned = kept(key, lambda: GradePool(is_correct, size, timeout_s), GradePool.close)
     try:
         out.update(zip(todo, pool.grade(todo), strict=True))
     except BaseException:

@@ -102,7 +102,12 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
         by_problem = _grouped(light.filter(pl.col(PROBLEM_ID).is_in(batch)))
         kept_by_problem = _grouped(ranked.filter(pl.col(PROBLEM_ID).is_in(batch)))
         for key, kept in kept_by_problem.items():
-            _pick(key, kept, by_problem, cfg, out, picked, reasons, detail)
+            made = _pick(kept, by_problem.get(key, []), cfg)
+            for pair, row, rule in made:
+                out.append(pair)
+                picked.append(row)
+                detail[f"rejected_{rule}"] += 1
+            reasons.append(None if made else NO_REJECTED)
     located = rollouts.select(pl.col(c).gather(picked) for c in (COT, PART, ROW) if c in rollouts.columns)
     texts = with_texts(located, [COT])[COT].to_list() if picked else []
     for pair, text in zip(out, texts, strict=True):
@@ -123,20 +128,12 @@ def _grouped(rows: pl.DataFrame) -> dict[str, list[dict]]:
     return out
 
 
-def _pick(
-    key: str,
-    kept: list[dict],
-    by_problem: dict[str, list[dict]],
-    cfg: PairsConfig,
-    out: list[dict],
-    picked: list[int],
-    reasons: list[str | None],
-    detail: dict[str, int],
-) -> None:
-    """The pairs of one problem (its kept traces `kept`, by rank) added to `out`, their rejected rows to `picked`."""
+def _pick(kept: list[dict], rows: list[dict], cfg: PairsConfig) -> list[tuple[dict, int, str]]:
+    """The pairs of one problem — its kept traces `kept` (by rank) against its candidate `rows` — each with its
+    rejected trace's row and the rule that picked it."""
     # a rationale's sample index is that of a hinted request, not of a rollout
-    rows, used = by_problem.get(key, []), {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
-    made = 0
+    used = {r[SAMPLE_INDEX] for r in kept if not r.get(RATIONALIZED)}
+    made = []
     for i in range(cfg.per_problem):
         chosen = kept[i % len(kept)]
         pick = next(
@@ -152,11 +149,8 @@ def _pick(
             break
         rule, rejected = pick
         used.add(rejected[SAMPLE_INDEX])
-        detail[f"rejected_{rule}"] += 1
-        made += 1
-        out.append(_pair(chosen, rejected, rule))
-        picked.append(rejected[_ROW])
-    reasons.append(None if made else NO_REJECTED)
+        made.append((_pair(chosen, rejected, rule), rejected[_ROW], rule))
+    return made
 
 
 def _pair(chosen: dict, rejected: dict, rule: str) -> dict:

@@ -55,7 +55,8 @@ def ordered(reasons: dict[str, int]) -> dict[str, int]:
 
 
 def merge_reports(reports: list[StageReport]) -> StageReport:
-    """One report for a stage that ran in parts (the rollout shards)."""
+    """One report for a stage that ran in parts (the rollout shards, the graded slices): its reasons in the order
+    `from_reasons` gives them, so it equals the report of the stage run whole."""
     by: dict[str, int] = {}
     detail: dict[str, int] = {}
     for r in reports:
@@ -69,7 +70,7 @@ def merge_reports(reports: list[StageReport]) -> StageReport:
         first.unit,
         sum(r.rows_in for r in reports),
         sum(r.kept for r in reports),
-        by,
+        ordered(by),
         seconds=sum(r.seconds for r in reports),
         tokens=sum(r.tokens for r in reports),
         detail=detail,
