@@ -65,17 +65,17 @@ prm-eval: venv
 	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/prm-eval --set source.path=runs/prm-eval-src/problems.jsonl \
 	  --set rewrite.enabled=false --set step_score.scope=all --set name=prm-eval
 
-# The student benchmark's training data: the plain demo recipe on 200 fresh generator problems per level
-# (seed 3131; 1000 originals + 955 rewritten variants; 7 min on 2 cores), then `make student`
-# (bench/student.py: six arms x 3 seeds, evaluated on held-out problems from another seed; 46 min here,
-# ~5 min when rerun with its students kept in runs/student/).
+# The student benchmark's training data: the plain demo recipe (Monte-Carlo step filter on, no rewritten variants)
+# on 600 fresh generator problems per level (seed 3131: 3,000 problems), then `make student`
+# (bench/student.py --preset discriminate: arms a, b, d x 3 seeds at 1,000 steps, evaluated on held-out problems
+# from another seed). Timings in README.md "Proof on a student".
 student-data: venv
-	$(BIN)/python -m tracefactory.training.synth runs/student-src/problems.jsonl 200 3131
+	$(BIN)/python -m tracefactory.training.synth runs/student-src/problems.jsonl 600 3131
 	$(BIN)/tracefactory run configs/demo-plain.yaml --out runs/student-data \
-	  --set source.path=runs/student-src/problems.jsonl --set name=student-data
+	  --set source.path=runs/student-src/problems.jsonl --set name=student-data --set rewrite.enabled=false
 
 student: venv
-	$(BIN)/python bench/student.py --run runs/student-data
+	$(BIN)/python bench/student.py --run runs/student-data --preset discriminate
 
 # The demo run as a Hugging Face dataset release folder (nothing is uploaded): runs/demo/release/
 release-demo: venv

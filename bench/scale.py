@@ -153,11 +153,12 @@ def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFram
         "curriculum",
         lambda: run_stage(curriculum, pipeline.training_rows(cfg, chosen, None), cfg.curriculum, tagged, cfg.prompt),
     )
-    pair_table, r_pairs = timed("pairs", lambda: run_stage(pairs, chosen, cfg.pairs, dataset))
+    pair_table, r_pairs = timed("pairs", lambda: run_stage(pairs, chosen, cfg.pairs, dataset, cfg.prompt))
     loaded = pipeline.Loaded(problems, empty("rejected"), r_roll)
     reports = [r_roll, r_grade, r_audit, r_select, r_diff, r_curr, r_pairs]
     extra = {"pairs": pair_table, "audit": audit_table, "rationalized": None}
-    timed("write", lambda: pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, {}))
+    batch = pipeline.write_batch_tokens(cfg)
+    timed("write", lambda: pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, {}, batch))
     return rows
 
 

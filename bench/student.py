@@ -47,7 +47,7 @@ from tracefactory.training.student import (  # noqa: E402
     as_json,
     base_checkpoint,
     drill_problems,
-    finetune,
+    finetune_all,
     held_out_problems,
     paired_difference,
     run_questions,
@@ -68,8 +68,18 @@ CLAIMS = [
 ]
 
 
+# Named settings; flags given beside a preset override it.
+PRESETS = {
+    # the arms the recipe's claims rest on, at teacher-scale training (the teacher trained 600 steps of 32
+    # problems): enough steps to lift a student off the floor, three seeds each
+    "discriminate": {"arms": "a,b,d", "seeds": "1,2,3", "steps": 1000},
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="named settings: " + "; ".join(
+        f"{name} = " + " ".join(f"--{k} {v}" for k, v in p.items()) for name, p in PRESETS.items()))  # fmt: skip
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "student-data", help="finished run directory")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (default: %(default)s)")
     ap.add_argument("--seeds", default="1,2,3", help="training seeds, comma-separated (default: %(default)s)")
@@ -82,8 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-seed", type=int, default=8080, help="generator seed of the held-out problems")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "student", help="base and students go here")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "student.json", help="results JSON")
+    ap.add_argument("--jobs", type=int, default=1, help="students trained side by side, one process each")
     ap.add_argument("--verbose", action="store_true", help="vLLM's and the libraries' logs on the terminal too")
+    preset = ap.parse_known_args(argv)[0].preset
+    if preset:
+        ap.set_defaults(**PRESETS[preset])
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs: at least 1")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not args.seeds:
@@ -136,14 +152,19 @@ def measure(args: argparse.Namespace, argv) -> dict:
     base = base_checkpoint(args.work / "base", args.base_steps, seed=BASE_SEED)
     t_base = time.perf_counter()
 
-    trained: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    total = len(args.arms) * len(args.seeds) * settings.steps
+    students = [(arm, seed) for arm in args.arms for seed in args.seeds]
+    total = len(students) * settings.steps
     with tqdm(total=total, desc="training students", unit="step", file=console.err(), dynamic_ncols=True) as bar:
-        for arm in args.arms:
-            for seed in args.seeds:
-                bar.set_postfix(arm=arm, seed=seed, refresh=False)
-                out = args.work / f"{arm}-s{seed}"
-                trained[arm].append(finetune(base, sets[seed][arm], out, settings, seed, tick=lambda: bar.update()))
+        made = finetune_all(
+            base,
+            [(sets[seed][arm], args.work / f"{arm}-s{seed}", seed) for arm, seed in students],
+            settings,
+            jobs=args.jobs,
+            tick=lambda: bar.update(),
+        )
+    trained: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    for (arm, _), record in zip(students, made, strict=True):
+        trained[arm].append(record)
     t_train = time.perf_counter()
 
     problems, removed = held_out_problems(args.eval_per_level, args.eval_seed, run_questions(args.run))
@@ -181,7 +202,13 @@ def measure(args: argparse.Namespace, argv) -> dict:
         "command": "python bench/student.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "run": str(args.run),
         "budget_target_tokens": budget,
-        "settings": {**settings.__dict__, "base_steps": args.base_steps, "base_seed": BASE_SEED, "seeds": args.seeds},
+        "settings": {
+            **settings.__dict__,
+            "base_steps": args.base_steps,
+            "base_seed": BASE_SEED,
+            "seeds": args.seeds,
+            "jobs": args.jobs,
+        },  # fmt: skip
         "held_out": {
             "seed": args.eval_seed,
             "per_level": args.eval_per_level,

@@ -155,7 +155,7 @@ def curriculum_task(cfg: FactoryConfig, chosen, tagged):
 
 @stage_task("pairs")
 def pairs_task(cfg: FactoryConfig, chosen, dataset):
-    return run_stage(pairs, chosen, cfg.pairs, dataset)
+    return run_stage(pairs, chosen, cfg.pairs, dataset, cfg.prompt)
 
 
 @stage_task("eval-steps")
@@ -165,9 +165,18 @@ def eval_steps_task(cfg: FactoryConfig, teacher: Teacher) -> dict:
 
 @stage_task("write", **RETRY)
 def write_task(
-    run: io.RunDir, loaded: Loaded, tagged, chosen, dataset, extra: dict, reports: list[StageReport], manifest: dict
+    run: io.RunDir,
+    cfg: FactoryConfig,
+    loaded: Loaded,
+    tagged,
+    chosen,
+    dataset,
+    extra: dict,
+    reports: list[StageReport],
+    manifest: dict,
 ) -> None:
-    pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, manifest)
+    batch = pipeline.write_batch_tokens(cfg)
+    pipeline.write_outputs(run, loaded, tagged, chosen, dataset, extra, reports, manifest, batch_tokens=batch)
 
 
 def make_engines(cfg: FactoryConfig) -> Engines:
@@ -290,6 +299,7 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
     manifest = build_manifest(cfg, teacher_identity(cfg, engines.teacher), reports, started, extra)
     write_task(
         run,
+        cfg,
         loaded,
         tagged,
         chosen,

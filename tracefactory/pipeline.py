@@ -726,15 +726,17 @@ def write_outputs(
     loaded: Loaded,
     problems: pl.DataFrame,
     rollouts: pl.DataFrame,
-    dataset: pl.DataFrame,
-    extra: dict[str, pl.DataFrame | None],
+    dataset: pl.DataFrame | texts.Deferred,
+    extra: dict[str, pl.DataFrame | texts.Deferred | None],
     reports: list[StageReport],
     manifest: dict,
+    batch_tokens: int = texts.BATCH_TOKENS,
 ) -> None:
     """Every table, then the manifest last: a manifest on disk describes tables that are all there.
     The previous manifest goes first, so a run that fails half-way leaves no manifest vouching for a
     mix of old and new tables. Of the `extra` tables (`pairs`, `audit`), one this run does not make (None: its
-    stage is off) is removed: no earlier run's copy stays beside this run's tables."""
+    stage is off) is removed: no earlier run's copy stays beside this run's tables. A deferred table (texts still
+    on disk) is written about `batch_tokens` of its texts at a time."""
     (run.root / "manifest.json").unlink(missing_ok=True)
     run.write_table(loaded.rejected, "rejected")
     run.write_table(problems.select(columns("problems")), "problems")
@@ -743,11 +745,25 @@ def write_outputs(
     rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left", maintain_order="left")
     # light rows (`run.post: streaming`): written a graded slice at a time, each with its texts read back
     run.write_table((part.select(columns("rollouts")) for part in texts.parts(rollouts)), "rollouts")
-    run.write_table(dataset, "dataset")
+    run.write_table(_rows(run, dataset, "dataset", batch_tokens), "dataset")
     for table, frame in extra.items():
         if frame is not None:
-            run.write_table(frame, table)
+            run.write_table(_rows(run, frame, table, batch_tokens), table)
         else:
             run.remove_table(table)
     run.write_table(funnel_frame(reports), "funnel")
     io.write_json({**manifest, "status": "complete"}, run.root / "manifest.json")
+
+
+def write_batch_tokens(cfg: FactoryConfig) -> int:
+    """How much of a deferred table's texts is in memory at once as it is written: a quarter of a graded slice's
+    completion tokens (a batch holds each text up to four times: cot, reasoning, response, the conversation)."""
+    return max(1, cfg.run.post_slice_tokens // 4)
+
+
+def _rows(run: io.RunDir, table: pl.DataFrame | texts.Deferred, name: str, tokens: int):
+    """A table's rows to write: a frame as it is; a deferred one's (texts still on disk) batch by batch, its texts
+    gathered through a scratch folder of the run's work area."""
+    if isinstance(table, texts.Deferred):
+        return table.batches(run.root / "_work" / "scratch" / name, tokens)
+    return table

@@ -96,7 +96,7 @@ def test_bench_end_to_end_and_reload_equals_a_fresh_engine(plain_run, tmp_path):
     run, _ = plain_run
     out = tmp_path / "student.json"
     argv = ["--run", str(run), "--seeds", "1,2", "--steps", "3", "--batch-tokens", "256", "--base-steps", "5",
-            "--eval-per-level", "6", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+            "--eval-per-level", "6", "--work", str(tmp_path / "work"), "--out", str(out), "--jobs", "2"]  # fmt: skip
     result = bench.main(argv)
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     rows = {r["arm"]: r for r in result["rows"]}
@@ -111,7 +111,9 @@ def test_bench_end_to_end_and_reload_equals_a_fresh_engine(plain_run, tmp_path):
     assert rows["teacher"]["accuracy"] > rows["base"]["accuracy"]  # the base has never seen a word problem
     assert rows["teacher"]["arithmetic"] > 0.8 > rows["base"]["arithmetic"]  # a 5-step base cannot add yet
 
-    # a rerun reuses a student trained from the same base, rows, settings and seed; other rows retrain it
+    assert result["settings"]["jobs"] == 2  # students trained two at a time, in processes of their own
+    # a rerun reuses a student trained from the same base, rows, settings and seed (here: trained in one of the
+    # bench's worker processes, reused in this one); other rows retrain it
     student = tmp_path / "work" / "d-s1"
     settings = TrainSettings(steps=3, batch_tokens=256)
     sets = training_sets(run, ["d"], [1], bench.token_counter(bench.TEACHER), result["budget_target_tokens"])[0][1]
@@ -130,3 +132,18 @@ def test_bench_end_to_end_and_reload_equals_a_fresh_engine(plain_run, tmp_path):
         fresh.close()
     assert "".join("1" if s.correct else "0" for s in scored) == rows["teacher"]["correct"][0]
     assert " ".join(str(s.tokens) for s in scored) == rows["teacher"]["answer_tokens"][0]
+
+
+def test_preset_sets_defaults_that_flags_override():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import student as bench
+
+    args = bench.parse_args(["--preset", "discriminate"])
+    assert (args.arms, args.seeds, args.steps, args.jobs) == (["a", "b", "d"], [1, 2, 3], 1000, 1)
+    args = bench.parse_args(["--preset", "discriminate", "--seeds", "4", "--steps", "20", "--jobs", "2"])
+    assert (args.arms, args.seeds, args.steps, args.jobs) == (["a", "b", "d"], [4], 20, 2)
+    assert bench.parse_args([]).arms == list("abcdef")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--preset", "nonsense"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--jobs", "0"])

@@ -43,6 +43,7 @@ def _dataset(kept):
                 for p, j, *_ in kept
             ],
             "question": [f"q {p}" for p, *_ in kept],
+            "cot": [f"{p}/{j}" for p, j, *_ in kept],
             "answer": ["7"] * len(kept),
             "difficulty": ["medium"] * len(kept),
             "source": ["s"] * len(kept),

@@ -108,6 +108,48 @@ def test_parts_give_the_rows_in_order_with_their_texts_one_slice_at_a_time(parts
     assert not (tmp_path / "none.parquet").exists()
 
 
+def test_a_deferred_table_is_written_in_its_order_batch_by_batch_through_scratch_files(parts, tmp_path):
+    """Rows in an order unrelated to their parts, two locators a row (the second pointing elsewhere), rows without a
+    locator: every batch size gives the rows of the table read whole in memory, in order; the scratch goes."""
+    whole, light = parts
+    order = list(range(len(whole)))
+    random.Random(2).shuffle(order)
+    other = order[::-1]
+    rows = light.select(pl.all().gather(order)).select(PROBLEM_ID, SAMPLE_INDEX, "cot_tokens", *texts.LOCATORS)
+    rows = rows.with_columns(
+        light.select(pl.col(texts.PART).gather(other).alias("_p2"), pl.col(texts.ROW).gather(other).alias("_r2"))
+    )
+    mine = pl.DataFrame({PROBLEM_ID: ["r1"], SAMPLE_INDEX: [0], "cot_tokens": [3], COT: ["own"], "b": ["own b"]})
+    rows = pl.concat([rows.head(20), mine.cast({SAMPLE_INDEX: pl.Int64}), rows.tail(-20)], how="diagonal_relaxed")
+    locators = (texts.Locator({COT: COT, "teacher": "teacher"}), texts.Locator({REASONING: "b"}, "_p2", "_r2"))
+    expected = pl.concat(
+        [
+            whole.select(pl.all().gather(order)).select(PROBLEM_ID, SAMPLE_INDEX, COT, "teacher").head(20),
+            pl.DataFrame({PROBLEM_ID: ["r1"], SAMPLE_INDEX: [0], COT: ["own"], "teacher": [None]}),
+            whole.select(pl.all().gather(order)).select(PROBLEM_ID, SAMPLE_INDEX, COT, "teacher").tail(-20),
+        ],
+        how="vertical_relaxed",
+    ).with_columns(
+        b=pl.concat([whole[REASONING].gather(other[:20]), pl.Series(["own b"]), whole[REASONING].gather(other[20:])])
+    )
+    finished = []
+    deferred = texts.Deferred(rows, locators, lambda b: finished.append(len(b)) or b, weight=pl.col("cot_tokens"))
+    assert len(deferred) == len(whole) + 1
+    for tokens in (1, 50, 10**9):
+        finished.clear()
+        batches = list(deferred.batches(tmp_path / "scratch", tokens))
+        assert [len(b) for b in batches] == finished  # each batch finished as it comes
+        assert len(batches) == {1: len(rows), 10**9: 1}.get(tokens, len(batches))  # a row a batch; one batch
+        assert 1 < len(batches) < len(rows) or tokens != 50
+        got = pl.concat(batches)
+        assert sorted(got.columns) == sorted([PROBLEM_ID, SAMPLE_INDEX, "cot_tokens", COT, "teacher", "b"])
+        assert got.select(expected.columns).equals(expected)
+        assert not (tmp_path / "scratch").exists()
+    assert texts.materialized(deferred).equals(got)
+    empty = list(texts.Deferred(rows.clear(), locators, lambda b: b).batches(tmp_path / "scratch"))
+    assert len(empty) == 1 and empty[0].columns == got.columns and not len(empty[0])
+
+
 def test_an_unreadable_slice_is_a_clear_error(parts):
     _, light = parts
     path = light[texts.PART].cast(pl.String)[0]

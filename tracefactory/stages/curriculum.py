@@ -7,11 +7,13 @@ runs. hard_first reverses the first two keys only (ties still go to shorter trac
 
 from __future__ import annotations
 
+from functools import partial
+
 import polars as pl
 
 from tracefactory.backends.prompts import build_prompt
 from tracefactory.config import CurriculumConfig, PromptConfig
-from tracefactory.grading.texts import ON_DISK, with_texts
+from tracefactory.grading.texts import LOCATORS, ON_DISK, Deferred, Locator, is_light
 from tracefactory.stages.select import selected
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
@@ -43,28 +45,38 @@ def messages(question: str, cot: str, prompt: PromptConfig) -> list[dict]:
 
 def curriculum(
     rollouts: pl.DataFrame, cfg: CurriculumConfig, problems: pl.DataFrame, prompt: PromptConfig | None = None
-) -> tuple[pl.DataFrame, StageReport]:
+) -> tuple[pl.DataFrame | Deferred, StageReport]:
     """The `dataset` table: every surviving trace of `rollouts` (its `cot` and anatomy, and `messages` built with
     the run's `prompt` settings) with its problem's tags from `problems`, ordered and numbered by
-    `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`."""
+    `curriculum_rank`. A trace without a problem row (never expected) is dropped as `no_problem`. Light rows
+    (`run.post: streaming`) give the table `Deferred`: ordered and numbered, its texts read back and its
+    conversations built a batch at a time as it is written."""
     prompt = prompt or PromptConfig()
     picked = selected(rollouts)
-    picked = with_texts(picked, [c for c in ON_DISK if c in columns("dataset")])  # the kept traces' texts only
     if RATIONALIZED not in picked.columns:  # rollouts only (the rationalize stage marks its rows)
         picked = picked.with_columns(pl.lit(False).alias(RATIONALIZED))
     picked = picked.with_columns(pl.col(RATIONALIZED).fill_null(False))
     problem_cols = [c for c in problems.columns if c != RATIONALIZED]  # the row's flag, not the problem's
     joined = picked.join(problems.select(problem_cols), on=PROBLEM_ID, how="inner")
-    turns = [messages(q, c, prompt) for q, c in joined.select(QUESTION, COT).iter_rows()]
-    joined = joined.with_columns(pl.Series(MESSAGES, turns, dtype=MESSAGES_TYPE))
     easy_first = cfg.order == "easy_first"
     ordered = joined.sort(
         [PASS_RATE, PASS_RATE_LOW, COT_TOKENS, PROBLEM_ID, SAMPLE_INDEX],
         descending=[easy_first, easy_first, False, False, False],
     )
     ordered = ordered.with_row_index(CURRICULUM_RANK).with_columns(pl.col(CURRICULUM_RANK).cast(pl.Int64))
-    dataset = ordered.select([c for c in columns("dataset") if c in ordered.columns])
     report = StageReport(
-        "curriculum", "completions", len(picked), len(dataset), {NO_PROBLEM: len(picked) - len(dataset)}
+        "curriculum", "completions", len(picked), len(ordered), {NO_PROBLEM: len(picked) - len(ordered)}
     )
-    return dataset, report
+    finish = partial(_finish, prompt=prompt)
+    if not is_light(ordered):
+        return finish(ordered), report
+    texts = Locator({c: c for c in ON_DISK if c in columns("dataset")})  # the kept traces' texts only
+    light = ordered.select([c for c in (*columns("dataset"), *LOCATORS) if c in ordered.columns])
+    return Deferred(light, (texts,), finish, weight=pl.col(COT_TOKENS)), report
+
+
+def _finish(rows: pl.DataFrame, prompt: PromptConfig) -> pl.DataFrame:
+    """Dataset rows with their texts -> the table's rows: each trace's conversation built, the table's columns."""
+    turns = [messages(q, c, prompt) for q, c in rows.select(QUESTION, COT).iter_rows()]
+    rows = rows.with_columns(pl.Series(MESSAGES, turns, dtype=MESSAGES_TYPE))
+    return rows.select([c for c in columns("dataset") if c in rows.columns])

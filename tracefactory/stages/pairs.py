@@ -16,11 +16,14 @@ Ties go to the lower sample index: the pairs are a function of the rollouts, the
 
 from __future__ import annotations
 
+from functools import partial
+
 import polars as pl
 
-from tracefactory.config import PairsConfig
+from tracefactory.config import PairsConfig, PromptConfig
 from tracefactory.grading.outcomes import WRONG
-from tracefactory.grading.texts import PART, ROW, with_texts
+from tracefactory.grading.texts import PART, ROW, Deferred, Locator, is_light
+from tracefactory.stages.curriculum import messages
 from tracefactory.stages.select import NOT_SHORTEST
 from tracefactory.stages.step_score import LOW_STEP_SCORE
 from tracefactory.store.report import StageReport
@@ -36,7 +39,6 @@ from tracefactory.store.schema import (
     DIFFICULTY,
     DROP_REASON,
     LEVEL,
-    MESSAGES,
     PRED_ANSWER,
     PRM_MIN,
     PROBLEM_ID,
@@ -59,7 +61,6 @@ from tracefactory.store.schema import (
 NO_REJECTED = "no_rejected"  # a problem with kept traces and no trace to set against them
 # a pair's columns taken as they are from the chosen trace's dataset row
 FROM_DATASET = (PROBLEM_ID, QUESTION, ANSWER, DIFFICULTY, CURRICULUM_RANK, SOURCE, LEVEL, REWRITE_OF, REWRITE_KIND)
-FROM_DATASET += (TEACHER,)
 
 
 def _candidates(rule: str, rows: list[dict], chosen: dict) -> list[dict]:
@@ -78,29 +79,43 @@ def _candidates(rule: str, rows: list[dict], chosen: dict) -> list[dict]:
 
 _ROW = "_row"  # a candidate's row in `rollouts` (its text is fetched for the picked ones only)
 _CANDIDATE_COLUMNS = (PROBLEM_ID, SAMPLE_INDEX, DROP_REASON, CORRECT, COT_TOKENS, PRED_ANSWER, PRM_MIN)
+# what a pair holds of its two traces until it is finished: their texts (and the chosen one's teacher, also kept on
+# disk with light rows), or where they are (light rows: a graded part and row)
+_CHOSEN = {COT: "_chosen_cot", TEACHER: TEACHER}
+_CHOSEN_AT = {PART: "_chosen_part", ROW: "_chosen_row"}
+_REJECTED = {COT: "_rejected_cot"}
+_REJECTED_AT = {PART: "_rejected_part", ROW: "_rejected_row"}
 
 
-def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tuple[pl.DataFrame, StageReport]:
+def pairs(
+    rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame | Deferred, prompt: PromptConfig | None = None
+) -> tuple[pl.DataFrame | Deferred, StageReport]:
     """The `pairs` table: up to `cfg.per_problem` pairs per problem of `dataset`, its kept traces (by curriculum
     rank, in turn) as `chosen` and a distinct trace of `rollouts` by the first rule of `cfg.rejected` that has
-    one. Ordered as the dataset is (the chosen trace's `curriculum_rank`). Reports on the problems with a kept
-    trace: kept when they have a pair, else `no_rejected`."""
+    one; the prompt is the chosen trace's conversation as the dataset builds it (`prompt` settings). Ordered as
+    the dataset is (the chosen trace's `curriculum_rank`). Reports on the problems with a kept trace: kept when
+    they have a pair, else `no_rejected`. Light rows (`run.post: streaming`) give the table `Deferred`: both
+    traces' texts are read back a batch of pairs at a time as it is written."""
+    prompt = prompt or PromptConfig()
+    kept_rows = dataset.rows if isinstance(dataset, Deferred) else dataset
     # the candidates of the dataset's problems, without their texts: a rule only looks at outcomes and lengths
     light = (
         rollouts.select(c for c in _CANDIDATE_COLUMNS if c in rollouts.columns)
         .with_row_index(_ROW)
         .filter(
-            pl.col(PROBLEM_ID).is_in(dataset[PROBLEM_ID].unique().implode())
+            pl.col(PROBLEM_ID).is_in(kept_rows[PROBLEM_ID].unique().implode())
             & (pl.col(DROP_REASON).is_null() | pl.col(DROP_REASON).is_in([WRONG, LOW_STEP_SCORE, NOT_SHORTEST]))
         )
     )
-    ranked = dataset.sort(CURRICULUM_RANK, maintain_order=True)
+    wanted = (*FROM_DATASET, SAMPLE_INDEX, COT_TOKENS, RATIONALIZED, *_CHOSEN, *_CHOSEN_AT)
+    ranked = kept_rows.select(c for c in wanted if c in kept_rows.columns).sort(CURRICULUM_RANK, maintain_order=True)
     order = ranked[PROBLEM_ID].unique(maintain_order=True)  # problems by their first kept trace's rank
-    out, picked, reasons, detail = [], [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
+    frames, picked, reasons, detail = [], [], [], {f"rejected_{rule}": 0 for rule in cfg.rejected}
     for start in range(0, len(order), _BATCH):  # a batch of problems' rows as Python objects at a time
         batch = order.slice(start, _BATCH).implode()
         by_problem = _grouped(light.filter(pl.col(PROBLEM_ID).is_in(batch)))
         kept_by_problem = _grouped(ranked.filter(pl.col(PROBLEM_ID).is_in(batch)))
+        out = []
         for key, kept in kept_by_problem.items():
             made = _pick(kept, by_problem.get(key, []), cfg)
             for pair, row, rule in made:
@@ -108,17 +123,40 @@ def pairs(rollouts: pl.DataFrame, cfg: PairsConfig, dataset: pl.DataFrame) -> tu
                 picked.append(row)
                 detail[f"rejected_{rule}"] += 1
             reasons.append(None if made else NO_REJECTED)
-    located = rollouts.select(pl.col(c).gather(picked) for c in (COT, PART, ROW) if c in rollouts.columns)
-    texts = with_texts(located, [COT])[COT].to_list() if picked else []
-    for pair, text in zip(out, texts, strict=True):
-        pair[REJECTED] = [{"role": "assistant", "content": text}]
-    detail["pairs"] = len(out)
-    frame = pl.DataFrame(out, schema=empty("pairs").schema)  # the table's types, from schemas/pairs.json
+        frames.append(pl.DataFrame(out, schema=_SCHEMA))
+    frame = pl.concat(frames) if frames else pl.DataFrame(schema=_SCHEMA)
+    of_rejected = _REJECTED | _REJECTED_AT
+    rejected = rollouts.select(
+        pl.col(c).gather(picked).alias(of_rejected[c]) for c in of_rejected if c in rollouts.columns
+    )
+    frame = pl.concat([frame, rejected], how="horizontal")
+    detail["pairs"] = len(frame)
     report = StageReport.from_reasons("pairs", "problems", pl.Series(reasons, dtype=pl.String), detail=detail)
-    return frame, report
+    finish = partial(_finish, prompt=prompt)
+    if not is_light(rollouts):
+        return finish(frame), report
+    frame = frame.with_columns(pl.col(_CHOSEN_AT[PART], _REJECTED_AT[PART]).cast(pl.Categorical))
+    texts = (Locator(_CHOSEN, *_CHOSEN_AT.values()), Locator(_REJECTED, *_REJECTED_AT.values()))
+    return Deferred(frame, texts, finish, weight=pl.col(CHOSEN_TOKENS) + pl.col(REJECTED_TOKENS)), report
 
 
 _BATCH = 20_000  # problems whose candidate rows are Python dicts at once
+_TABLE = empty("pairs").schema  # the table's types, from schemas/pairs.json
+_CONVERSATIONS = (PROMPT, CHOSEN, REJECTED)  # built from the texts when a pair is finished
+_SCHEMA = {c: t for c, t in _TABLE.items() if c not in _CONVERSATIONS}
+_SCHEMA |= {_CHOSEN[COT]: pl.String, _CHOSEN_AT[PART]: pl.String, _CHOSEN_AT[ROW]: pl.Int64}
+
+
+def _finish(rows: pl.DataFrame, prompt: PromptConfig) -> pl.DataFrame:
+    """Pairs with their two traces' texts -> the table's rows: the chosen trace's conversation (as the dataset
+    builds it) split into the prompt and the chosen turn, the rejected trace as the other turn."""
+    turns = [messages(q, c, prompt) for q, c in rows.select(QUESTION, _CHOSEN[COT]).iter_rows()]
+    rejected = [[{"role": "assistant", "content": c}] for c in rows[_REJECTED[COT]]]
+    return rows.with_columns(
+        pl.Series(PROMPT, [t[:-1] for t in turns], dtype=_TABLE[PROMPT]),
+        pl.Series(CHOSEN, [t[-1:] for t in turns], dtype=_TABLE[CHOSEN]),
+        pl.Series(REJECTED, rejected, dtype=_TABLE[REJECTED]),
+    ).select(list(_TABLE))
 
 
 def _grouped(rows: pl.DataFrame) -> dict[str, list[dict]]:
@@ -154,11 +192,9 @@ def _pick(kept: list[dict], rows: list[dict], cfg: PairsConfig) -> list[tuple[di
 
 
 def _pair(chosen: dict, rejected: dict, rule: str) -> dict:
-    *prompt, answer = chosen[MESSAGES]
+    """A pair's columns but its conversations and the rejected trace's text (fetched for all pairs at once)."""
     return {
-        PROMPT: prompt,
-        CHOSEN: [answer],
-        REJECTED: None,  # the rejected trace's text, fetched for all pairs at once
+        **{name: chosen.get(c) for c, name in (_CHOSEN | _CHOSEN_AT).items()},
         CHOSEN_SAMPLE_INDEX: chosen[SAMPLE_INDEX],
         REJECTED_SAMPLE_INDEX: rejected[SAMPLE_INDEX],
         CHOSEN_TOKENS: chosen[COT_TOKENS],
