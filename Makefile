@@ -75,7 +75,8 @@ student-data: venv
 	  --set source.path=runs/student-src/problems.jsonl --set name=student-data --set rewrite.enabled=false
 
 student: venv
-	$(BIN)/python bench/student.py --run runs/student-data --preset discriminate
+	$(BIN)/python bench/student.py --run runs/student-data --preset discriminate --jobs 2 \
+	  --out bench/results/student-discriminate.json
 
 # The demo run as a Hugging Face dataset release folder (nothing is uploaded): runs/demo/release/
 release-demo: venv

@@ -1,7 +1,12 @@
 """Proof on a student: does a tracefactory dataset teach better than the raw rollouts, at equal training tokens?
 
-    make student-data && make student        # the measured table in README.md (~12 + ~30 min on 2 cores)
+    make student-data && make student   # README.md's table: --preset discriminate --jobs 2 (~10 + ~85 min, 2 cores)
+    .venv/bin/python bench/student.py --run runs/student-data   # all six arms at the default 150 steps
     .venv/bin/python bench/student.py --run runs/demo-plain --seeds 1,2,3   # make demo-plain: the plain teacher
+
+`--preset discriminate` trains arms a, b and d (the claims the recipe rests on) for 1,000 steps each, three seeds
+per arm: compute of the teacher's order per student, where 150 steps left every arm at the floor. `--jobs N`
+trains N students side by side, one process each (two on two cores: x1.26 the throughput of one student on both).
 
 From one finished run directory, six training sets (arms) are cut to one budget of target tokens — the smallest
 arm's — and a small student is fine-tuned on each, from one shared checkpoint that has seen only arithmetic
@@ -93,6 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "student", help="base and students go here")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "student.json", help="results JSON")
     ap.add_argument("--jobs", type=int, default=1, help="students trained side by side, one process each")
+    ap.add_argument("--device", default="cpu", help="torch device the students train on: cpu, cuda (a GPU where lent)")
     ap.add_argument("--verbose", action="store_true", help="vLLM's and the libraries' logs on the terminal too")
     preset = ap.parse_known_args(argv)[0].preset
     if preset:
@@ -161,6 +167,7 @@ def measure(args: argparse.Namespace, argv) -> dict:
             settings,
             jobs=args.jobs,
             tick=lambda: bar.update(),
+            device=args.device,
         )
     trained: dict[str, list[dict]] = {arm: [] for arm in args.arms}
     for (arm, _), record in zip(students, made, strict=True):
@@ -208,6 +215,7 @@ def measure(args: argparse.Namespace, argv) -> dict:
             "base_seed": BASE_SEED,
             "seeds": args.seeds,
             "jobs": args.jobs,
+            "device": args.device,
         },  # fmt: skip
         "held_out": {
             "seed": args.eval_seed,

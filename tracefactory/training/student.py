@@ -186,10 +186,17 @@ def base_checkpoint(out: Path, steps: int, seed: int) -> Path:
 
 
 def finetune(
-    base: Path, rows: Sequence[Row], out: Path, settings: TrainSettings, seed: int, tick: Callable | None = None
+    base: Path,
+    rows: Sequence[Row],
+    out: Path,
+    settings: TrainSettings,
+    seed: int,
+    tick: Callable | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Fine-tune the base on `rows`, in their order (epoch after epoch), loss on the targets only. A student
-    already in `out` from the same base, rows, settings and seed is reused (an interrupted bench resumes)."""
+    """Fine-tune the base on `rows`, in their order (epoch after epoch), loss on the targets only, on a torch
+    `device` ("cpu", "cuda"). A student already in `out` from the same base, rows, settings and seed is reused
+    (an interrupted bench resumes; where it was trained is not part of that)."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -197,17 +204,16 @@ def finetune(
 
     key = _student_key(base, rows, settings, seed)
     made = out / "student.json"
-    if made.exists() and (out / "model.safetensors").exists():
-        info = json.loads(made.read_text())
-        if info.get("key") == key:
-            if tick:
-                for _ in range(settings.steps):
-                    tick()
-            return info["trained"]
+    record = trained_before(base, rows, out, settings, seed)
+    if record is not None:
+        if tick:
+            for _ in range(settings.steps):
+                tick()
+        return record
     made.unlink(missing_ok=True)  # written again only once the new weights are saved
     torch.manual_seed(seed)
     tok = PreTrainedTokenizerFast.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.01)
     encoded = [_example(tok, r.question, r.target) for r in rows]
@@ -226,7 +232,7 @@ def finetune(
         if tick:
             tick()
     out.mkdir(parents=True, exist_ok=True)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to("cpu", torch.bfloat16).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     trained = {
         "rows": len(rows),
@@ -239,29 +245,48 @@ def finetune(
     return trained
 
 
+def trained_before(base: Path, rows: Sequence[Row], out: Path, settings: TrainSettings, seed: int) -> dict | None:
+    """The `trained` record of the student in `out` when it was trained from the same base, rows, settings and
+    seed (and its weights are there), else None."""
+    made = out / "student.json"
+    if not (made.exists() and (out / "model.safetensors").exists()):
+        return None
+    info = json.loads(made.read_text())
+    return info["trained"] if info.get("key") == _student_key(base, rows, settings, seed) else None
+
+
 def finetune_all(
     base: Path,
     students: Sequence[tuple[Sequence[Row], Path, int]],
     settings: TrainSettings,
     jobs: int = 1,
     tick: Callable | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
-    """`finetune` each (rows, out, seed) of `students`, `jobs` at a time, answering their `trained` records in
-    order. With jobs > 1 each student trains in its own process on cores // jobs threads (a 3M-parameter model
-    keeps two threads busy only part of a step; two students side by side use them better); `tick` is then
-    called `settings.steps` times as each student ends. A killed bench loses the students in training only."""
+    """`finetune` each (rows, out, seed) of `students`, answering their `trained` records in order; those trained
+    before are reused. With jobs > 1 the others train `jobs` at a time, each in a fresh process (a worker's memory
+    grows through a student's training — ~7 GB after 1,000 steps here — and is given back when it ends) on
+    cores // jobs threads, the last ones on the cores the others leave (a 3M-parameter model keeps two threads
+    busy only part of a step; two students side by side use them better); `tick` is called `settings.steps`
+    times as each student ends. A killed bench loses the students in training only."""
     if jobs <= 1:
-        return [finetune(base, rows, out, settings, seed, tick) for rows, out, seed in students]
+        return [finetune(base, rows, out, settings, seed, tick, device) for rows, out, seed in students]
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    done: list[dict | None] = [None] * len(students)
+    done = [trained_before(base, rows, out, settings, seed) for rows, out, seed in students]
+    todo = [i for i, record in enumerate(done) if record is None]
+    for _ in range(settings.steps * (len(students) - len(todo)) if tick else 0):
+        tick()
+    cores, tail = os.cpu_count() or 1, len(todo) % jobs
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(finetune, base, rows, out, settings, seed): i for i, (rows, out, seed) in
-                   enumerate(students)}  # fmt: skip
+    with ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+        futures = {}
+        for n, i in enumerate(todo):
+            threads = max(1, cores // (tail if n >= len(todo) - tail else jobs))
+            rows, out, seed = students[i]
+            futures[pool.submit(_finetune_on, threads, base, rows, out, settings, seed, None, device)] = i
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             if tick:
@@ -270,10 +295,12 @@ def finetune_all(
     return done
 
 
-def _threads(n: int) -> None:
+def _finetune_on(threads: int, *args) -> dict:
+    """`finetune` on `threads` torch threads (in a worker process of its own)."""
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+    return finetune(*args)
 
 
 def _student_key(base: Path, rows: Sequence[Row], settings: TrainSettings, seed: int) -> str:

@@ -193,13 +193,17 @@ def bf16_native() -> bool:
 
 
 def optimizer_step(model, opt, ids, labels, mask) -> float:
-    """One step on a padded batch (gradients clipped at 1.0), under bf16 autocast where the CPU computes bf16
-    natively, else in float32; answers the loss."""
+    """One step on a padded batch (gradients clipped at 1.0) on the model's device, under bf16 autocast where that
+    device computes bf16 natively (a CPU with AVX512-BF16 / AMX, a GPU that supports it), else in float32; answers
+    the loss."""
     import contextlib
 
     import torch
 
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16_native() else contextlib.nullcontext()
+    device = next(model.parameters()).device
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else bf16_native()
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if native else contextlib.nullcontext()
+    ids, labels, mask = (t.to(device) for t in (ids, labels, mask))
     with cast:
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
