@@ -20,9 +20,10 @@ Rows: Monte-Carlo (scan, hard, n=8), the PRM trained on Monte-Carlo labels (`--p
 the demo run), and a PRM trained the same way on the exact labels of the same run's original problems (an
 upper bound for what better labels would give).
 
-With `make student-data`'s run there (`--filter-run`: 1,000 more fresh problems, seed 3131, Monte-Carlo scored by
-the demo recipe), the filter's flagged / precision (95% Wilson interval) / recall on its correct-answer traces
-too: about four times as many traces with a wrong step as the evaluation run's 26.
+With a larger Monte-Carlo scored run there (`--filter-run`; README.md's figures: `make student-data` as it was then,
+1,000 fresh problems of seed 3131 with variants — it now makes 3,000, without), the filter's flagged / precision
+(95% Wilson interval) / recall on its correct-answer traces too: about four times as many traces with a wrong step as
+the evaluation run's 26.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def main() -> None:
         "--filter-run",
         type=Path,
         default=ROOT / "runs" / "student-data",
-        help="a larger run for the filter's precision and recall (`make student-data`: 1,000 fresh problems)",
+        help="a larger run for the filter's precision and recall (`make student-data`: 3,000 fresh problems)",
     )
     ap.add_argument("--filter-problems", type=Path, default=ROOT / "runs" / "student-src" / "problems.jsonl")
     ap.add_argument("--cost-sample", type=int, default=300, help="distinct correct traces timed for the cost")

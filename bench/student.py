@@ -1,6 +1,6 @@
 """Proof on a student: does a tracefactory dataset teach better than the raw rollouts, at equal training tokens?
 
-    make student-data && make student   # README.md's table: --preset discriminate --jobs 2 (~10 + ~85 min, 2 cores)
+    make student-data && make student   # README.md's table: --preset discriminate --jobs 2 (~10 + ~50 min, 2 cores)
     .venv/bin/python bench/student.py --run runs/student-data   # all six arms at the default 150 steps
     .venv/bin/python bench/student.py --run runs/demo-plain --seeds 1,2,3   # make demo-plain: the plain teacher
 
