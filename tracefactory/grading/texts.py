@@ -73,18 +73,9 @@ def with_texts(rows: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
         if missing:
             raise KeyError(f"rows without {missing} and without locators to read them from")
         return rows
-    indexed = rows.with_row_index(_I)
-    located = indexed.filter(pl.col(PART).is_not_null()).select(_I, PART, ROW)
-    fetched = [
-        _read(str(part), columns, group[ROW]).with_columns(group[_I])
-        for (part,), group in located.group_by(PART, maintain_order=True)
-    ]
-    schema = {_I: pl.UInt32, **{c: GENERATION_SCHEMA.get(c, pl.String) for c in columns}}
-    got = pl.concat(fetched) if fetched else pl.DataFrame(schema=schema)
-    have = [c for c in columns if c in rows.columns]  # rows without a locator keep their own
-    out = indexed.join(got.rename({c: f"{c}{_I}" for c in have}), on=_I, how="left", maintain_order="left")
-    out = out.with_columns(pl.coalesce(f"{c}{_I}", c).alias(c) for c in have).drop([f"{c}{_I}" for c in have])
-    return out.drop(_I)
+    loc = Locator({c: c for c in columns})
+    indexed = rows.with_row_index(_I).with_columns(pl.lit(0, pl.Int64).alias(_B))  # one batch, in memory
+    return _merged(indexed, [loc], [_take(_gather(indexed, loc, None), 0)]).drop(_I, _B)
 
 
 def parts(rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
