@@ -1,5 +1,6 @@
 """A fault-injecting HTTP proxy for tests: answers 500s, stalls, drops connections and cuts response
-bodies short in front of a real server, on a deterministic schedule per request body."""
+bodies short in front of a real server, on a deterministic schedule per request body; it keeps every whole
+answer the server gave (`answers`), to compare what a client stored with what was sent to it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ PLANS = [(), ("500",), ("drop",), ("stall",), ("cut",), ("500", "drop"), ("stall
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, stall_s: float = 5.0):
-        self.upstream, self.stall_s = upstream.rstrip("/"), stall_s
+    def __init__(self, upstream: str, stall_s: float = 5.0, plans: list[tuple[str, ...]] = PLANS):
+        self.upstream, self.stall_s, self.plans = upstream.rstrip("/"), stall_s, plans
+        self.answers: dict[bytes, list[bytes]] = {}  # request body -> the server's 200 answers to it, in order
         self.attempts: Counter = Counter()
         self.faults: Counter = Counter()  # what was injected, by kind ("ok" = forwarded)
         self.loop = asyncio.new_event_loop()
@@ -52,7 +54,7 @@ class FaultProxy:
 
     def _fault(self, body: bytes) -> str:
         key = hashlib.sha1(body).hexdigest()
-        plan = PLANS[int(key, 16) % len(PLANS)]
+        plan = self.plans[int(key, 16) % len(self.plans)]
         attempt = self.attempts[key]
         self.attempts[key] += 1
         return plan[attempt] if attempt < len(plan) else "ok"
@@ -76,6 +78,8 @@ class FaultProxy:
                 fwd = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
                 resp = await self.client.request(method, self.upstream + path, content=body, headers=fwd)
                 status, data = resp.status_code, resp.content
+                if status == 200:
+                    self.answers.setdefault(body, []).append(data)
             length = len(data)
             if fault == "cut":
                 data = data[: len(data) // 2]
