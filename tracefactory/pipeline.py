@@ -743,14 +743,17 @@ def write_outputs(
     failpoint("write.table")
     lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
     rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left", maintain_order="left")
-    # light rows (`run.post: streaming`): written a graded slice at a time, each with its texts read back
-    run.write_table((part.select(columns("rollouts")) for part in texts.parts(rollouts)), "rollouts")
-    run.write_table(_rows(run, dataset, "dataset", batch_tokens), "dataset")
-    for table, frame in extra.items():
-        if frame is not None:
-            run.write_table(_rows(run, frame, table, batch_tokens), table)
-        else:
-            run.remove_table(table)
+    tables = {"dataset": dataset, **extra}
+    deferred = {name: table for name, table in tables.items() if isinstance(table, texts.Deferred)}
+    # light rows (`run.post: streaming`): the rollouts written a graded slice at a time, each slice's texts read back
+    # once for them and for the deferred tables' rows in it (gathered into scratch files, written after, in order)
+    with texts.Pass(deferred, run.root / "_work" / "scratch", batch_tokens) as one:
+        run.write_table((part.select(columns("rollouts")) for part in one.parts(rollouts)), "rollouts")
+        for name, table in tables.items():
+            if table is None:
+                run.remove_table(name)
+            else:
+                run.write_table(one.batches(name) if name in deferred else table, name)
     run.write_table(funnel_frame(reports), "funnel")
     io.write_json({**manifest, "status": "complete"}, run.root / "manifest.json")
 
@@ -759,11 +762,3 @@ def write_batch_tokens(cfg: FactoryConfig) -> int:
     """How much of a deferred table's texts is in memory at once as it is written: a quarter of a graded slice's
     completion tokens (a batch holds each text up to four times: cot, reasoning, response, the conversation)."""
     return max(1, cfg.run.post_slice_tokens // 4)
-
-
-def _rows(run: io.RunDir, table: pl.DataFrame | texts.Deferred, name: str, tokens: int):
-    """A table's rows to write: a frame as it is; a deferred one's (texts still on disk) batch by batch, its texts
-    gathered through a scratch folder of the run's work area."""
-    if isinstance(table, texts.Deferred):
-        return table.batches(run.root / "_work" / "scratch" / name, tokens)
-    return table

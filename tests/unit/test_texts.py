@@ -108,10 +108,9 @@ def test_parts_give_the_rows_in_order_with_their_texts_one_slice_at_a_time(parts
     assert not (tmp_path / "none.parquet").exists()
 
 
-def test_a_deferred_table_is_written_in_its_order_batch_by_batch_through_scratch_files(parts, tmp_path):
-    """Rows in an order unrelated to their parts, two locators a row (the second pointing elsewhere), rows without a
-    locator: every batch size gives the rows of the table read whole in memory, in order; the scratch goes."""
-    whole, light = parts
+def _deferred(whole: pl.DataFrame, light: pl.DataFrame, finish=lambda b: b) -> tuple[texts.Deferred, pl.DataFrame]:
+    """A deferred table of rows in an order unrelated to their parts, two locators a row (the second pointing
+    elsewhere) and a row without a locator; and the table it is, read whole in memory."""
     order = list(range(len(whole)))
     random.Random(2).shuffle(order)
     other = order[::-1]
@@ -132,22 +131,54 @@ def test_a_deferred_table_is_written_in_its_order_batch_by_batch_through_scratch
     ).with_columns(
         b=pl.concat([whole[REASONING].gather(other[:20]), pl.Series(["own b"]), whole[REASONING].gather(other[20:])])
     )
+    return texts.Deferred(rows, locators, finish, weight=pl.col("cot_tokens")), expected
+
+
+def test_a_deferred_table_is_written_in_its_order_batch_by_batch_through_scratch_files(parts, tmp_path):
+    """Every batch size gives the rows of the table read whole in memory, in order; the scratch goes."""
+    whole, light = parts
     finished = []
-    deferred = texts.Deferred(rows, locators, lambda b: finished.append(len(b)) or b, weight=pl.col("cot_tokens"))
+    deferred, expected = _deferred(whole, light, lambda b: finished.append(len(b)) or b)
     assert len(deferred) == len(whole) + 1
     for tokens in (1, 50, 10**9):
         finished.clear()
         batches = list(deferred.batches(tmp_path / "scratch", tokens))
         assert [len(b) for b in batches] == finished  # each batch finished as it comes
-        assert len(batches) == {1: len(rows), 10**9: 1}.get(tokens, len(batches))  # a row a batch; one batch
-        assert 1 < len(batches) < len(rows) or tokens != 50
+        assert len(batches) == {1: len(deferred), 10**9: 1}.get(tokens, len(batches))  # a row a batch; one batch
+        assert 1 < len(batches) < len(deferred) or tokens != 50
         got = pl.concat(batches)
         assert sorted(got.columns) == sorted([PROBLEM_ID, SAMPLE_INDEX, "cot_tokens", COT, "teacher", "b"])
         assert got.select(expected.columns).equals(expected)
         assert not (tmp_path / "scratch").exists()
     assert texts.materialized(deferred).equals(got)
-    empty = list(texts.Deferred(rows.clear(), locators, lambda b: b).batches(tmp_path / "scratch"))
+    empty = list(texts.Deferred(deferred.rows.clear(), deferred.locators, lambda b: b).batches(tmp_path / "scratch"))
     assert len(empty) == 1 and empty[0].columns == got.columns and not len(empty[0])
+
+
+def test_one_pass_reads_each_slice_once_for_the_rollouts_and_every_deferred_table(parts, tmp_path, monkeypatch):
+    """The rollouts part by part and two deferred tables (one of them empty) written from one read of each slice;
+    a slice no rollout row is in is read when its table is written. The same rows as each written on its own."""
+    whole, light = parts
+    reads = []
+    stored = texts._stored
+    monkeypatch.setattr(texts, "_stored", lambda part, columns: reads.append(part) or stored(part, columns))
+    deferred, expected = _deferred(whole, light)
+    empty = texts.Deferred(deferred.rows.clear(), deferred.locators, lambda b: b)
+    slices = light[texts.PART].cast(pl.String).unique(maintain_order=True).to_list()
+    for rollouts, read_after in ((light, []), (light.filter(pl.col(texts.PART) != slices[1]), [slices[1]])):
+        reads.clear()
+        with texts.Pass({"dataset": deferred, "pairs": empty}, tmp_path / "scratch", tokens=50) as one:
+            pieces = list(one.parts(rollouts))
+            assert reads == [s for s in slices if s not in read_after]  # each slice once, in the rollouts' order
+            got = pl.concat(list(one.batches("dataset")))
+            assert reads[len(slices) - len(read_after) :] == read_after
+            assert not len(pl.concat(list(one.batches("pairs"))))
+        assert not (tmp_path / "scratch").exists()
+        assert pl.concat(pieces).equals(pl.concat(list(texts.parts(rollouts))))
+        assert got.select(expected.columns).equals(expected)
+    reads.clear()  # a deferred table written on its own: each slice read once for both its locators
+    assert pl.concat(list(deferred.batches(tmp_path / "scratch", 50))).select(expected.columns).equals(expected)
+    assert sorted(reads) == sorted(slices)
 
 
 def test_an_unreadable_slice_is_a_clear_error(parts):

@@ -51,18 +51,27 @@ def strip(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop([c for c in (PART, ROW) if c in frame.columns])
 
 
-def _read(part: str, columns: Sequence[str], rows: pl.Series) -> pl.DataFrame:
-    """`columns` (of `ON_DISK`) of the `rows` of a part: as stored, or sliced from `text` (`texts_of`)."""
-    sliced = [c for c in columns if c in (COT, REASONING, RESPONSE)]
+def _needs(columns: Sequence[str]) -> list[str]:
+    """The stored columns that give `columns` (of `ON_DISK`): cot, reasoning and response are sliced from `text`."""
+    sliced = any(c in (COT, REASONING, RESPONSE) for c in columns)
     wanted = [c for c in (TEXT, *KEPT_ASIDE) if c in columns or (c == TEXT and sliced)]
+    return wanted + (list(POSITIONS) if sliced else [])
+
+
+def _stored(part: str, columns: Sequence[str]) -> pl.DataFrame:
+    """A part's stored `columns`, every row."""
     try:
-        stored = pl.read_parquet(part, columns=wanted + (list(POSITIONS) if sliced else []))
+        return pl.read_parquet(part, columns=list(columns))
     except (OSError, pl.exceptions.ComputeError) as exc:
         raise OSError(
             f"{part}: a graded part of this run is unreadable ({exc}); remove it and run again (it is graded again)"
         ) from exc
-    stored = stored.select(pl.all().gather(rows))
-    return stored.with_columns(texts_of(sliced)).select(columns)
+
+
+def _pick(stored: pl.DataFrame, columns: Sequence[str], rows: pl.Series) -> pl.DataFrame:
+    """`columns` (of `ON_DISK`) of the `rows` of a part whose stored columns are `stored` (their `_needs` at least)."""
+    sliced = [c for c in columns if c in (COT, REASONING, RESPONSE)]
+    return stored.select(pl.col(_needs(columns)).gather(rows)).with_columns(texts_of(sliced)).select(columns)
 
 
 def with_texts(rows: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
@@ -75,12 +84,14 @@ def with_texts(rows: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
         return rows
     loc = Locator({c: c for c in columns})
     indexed = rows.with_row_index(_I).with_columns(pl.lit(0, pl.Int64).alias(_B))  # one batch, in memory
-    return _merged(indexed, [loc], [_take(_gather(indexed, loc, None), 0)]).drop(_I, _B)
+    with _Gatherer(indexed, loc, None) as gatherer:
+        return _merged(indexed, [loc], [_take(gatherer.done(), 0)]).drop(_I, _B)
 
 
-def parts(rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
+def parts(rows: pl.DataFrame, gatherers: Sequence["_Gatherer"] = ()) -> Iterator[pl.DataFrame]:
     """`rows` cut where their part changes, each piece with what it lacks (`ON_DISK`) read back: the rows in their
-    order, one part's texts in memory at a time (rows without a locator: as they are)."""
+    order, one part's texts in memory at a time (rows without a locator: as they are). Each part is read once for
+    the rows and for `gatherers` too (a deferred table's texts in it: `Pass`)."""
     if not is_light(rows) or not len(rows):
         yield with_texts(rows, ON_DISK) if is_light(rows) else rows
         return
@@ -88,7 +99,17 @@ def parts(rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
     run = (code != code.shift()).cum_sum()
     groups = rows.with_columns(run.fill_null(0).alias(_I)).partition_by(_I, maintain_order=True, include_key=False)
     for group in groups:
-        yield with_texts(group, ON_DISK)
+        part = group[PART][0]
+        if part is None:
+            yield with_texts(group, ON_DISK)
+            continue
+        stored = _stored(part, _needs(ON_DISK))  # what the rows need covers what any table's texts need
+        indexed = group.with_row_index(_I)
+        got = _pick(stored, ON_DISK, group[ROW]).with_columns(indexed[_I])
+        yield _merged(indexed, [Locator({c: c for c in ON_DISK})], [got]).drop(_I)
+        for gatherer in gatherers:
+            gatherer.take(part, stored)
+        del stored, got
 
 
 @dataclass(frozen=True)
@@ -115,11 +136,14 @@ class Deferred:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def numbers(self, tokens: int) -> pl.Series:
+        """Each row's batch: rows in order, about `tokens` of texts a batch."""
+        weights = self.rows.with_columns((self.weight.fill_null(0).cast(pl.Int64) + 1).alias(_B))[_B]
+        return (weights.cum_sum() - weights) // max(1, tokens)
+
     def batches(self, scratch: Path, tokens: int = BATCH_TOKENS) -> Iterator[pl.DataFrame]:
         """The table's rows in order, a batch of about `tokens` at a time, finished (`in_order`, then `finish`)."""
-        weights = self.rows.with_columns((self.weight.fill_null(0).cast(pl.Int64) + 1).alias(_B))[_B]
-        numbers = (weights.cum_sum() - weights) // max(1, tokens)
-        yield from (self.finish(batch) for batch in in_order(self.rows, self.locators, numbers, scratch))
+        yield from (self.finish(b) for b in in_order(self.rows, self.locators, self.numbers(tokens), scratch))
 
 
 def materialized(table: pl.DataFrame | Deferred) -> pl.DataFrame:
@@ -137,54 +161,129 @@ def in_order(
     (under `scratch`, removed after; None: in memory); each batch is then read back whole and put in the rows'
     order. Memory holds the rows, one part's gathered texts, then one batch's — never all the texts. Rows a locator
     does not locate keep their own columns."""
-    indexed = rows.with_row_index(_I).with_columns(numbers.cast(pl.Int64).alias(_B))
-    drop = [_I, _B, *dict.fromkeys(c for loc in locators for c in (loc.part, loc.row) if c in rows.columns)]
-    if not len(rows):
-        yield _merged(indexed, locators, [None] * len(locators)).drop(drop)
-        return
+    indexed = _indexed(rows, numbers)
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
     try:
-        gathered = [
-            _gather(indexed, loc, None if scratch is None else scratch / str(i)) for i, loc in enumerate(locators)
+        gatherers = [
+            _Gatherer(indexed, loc, None if scratch is None else scratch / str(i)) for i, loc in enumerate(locators)
         ]
-        for (number,), batch in indexed.partition_by(_B, maintain_order=True, as_dict=True).items():
-            yield _merged(batch, locators, [_take(g, number) for g in gathered]).drop(drop)
+        yield from _batches(indexed, locators, gatherers)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+class Pass:
+    """The tables written from the graded parts, each part's texts read once: the rollouts' light rows part by part
+    with their texts (`parts`, first), every deferred table's texts in a part gathered into its scratch files on the
+    way; then each deferred table in its order, batch by batch (`batches`), from those files (parts no row of the
+    rollouts is in are read then). A context: the scratch folder goes at its end."""
+
+    def __init__(self, tables: Mapping[str, Deferred], scratch: Path, tokens: int = BATCH_TOKENS):
+        self.tables, self.scratch = dict(tables), scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        self.indexed = {name: _indexed(t.rows, t.numbers(tokens)) for name, t in self.tables.items()}
+        self.gatherers = {
+            name: [_Gatherer(self.indexed[name], loc, scratch / name / str(i)) for i, loc in enumerate(t.locators)]
+            for name, t in self.tables.items()
+        }
+
+    def __enter__(self) -> "Pass":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for gatherers in self.gatherers.values():
+            for gatherer in gatherers:
+                gatherer.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def parts(self, rows: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        yield from parts(rows, [g for gatherers in self.gatherers.values() for g in gatherers])
+
+    def batches(self, name: str) -> Iterator[pl.DataFrame]:
+        table = self.tables[name]
+        yield from (table.finish(b) for b in _batches(self.indexed[name], table.locators, self.gatherers[name]))
+
+
+def _indexed(rows: pl.DataFrame, numbers: pl.Series) -> pl.DataFrame:
+    return rows.with_row_index(_I).with_columns(numbers.cast(pl.Int64).alias(_B))
+
+
+def _batches(indexed: pl.DataFrame, locators: Sequence[Locator], gatherers: Sequence["_Gatherer"]):
+    """The rows of `indexed` batch by batch, each with its texts (what `gatherers`, one per locator, gathered; the
+    parts they have not read yet are read now, each once), the locator and helper columns dropped."""
+    drop = [_I, _B, *dict.fromkeys(c for loc in locators for c in (loc.part, loc.row) if c in indexed.columns)]
+    needs = _needs(list(dict.fromkeys(c for gatherer in gatherers for c in gatherer.needs)))
+    for part in dict.fromkeys(part for gatherer in gatherers for part in gatherer.todo):  # each read once for all
+        stored = _stored(part, needs)
+        for gatherer in gatherers:
+            gatherer.take(part, stored)
+    gathered = []
+    for gatherer in gatherers:
+        with gatherer:
+            gathered.append(gatherer.done())
+    if not len(indexed):
+        yield _merged(indexed, locators, [None] * len(locators)).drop(drop)
+        return
+    for (number,), batch in indexed.partition_by(_B, maintain_order=True, as_dict=True).items():
+        yield _merged(batch, locators, [_take(g, number) for g in gathered]).drop(drop)
 
 
 def _schema(loc: Locator) -> dict[str, pl.DataType]:
     return {_I: pl.UInt32, **{out: GENERATION_SCHEMA.get(stored, pl.String) for stored, out in loc.columns.items()}}
 
 
-def _gather(indexed: pl.DataFrame, loc: Locator, into: Path | None) -> dict[int, list[pl.DataFrame] | Path]:
-    """The located rows' `loc.columns`, read a part at a time, by batch: appended to one file per batch under
-    `into` (answers {batch: its file}), or kept in memory (None: answers {batch: its pieces})."""
-    schema = _schema(loc)
-    located = indexed.filter(pl.col(loc.part).is_not_null()).select(_I, _B, loc.part, loc.row)
-    pieces: dict[int, list[pl.DataFrame]] = {}
-    writers: dict[int, pq.ParquetWriter] = {}
-    if into is not None:
-        into.mkdir()
-    try:
-        for (part,), group in located.group_by(loc.part, maintain_order=True):
-            got = _read(str(part), list(loc.columns), group[loc.row]).rename(dict(loc.columns))
-            got = got.with_columns(group[_I], group[_B]).select(*schema, _B).cast(schema)
-            for (number,), piece in got.partition_by(_B, as_dict=True, include_key=False).items():
-                if into is None:
-                    pieces.setdefault(number, []).append(piece)
-                    continue
-                arrow = piece.to_arrow()
-                if number not in writers:
-                    writers[number] = pq.ParquetWriter(into / f"{number}.parquet", arrow.schema)
-                writers[number].write_table(arrow)
-    finally:
-        for writer in writers.values():
+class _Gatherer:
+    """One locator's rows of a table (`indexed`: numbered `_I`, each with its batch `_B`), their texts gathered part
+    by part (`take`): appended to one file per batch under `into`, or kept in memory (None). `done` reads the parts
+    not taken yet and answers {batch: its file} or {batch: its pieces}. A context: its files are closed at its end."""
+
+    def __init__(self, indexed: pl.DataFrame, loc: Locator, into: Path | None):
+        self.loc, self.into, self.schema, self.needs = loc, into, _schema(loc), list(loc.columns)
+        located = indexed.filter(pl.col(loc.part).is_not_null()).select(_I, _B, loc.part, loc.row)
+        self.todo = {str(part): group for (part,), group in located.group_by(loc.part, maintain_order=True)}
+        self.pieces: dict[int, list[pl.DataFrame]] = {}
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        if into is not None:
+            into.mkdir(parents=True)
+
+    def __enter__(self) -> "_Gatherer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def take(self, part: str, stored: pl.DataFrame | None = None) -> None:
+        """The rows located in `part`, from `stored` (the part's columns, read already) or read here."""
+        group = self.todo.pop(part, None)
+        if group is None:
+            return
+        stored = _stored(part, _needs(self.needs)) if stored is None else stored
+        got = _pick(stored, self.needs, group[self.loc.row]).rename(dict(self.loc.columns))
+        got = got.with_columns(group[_I], group[_B]).select(*self.schema, _B).cast(self.schema)
+        for (number,), piece in got.partition_by(_B, as_dict=True, include_key=False).items():
+            if self.into is None:
+                self.pieces.setdefault(number, []).append(piece)
+                continue
+            arrow = piece.to_arrow()
+            if number not in self.writers:
+                self.writers[number] = pq.ParquetWriter(self.into / f"{number}.parquet", arrow.schema)
+            self.writers[number].write_table(arrow)
+
+    def done(self) -> dict[int, list[pl.DataFrame] | Path]:
+        for part in list(self.todo):
+            self.take(part)
+        self.close()
+        return (
+            self.pieces if self.into is None else {number: self.into / f"{number}.parquet" for number in self.writers}
+        )
+
+    def close(self) -> None:
+        for writer in self.writers.values():
             writer.close()
-    return pieces if into is None else {number: into / f"{number}.parquet" for number in writers}
 
 
 def _take(gathered: dict, number: int) -> pl.DataFrame | None:
