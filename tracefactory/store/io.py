@@ -601,15 +601,19 @@ _CANONICAL_TYPES = {pl.String: "str", pl.Int64: "i64", pl.Float64: "f64", pl.Boo
 def _feed_frame(h: Any, frame: pl.DataFrame) -> None:
     """Every value of `frame`, in order, into hash `h` in a canonical byte form — per column its null mask, then its
     values as little-endian numbers, or a string column's lengths and UTF-8 bytes — slice by slice, the bytes taken
-    from Arrow buffers: the same rows give the same bytes whatever their chunking or the polars version."""
+    from Arrow buffers: the same rows give the same bytes whatever their chunking or the polars version. Each slice's
+    masks and numbers come from one `select` (a chunk of a few hundred rows is hashed in a few calls, not dozens)."""
     types = [_CANONICAL_TYPES.get(t, repr(t)) for t in frame.dtypes]
     h.update(json.dumps({"columns": frame.columns, "types": types, "rows": len(frame)}).encode())
+    schema = list(frame.schema.items())
+    derived = [expr for i, (name, dtype) in enumerate(schema) for expr in _canonical(i, name, dtype)]
     for start, rows in slices(frame):
-        for name, dtype in frame.schema.items():
-            col = frame[name].slice(start, rows)
-            h.update(col.is_null().to_numpy().tobytes())
+        part = frame.slice(start, rows)
+        canon = part.select(derived)
+        for i, (name, dtype) in enumerate(schema):
+            h.update(canon[f"_null{i}"].to_numpy().tobytes())
             if dtype == pl.String:
-                arr = col.to_arrow()
+                arr = part[name].to_arrow()
                 arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
                 arr = arr.cast(pa.large_string())
                 offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
@@ -617,15 +621,28 @@ def _feed_frame(h: Any, frame: pl.DataFrame) -> None:
                 if len(arr) and offsets[-1] > offsets[0]:
                     h.update(memoryview(arr.buffers()[2])[offsets[0] : offsets[-1]])
             elif dtype == pl.Boolean:
-                h.update(col.fill_null(False).to_numpy().astype("u1").tobytes())
+                h.update(canon[f"_value{i}"].to_numpy().astype("u1").tobytes())
             elif dtype.is_integer():
-                h.update(col.fill_null(0).cast(pl.Int64).to_numpy().astype("<i8").tobytes())
+                h.update(canon[f"_value{i}"].to_numpy().astype("<i8").tobytes())
             elif dtype.is_float():
-                h.update(col.fill_null(0.0).cast(pl.Float64).to_numpy().astype("<f8").tobytes())
+                h.update(canon[f"_value{i}"].to_numpy().astype("<f8").tobytes())
             else:  # lists, structs: their values as JSON
-                for value in col.to_list():
+                for value in part[name].to_list():
                     h.update(json.dumps(value, default=str).encode())
                     h.update(b"\n")
+
+
+def _canonical(i: int, name: str, dtype: pl.DataType) -> list[pl.Expr]:
+    """Column `i`'s null mask, and its values with nulls as false / 0 in their widest type (numbers, booleans)."""
+    col = pl.col(name)
+    out = [col.is_null().alias(f"_null{i}")]
+    if dtype == pl.Boolean:
+        out.append(col.fill_null(False).alias(f"_value{i}"))
+    elif dtype.is_integer():
+        out.append(col.fill_null(0).cast(pl.Int64).alias(f"_value{i}"))
+    elif dtype.is_float():
+        out.append(col.fill_null(0.0).cast(pl.Float64).alias(f"_value{i}"))
+    return out
 
 
 def content_key(*parts: Any) -> str:
