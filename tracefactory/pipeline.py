@@ -10,6 +10,7 @@ import importlib.metadata as md
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -498,21 +499,33 @@ def grade_slices(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame, tea
     started = time.perf_counter()
     cache, think = run.stage_cache("graded_slices"), think_spec(cfg, teacher)  # stored as `grading.texts` says
     parts, reports, reused = [], [], 0
-    with kept_workers():
+
+    def persist(key: str, graded: pl.DataFrame, report: StageReport) -> None:
+        cache.put(key, graded, report)
+        failpoint("grade.persisted")
+
+    # a slice's file is written (compressing its texts: a quarter of the stage) while the next slice is read and
+    # graded; one write at a time, in order
+    with kept_workers(), ThreadPoolExecutor(1, thread_name_prefix="grade-write") as writer:
+        writing: Future | None = None
         for part in post_slices(run, cfg, problems):
             generations = read_generations(run, cfg, part, teacher)
             key = _grade_key(cfg, think, part, generations)
             hit = cache.get(key, leave_out=texts.STORED)
             if hit is None:
                 graded, report = grade(generations, cfg.grade, part, think, positions=True)
-                cache.put(key, graded, report)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(persist, key, graded, report)
                 graded = graded.drop(texts.STORED)
             else:
                 (graded, report), reused = hit, reused + 1
+                failpoint("grade.persisted")
             del generations
             parts.append(texts.light(graded, cache.path(key)))
             reports.append(report)
-            failpoint("grade.persisted")
+        if writing is not None:
+            writing.result()
     merged = dataclasses.replace(merge_reports(reports), seconds=time.perf_counter() - started)
     if reused:
         log.info("grade: %d of %d slices graded by an earlier run, read back (inputs unchanged)", reused, len(parts))
