@@ -142,44 +142,27 @@ class Deferred:
         return (weights.cum_sum() - weights) // max(1, tokens)
 
     def batches(self, scratch: Path, tokens: int = BATCH_TOKENS) -> Iterator[pl.DataFrame]:
-        """The table's rows in order, a batch of about `tokens` at a time, finished (`in_order`, then `finish`)."""
-        yield from (self.finish(b) for b in in_order(self.rows, self.locators, self.numbers(tokens), scratch))
+        """The table's rows in order, a batch of about `tokens` at a time, finished: written on its own (`Pass`)."""
+        with Pass({"table": self}, scratch, tokens) as one:
+            yield from one.batches("table")
 
 
 def materialized(table: pl.DataFrame | Deferred) -> pl.DataFrame:
     """The whole table in memory (small tables, tests): a frame as it is, a deferred table finished whole."""
     if isinstance(table, pl.DataFrame):
         return table
-    return table.finish(next(in_order(table.rows, table.locators, pl.Series([0] * len(table.rows)), None)))
-
-
-def in_order(
-    rows: pl.DataFrame, locators: Sequence[Locator], numbers: pl.Series, scratch: Path | None
-) -> Iterator[pl.DataFrame]:
-    """`rows` with their located texts, batch by batch in their order (`numbers`: each row's batch, non-decreasing),
-    the locator columns dropped. One pass over the parts gathers the rows' texts into one scratch file per batch
-    (under `scratch`, removed after; None: in memory); each batch is then read back whole and put in the rows'
-    order. Memory holds the rows, one part's gathered texts, then one batch's — never all the texts. Rows a locator
-    does not locate keep their own columns."""
-    indexed = _indexed(rows, numbers)
-    if scratch is not None:
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-    try:
-        gatherers = [
-            _Gatherer(indexed, loc, None if scratch is None else scratch / str(i)) for i, loc in enumerate(locators)
-        ]
-        yield from _batches(indexed, locators, gatherers)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    indexed = _indexed(table.rows, pl.Series([0] * len(table.rows)))
+    gatherers = [_Gatherer(indexed, loc, None) for loc in table.locators]
+    return table.finish(next(_batches(indexed, table.locators, gatherers)))
 
 
 class Pass:
     """The tables written from the graded parts, each part's texts read once: the rollouts' light rows part by part
-    with their texts (`parts`, first), every deferred table's texts in a part gathered into its scratch files on the
-    way; then each deferred table in its order, batch by batch (`batches`), from those files (parts no row of the
-    rollouts is in are read then). A context: the scratch folder goes at its end."""
+    with their texts (`parts`, first), every deferred table's texts in a part gathered into its scratch files (one
+    per batch) on the way; then each deferred table in its order, batch by batch (`batches`): each batch's file read
+    back whole and put in the rows' order (parts no row of the rollouts is in are read then). Memory holds the rows,
+    one part's texts, then one batch's — never all the texts. Rows a locator does not locate keep their own columns.
+    A context: the scratch folder goes at its end."""
 
     def __init__(self, tables: Mapping[str, Deferred], scratch: Path, tokens: int = BATCH_TOKENS):
         self.tables, self.scratch = dict(tables), scratch

@@ -204,7 +204,7 @@ def finetune(
 
     key = _student_key(base, rows, settings, seed)
     made = out / "student.json"
-    record = trained_before(base, rows, out, settings, seed)
+    record = trained_before(out, key)
     if record is not None:
         if tick:
             for _ in range(settings.steps):
@@ -245,14 +245,14 @@ def finetune(
     return trained
 
 
-def trained_before(base: Path, rows: Sequence[Row], out: Path, settings: TrainSettings, seed: int) -> dict | None:
-    """The `trained` record of the student in `out` when it was trained from the same base, rows, settings and
-    seed (and its weights are there), else None."""
+def trained_before(out: Path, key: str) -> dict | None:
+    """The `trained` record of the student in `out` when it was trained under `key` (`_student_key`: the same base,
+    rows, settings and seed) and its weights are there, else None."""
     made = out / "student.json"
     if not (made.exists() and (out / "model.safetensors").exists()):
         return None
     info = json.loads(made.read_text())
-    return info["trained"] if info.get("key") == _student_key(base, rows, settings, seed) else None
+    return info["trained"] if info.get("key") == key else None
 
 
 def finetune_all(
@@ -275,7 +275,7 @@ def finetune_all(
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    done = [trained_before(base, rows, out, settings, seed) for rows, out, seed in students]
+    done = [trained_before(out, _student_key(base, rows, settings, seed)) for rows, out, seed in students]
     todo = [i for i, record in enumerate(done) if record is None]
     for _ in range(settings.steps * (len(students) - len(todo)) if tick else 0):
         tick()
