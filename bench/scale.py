@@ -12,7 +12,8 @@ flow's own functions run as `flows/build_dataset.py` calls them after the teache
 (off), select, the problems' budget / token / audit columns, difficulty, curriculum, pairs, and `write_outputs` —
 under `run.post: memory` (the run in one frame), then `run.post: streaming` (graded slices on disk, light rows in
 memory), each from the same committed chunks with no stage cache or table of the other, holding the run's lock
-as the flow does. Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start.
+as the flow does. Peak RSS is this process and its workers together, sampled every 20 ms from the stage's start;
+"held after" is what they hold when the stage has returned.
 The memory path is not started where the run's text would not fit (~4 copies of it, against half the machine's
 memory): the estimate is printed. With `--post both` the second path's peaks include what the first left in the
 process: for peaks, run one path per process (the README's table does).
@@ -79,9 +80,12 @@ def bench_config(workers: int, post: str = "streaming") -> FactoryConfig:
     return load_config(None, over)
 
 
-def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tuple[int, int], seed: int = 0):
+def make_run(
+    run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tuple[int, int], seed: int = 0, commit: bool = True
+):
     """Synthetic completions committed to `run`'s generation store, `run.flush_every` problems a chunk, under
-    the sample keys the flow asks for; returns the problems as the load stage gives them."""
+    the sample keys the flow asks for; returns the problems as the load stage gives them (drawn before any
+    completion: with `commit=False`, the problems of chunks committed before, nothing else is made)."""
     rng = random.Random(seed)
     filler = " ".join(rng.choice(WORDS) for _ in range(max(200_000, chars[1] // 3)))
     problems = []
@@ -89,6 +93,8 @@ def make_run(run: io.RunDir, cfg: FactoryConfig, teacher, traces: int, chars: tu
         problems.append((f"p{p}", f"question {p}", _gold(rng), "source", "synthetic", str(p % 5 + 1), None, None))
     cols = [PROBLEM_ID, QUESTION, ANSWER, GOLD_SOURCE, SOURCE, LEVEL, REWRITE_OF, REWRITE_KIND]
     problems = pl.DataFrame(problems, schema={c: pl.String for c in cols}, orient="row")
+    if not commit:
+        return problems
     store = run.generations()
     per_chunk = cfg.run.flush_every  # problems per chunk, as the rollout stage commits them
     for c, first in enumerate(range(0, len(problems), per_chunk)):
@@ -120,8 +126,11 @@ def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFram
             {"stage": name, "rows": n, "seconds": round(seconds, 2), "rows_per_s": round(n / max(seconds, 1e-9))}
         )
         rows[-1]["peak_rss_mib"] = peak.mib()
+        peak.listed = 0.0  # what is held after the stage (its workers gone): listed again
+        rows[-1]["held_rss_mib"] = round(peak.now() / 2**20, 1)
         print(
             f"  {name:<11} {n:>11,} rows {seconds:8.1f} s {rows[-1]['rows_per_s']:>10,}/s  peak {peak.mib():>8,.0f} MiB"
+            f"  held after {rows[-1]['held_rss_mib']:>8,.0f} MiB"
         )
         return result
 
@@ -184,21 +193,28 @@ def main() -> None:
         "--post", choices=["both", "memory", "streaming"], default="both", help="run.post path(s) (both: memory first)"
     )
     ap.add_argument("--dir", default="runs/scale", help="where the chunks and tables go (removed first)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep the chunks --dir holds from an earlier run of the same size"
+    )
     ap.add_argument("--json", default="bench/results/scale.json")
     args = ap.parse_args()
     lo, hi = (int(x) for x in (args.trace_kb or args.trace_chars).split("-"))
     chars = (lo * 1000, hi * 1000) if args.trace_kb else (lo, hi)
     root = Path(args.dir)
-    shutil.rmtree(root, ignore_errors=True)
+    made, what = root / "bench-run.json", {"traces": args.traces, "chars": list(chars)}
+    reuse = args.reuse and made.exists() and json.loads(made.read_text()) == what
+    if not reuse:
+        shutil.rmtree(root, ignore_errors=True)
     run, teacher = io.RunDir(root), FakeTeacher()
     cfg = bench_config(args.workers)
     peak = PeakRss()
     t = time.perf_counter()
-    problems = make_run(run, cfg, teacher, args.traces, chars)
+    problems = make_run(run, cfg, teacher, args.traces, chars, commit=not reuse)
+    made.write_text(json.dumps(what))
     text_gib = args.traces * sum(chars) / 2 / 2**30
     print(
-        f"{args.traces:,} traces of {chars[0]:,}-{chars[1]:,} characters (~{text_gib:.1f} GiB of text) committed in "
-        f"{len(run.generations().commits())} chunks in {time.perf_counter() - t:.0f} s (peak {peak.mib():,.0f} MiB)"
+        f"{args.traces:,} traces of {chars[0]:,}-{chars[1]:,} characters (~{text_gib:.1f} GiB of text) "
+        + ("reused" if reuse else f"committed in {time.perf_counter() - t:.0f} s (peak {peak.mib():,.0f} MiB)")
     )
     result = {"traces": args.traces, "chars": chars, "text_gib": round(text_gib, 2), "cores": os.cpu_count()}
     budget = psutil.virtual_memory().total / 2

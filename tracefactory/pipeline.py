@@ -548,7 +548,8 @@ def label_golds(
         # the completions as the teacher gave them (their text read back where it is on disk: `grading.texts`)
         keep = [c for c in rows.columns if c in (*GENERATION_SCHEMA, *texts.LOCATORS)]
         base = rows.filter(again).select("_row", *keep)
-        regraded, _ = grade(texts.with_texts(base, [TEXT]), cfg.grade, labelled, think_spec(cfg, teacher))
+        given = [c for c in GENERATION_SCHEMA if c in texts.ON_DISK]  # text, finish reason, ... where on disk
+        regraded, _ = grade(texts.with_texts(base, given), cfg.grade, labelled, think_spec(cfg, teacher))
         rows = pl.concat([rows.filter(~again), regraded.select(rows.columns)]).sort("_row")
         # the rows graded again, and those that reach their pseudo-gold (they join the grade stage's kept)
         reached = int(regraded[CORRECT].sum())
@@ -755,13 +756,16 @@ def write_outputs(
     run.write_table(problems.select(columns("problems")), "problems")
     failpoint("write.table")
     lineage = problems.select(PROBLEM_ID, REWRITE_OF, REWRITE_KIND)
-    rollouts = rollouts.join(lineage, on=PROBLEM_ID, how="left", maintain_order="left")
     tables = {"dataset": dataset, **extra}
     deferred = {name: table for name, table in tables.items() if isinstance(table, texts.Deferred)}
     # light rows (`run.post: streaming`): the rollouts written a graded slice at a time, each slice's texts read back
     # once for them and for the deferred tables' rows in it (gathered into scratch files, written after, in order)
     with texts.Pass(deferred, run.root / "_work" / "scratch", batch_tokens) as one:
-        run.write_table((part.select(columns("rollouts")) for part in one.parts(rollouts)), "rollouts")
+        joined = (  # a part at a time: a join of the whole would copy every light row
+            part.join(lineage, on=PROBLEM_ID, how="left", maintain_order="left").select(columns("rollouts"))
+            for part in one.parts(rollouts)
+        )
+        run.write_table(joined, "rollouts")
         for name, table in tables.items():
             if table is None:
                 run.remove_table(name)

@@ -3,11 +3,12 @@
 The grade stage writes each slice of the run's problems as one Parquet file of the stage cache: every column, with
 each completion's `text` once and where its `cot`, `reasoning` and `response` are in it (the reading's `POSITIONS`),
 not those texts again. What the stages after it hold in memory are *light rows*: every column but the texts
-(`HEAVY`) and the few others no stage before the tables reads (`KEPT_ASIDE`: the sample key, seed, teacher — tens of
-bytes a row, gigabytes in a run of millions), plus a locator — the file of the row's slice (`PART`, categorical: one
-string per slice) and its row there (`ROW`). A stage that needs a text asks `with_texts` for the rows it needs, and
-gets them part by part: memory holds those rows' texts and one part's columns at a time, not the run's. Rows without
-a locator (a rationale: made after grading, its texts in memory) keep what they have.
+(`HEAVY`) and the others no stage before the tables reads (`KEPT_ASIDE`: the sample key, seed, teacher, finish reason
+and the think block's counts — tens of bytes a row, gigabytes in a run of millions), plus a locator — the file of the
+row's slice (`PART`, categorical: one string per slice) and its row there (`ROW`). A stage that needs a text asks
+`with_texts` for the rows it needs, and gets them part by part: memory holds those rows' texts and one part's columns
+at a time, not the run's. Rows without a locator (a rationale: made after grading, its texts in memory) keep what
+they have.
 """
 
 from __future__ import annotations
@@ -21,12 +22,27 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from tracefactory.grading.reading import POSITIONS, texts_of
-from tracefactory.store.schema import COT, GENERATION_SCHEMA, REASONING, RESPONSE, ROLLOUT_KEY, SEED, TEACHER, TEXT
+from tracefactory.store.schema import (
+    COT,
+    FINISH_REASON,
+    GENERATION_SCHEMA,
+    REASONING,
+    REASONING_COMPLETE,
+    REASONING_TOKENS,
+    RESPONSE,
+    ROLLOUT_KEY,
+    SEED,
+    TEACHER,
+    TEXT,
+    THINK_CLOSED,
+)
 
 HEAVY = (TEXT, COT, REASONING, RESPONSE)  # what a completion's bytes are (its steps are the step scorer's)
-KEPT_ASIDE = (ROLLOUT_KEY, SEED, TEACHER)  # read back with the texts (`with_texts`)
+# read back with the texts (`with_texts`): what only the tables hold (the grade stage used the finish reason already)
+KEPT_ASIDE = (ROLLOUT_KEY, SEED, TEACHER, FINISH_REASON, REASONING_TOKENS, THINK_CLOSED, REASONING_COMPLETE)
 ON_DISK = (*HEAVY, *KEPT_ASIDE)  # what light rows lack and `with_texts` reads back
 STORED = (TEXT, *KEPT_ASIDE, *POSITIONS)  # what a part holds of them (cot, reasoning, response: sliced from text)
+_DTYPES = {**GENERATION_SCHEMA, THINK_CLOSED: pl.Boolean, REASONING_COMPLETE: pl.Boolean}  # of `ON_DISK`
 PART, ROW = "_text_part", "_text_row"
 LOCATORS = (PART, ROW)
 _I = "_texts_i"
@@ -96,9 +112,9 @@ def parts(rows: pl.DataFrame, gatherers: Sequence["_Gatherer"] = ()) -> Iterator
         yield with_texts(rows, ON_DISK) if is_light(rows) else rows
         return
     code = pl.col(PART).to_physical().cast(pl.Int64).fill_null(-1)  # the categorical's codes: no string per row
-    run = (code != code.shift()).cum_sum()
-    groups = rows.with_columns(run.fill_null(0).alias(_I)).partition_by(_I, maintain_order=True, include_key=False)
-    for group in groups:
+    starts = rows.select((code != code.shift()).fill_null(True).arg_true())[PART].to_list()
+    for start, end in zip(starts, [*starts[1:], len(rows)], strict=True):
+        group = rows.slice(start, end - start)  # a view of the rows, not a copy
         part = group[PART][0]
         if part is None:
             yield with_texts(group, ON_DISK)
@@ -216,7 +232,7 @@ def _batches(indexed: pl.DataFrame, locators: Sequence[Locator], gatherers: Sequ
 
 
 def _schema(loc: Locator) -> dict[str, pl.DataType]:
-    return {_I: pl.UInt32, **{out: GENERATION_SCHEMA.get(stored, pl.String) for stored, out in loc.columns.items()}}
+    return {_I: pl.UInt32, **{out: _DTYPES.get(stored, pl.String) for stored, out in loc.columns.items()}}
 
 
 class _Gatherer:

@@ -125,27 +125,37 @@ def write_frame(
     metadata: dict[bytes, bytes] | None = None,
 ) -> None:
     """`frame` (or each frame of an iterable, in turn) written atomically slice by slice (`slices`: one row group
-    each; `to_arrow` converts a slice), with `metadata` added to the file's schema."""
+    each; `to_arrow` converts a slice), with `metadata` added to the file's schema. A slice is compressed and written
+    in a thread while the next one is made (the frames of an iterable read and built): both take a core, and memory
+    holds one slice more."""
     frames = [frame] if isinstance(frame, pl.DataFrame) else frame
 
     def write(tmp: str) -> None:
-        writer = None
-        try:
-            for whole in frames:
-                for start, rows in slices(whole, SLICE_BYTES):
-                    if writer is not None and not rows:
-                        continue  # an empty piece after the first adds no row group
-                    arrow = to_arrow(whole.slice(start, rows))
-                    if metadata:
-                        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
-                    writer.write_table(arrow)
-            if writer is None:
-                raise ValueError(f"{path}: no frame to write (not even an empty one)")
-        finally:
-            if writer is not None:
-                writer.close()
+        writer, writing = None, None
+        with ThreadPoolExecutor(1, thread_name_prefix="write-frame") as thread:
+            try:
+                for whole in frames:
+                    for start, rows in slices(whole, SLICE_BYTES):
+                        if writer is not None and not rows:
+                            continue  # an empty piece after the first adds no row group
+                        arrow = to_arrow(whole.slice(start, rows))
+                        if metadata:
+                            arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
+                        if writer is None:
+                            writer = pq.ParquetWriter(tmp, arrow.schema, **_PARQUET)
+                        if writing is not None:
+                            writing.result()  # one slice in the thread at a time, in order
+                        writing = thread.submit(writer.write_table, arrow)
+                        del arrow
+                if writing is not None:
+                    writing.result()
+                if writer is None:
+                    raise ValueError(f"{path}: no frame to write (not even an empty one)")
+            finally:
+                if writing is not None:
+                    writing.exception()  # an unfinished write ends before the file is closed
+                if writer is not None:
+                    writer.close()
 
     _atomic(path, write)
 
