@@ -2,7 +2,9 @@
 row, as reading each completion on its own with `dissect` and `extract_answer` — whatever the chunking, the
 workers, the think mode, and characters that take more than one byte before the sliced parts."""
 
+import json
 import random
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -124,3 +126,44 @@ def test_completions_of_an_unknown_problem_are_refused():
     rollouts, problems = _rollouts(n=50)
     with pytest.raises(KeyError, match="p3"):
         grade(rollouts, GradeConfig(workers=0), problems.filter(pl.col(PROBLEM_ID) != "p3"))
+
+
+def _real_solutions() -> list[str]:
+    """Solutions as people and models write them: MATH-500's (boxed), GSM8K's (####) and PRM800K's model-written
+    steps (`# Answer`), as the project ships them."""
+    root = Path(__file__).resolve().parents[2] / "data"
+    out = [json.loads(line)["solution"] for line in (root / "math" / "math500.jsonl").open()]
+    out += [json.loads(line)["answer"] for line in (root / "gsm8k" / "train_sample_2000.jsonl").open()]
+    out += [
+        "\n\n".join(json.loads(line)["steps"]) for line in (root / "prm800k" / "phase1_test_labeled_2000.jsonl").open()
+    ]
+    return out
+
+
+# markers in other cases, and characters whose lower case is (or is not) an ASCII letter: Kelvin sign -> "k", dotted
+# capital I -> "i" + a combining dot, long s (lower case already: no "s")
+EDGES = [
+    "FINAL ANSWER: The final answer is 4",
+    "The ANSWER is 8. ",
+    "ANSWER: 9",
+    "\\BOXED{1}",
+    "**ANSWER:** 2",
+    "Fİnal Answer: The final answer is 6",
+    "The anſwer is 3. ",
+    "\u212a",
+    "İ",
+    "## answer\n\n10\n",
+]
+
+
+@pytest.mark.parametrize("formats", [DEFAULT_ANSWER_FORMATS, (*DEFAULT_ANSWER_FORMATS, "last_number"), ("answer_is",)])
+def test_skipping_the_formats_whose_keywords_a_text_lacks_changes_no_answer(formats):
+    rng = random.Random(2)
+    texts = _real_solutions()
+    texts += ["".join(rng.choice(ATOMS + EDGES) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
+    chunk = pl.DataFrame({TEXT: texts, COT_TOKENS: [len(t) // 4 for t in texts]})
+    read = read_chunk(chunk, ThinkSpec("off"), formats)
+    expected = [extract_answer(t, formats) for t in texts]
+    assert read["_read_answer"].to_list() == expected
+    # the corpus has texts with each marker and without: some formats are skipped, some answers found
+    assert sum(a is not None for a in expected) > 1000 and sum(a is None for a in expected) > 100

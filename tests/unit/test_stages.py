@@ -4,8 +4,8 @@ import polars as pl
 import pytest
 
 from tracefactory.backends.fake import FakeTeacher
-from tracefactory.config import CurriculumConfig, DifficultyConfig, GradeConfig, SelectConfig, load_config
-from tracefactory.stages.curriculum import curriculum
+from tracefactory.config import CurriculumConfig, DifficultyConfig, GradeConfig, PromptConfig, SelectConfig, load_config
+from tracefactory.stages.curriculum import MESSAGES_TYPE, conversations, curriculum, messages
 from tracefactory.stages.difficulty import difficulty, wilson
 from tracefactory.stages.grade import grade
 from tracefactory.stages.rollout import request_seed, rollout
@@ -131,3 +131,20 @@ def test_curriculum_orders_easy_to_hard_with_stable_ranks():
 def test_stage_report_must_add_up():
     with pytest.raises(ValueError, match="does not add up"):
         StageReport("x", "rows", 10, 5, {"bad": 4})
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        PromptConfig(),
+        PromptConfig(template="Q: {question}\nThink first.", system="You are careful."),
+        PromptConfig(template="{question} =", chat=False),
+    ],
+)
+def test_conversations_built_as_columns_equal_each_trace_built_alone(prompt):
+    questions = ["What is 2+2?", "", "Ünïcode \\frac{1}{2} ✓", "a\nb"] * 3
+    cots = ["<think>\nadd</think> 4", "x", "", "\\boxed{5}"] * 3
+    built = conversations(pl.Series(questions), pl.Series(cots), prompt)
+    assert built.to_list() == [messages(q, c, prompt) for q, c in zip(questions, cots, strict=True)]
+    assert built.dtype == MESSAGES_TYPE
+    assert conversations(pl.Series([], dtype=pl.String), pl.Series([], dtype=pl.String), prompt).dtype == MESSAGES_TYPE

@@ -20,7 +20,7 @@ the length of the text whatever it holds (teacher output is not trusted).
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from typing import AbstractSet, Callable, Iterable
 
 from tracefactory.config import DEFAULT_ANSWER_FORMATS
 
@@ -122,6 +122,19 @@ FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
     "last_number": _last_number,
 }
 DEFAULT_FORMATS = DEFAULT_ANSWER_FORMATS
+# what a marker's search looks for first (in the lower-cased text; "" : nothing): a text that holds none of a
+# format's keywords has no answer of that format — a reader that searched many texts at once (`grading.reading`)
+# passes the keywords it found absent, and the search is not made again
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    "boxed": ("\\boxed", "\\fbox"),
+    "heading": ("answer",),
+    "final_answer": ("final answer",),
+    "hashes": ("####",),
+    "answer_is": ("answer",),
+    "bold": ("**",),
+    "last_number": ("",),
+}
+_CASE_BLIND = ("heading", "final_answer", "answer_is")  # the formats that search the lower-cased text
 
 
 _DOLLARS = re.compile(r"^\$+|\$+$")  # $x$ and $$x$$
@@ -134,13 +147,17 @@ def clean(answer: str) -> str:
     return answer.rstrip(".").strip().rstrip(".").strip()
 
 
-def extract_answer(text: str | None, formats: Iterable[str] = DEFAULT_FORMATS) -> str | None:
-    """The final answer of a solution: the answer of the marker nearest the end (see the module)."""
+def extract_answer(
+    text: str | None, formats: Iterable[str] = DEFAULT_FORMATS, absent: AbstractSet[str] = frozenset()
+) -> str | None:
+    """The final answer of a solution: the answer of the marker nearest the end (see the module). `absent`: keywords
+    (of `KEYWORDS`) known not to be in the lower-cased text — the formats that need only those are not searched."""
     if not text:
         return None
-    low = text.lower()
+    searched = [(rank, name) for rank, name in enumerate(formats) if not absent.issuperset(KEYWORDS[name])]
+    low = text.lower() if any(name in _CASE_BLIND for _, name in searched) else text
     found: list[tuple[int, int, str]] = []
-    for rank, name in enumerate(formats):
+    for rank, name in searched:
         for start, answer in FORMATS[name](text, low):
             found.append((start, -rank, answer))
     for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format

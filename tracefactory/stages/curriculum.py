@@ -43,6 +43,30 @@ def messages(question: str, cot: str, prompt: PromptConfig) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in turns] + [{"role": "assistant", "content": cot}]
 
 
+def conversations(questions: pl.Series, cots: pl.Series, prompt: PromptConfig) -> pl.Series:
+    """`messages` of each (question, cot), as a column, built in polars: the turns sent for each question are put
+    together per turn position where every question's turns have the same roles (always, for one prompt config), not
+    as a Python dict per message."""
+    turns = []
+    for question in questions.to_list():
+        sent = build_prompt(question, prompt)
+        turns.append([(m["role"], m["content"]) for m in sent] if isinstance(sent, list) else [("user", sent)])
+    shapes = {tuple(role for role, _ in t) for t in turns}
+    if len(shapes) != 1:  # none (no rows), or turns that differ from question to question
+        built = [messages(q, c, prompt) for q, c in zip(questions.to_list(), cots.to_list(), strict=True)]
+        return pl.Series(MESSAGES, built, dtype=MESSAGES_TYPE)
+    roles = shapes.pop()
+    contents = pl.DataFrame(
+        {f"_turn{i}": [t[i][1] for t in turns] for i in range(len(roles))} | {"_cot": cots},
+        schema={**{f"_turn{i}": pl.String for i in range(len(roles))}, "_cot": pl.String},
+    )
+    message = [
+        pl.struct(pl.lit(role).alias("role"), pl.col(f"_turn{i}").alias("content")) for i, role in enumerate(roles)
+    ]
+    message.append(pl.struct(pl.lit("assistant").alias("role"), pl.col("_cot").alias("content")))
+    return contents.select(pl.concat_list(message).cast(MESSAGES_TYPE).alias(MESSAGES))[MESSAGES]
+
+
 def curriculum(
     rollouts: pl.DataFrame, cfg: CurriculumConfig, problems: pl.DataFrame, prompt: PromptConfig | None = None
 ) -> tuple[pl.DataFrame | Deferred, StageReport]:
@@ -77,6 +101,5 @@ def curriculum(
 
 def _finish(rows: pl.DataFrame, prompt: PromptConfig) -> pl.DataFrame:
     """Dataset rows with their texts -> the table's rows: each trace's conversation built, the table's columns."""
-    turns = [messages(q, c, prompt) for q, c in rows.select(QUESTION, COT).iter_rows()]
-    rows = rows.with_columns(pl.Series(MESSAGES, turns, dtype=MESSAGES_TYPE))
+    rows = rows.with_columns(conversations(rows[QUESTION], rows[COT], prompt))
     return rows.select([c for c in columns("dataset") if c in rows.columns])

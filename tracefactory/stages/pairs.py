@@ -23,7 +23,7 @@ import polars as pl
 from tracefactory.config import PairsConfig, PromptConfig
 from tracefactory.grading.outcomes import WRONG
 from tracefactory.grading.texts import PART, ROW, Deferred, Locator, is_light
-from tracefactory.stages.curriculum import messages
+from tracefactory.stages.curriculum import conversations
 from tracefactory.stages.select import NOT_SHORTEST
 from tracefactory.stages.step_score import LOW_STEP_SCORE
 from tracefactory.store.report import StageReport
@@ -39,6 +39,7 @@ from tracefactory.store.schema import (
     DIFFICULTY,
     DROP_REASON,
     LEVEL,
+    MESSAGES,
     PRED_ANSWER,
     PRM_MIN,
     PROBLEM_ID,
@@ -150,13 +151,17 @@ _SCHEMA |= {_CHOSEN[COT]: pl.String, _CHOSEN_AT[PART]: pl.String, _CHOSEN_AT[ROW
 def _finish(rows: pl.DataFrame, prompt: PromptConfig) -> pl.DataFrame:
     """Pairs with their two traces' texts -> the table's rows: the chosen trace's conversation (as the dataset
     builds it) split into the prompt and the chosen turn, the rejected trace as the other turn."""
-    turns = [messages(q, c, prompt) for q, c in rows.select(QUESTION, _CHOSEN[COT]).iter_rows()]
-    rejected = [[{"role": "assistant", "content": c}] for c in rows[_REJECTED[COT]]]
-    return rows.with_columns(
-        pl.Series(PROMPT, [t[:-1] for t in turns], dtype=_TABLE[PROMPT]),
-        pl.Series(CHOSEN, [t[-1:] for t in turns], dtype=_TABLE[CHOSEN]),
-        pl.Series(REJECTED, rejected, dtype=_TABLE[REJECTED]),
-    ).select(list(_TABLE))
+    turns = pl.col(MESSAGES)
+    rejected = pl.struct(pl.lit("assistant").alias("role"), pl.col(_REJECTED[COT]).alias("content"))
+    return (
+        rows.with_columns(conversations(rows[QUESTION], rows[_CHOSEN[COT]], prompt))
+        .with_columns(
+            turns.list.head(turns.list.len() - 1).cast(_TABLE[PROMPT]).alias(PROMPT),
+            turns.list.tail(1).cast(_TABLE[CHOSEN]).alias(CHOSEN),
+            pl.concat_list(rejected).cast(_TABLE[REJECTED]).alias(REJECTED),
+        )
+        .select(list(_TABLE))
+    )
 
 
 def _grouped(rows: pl.DataFrame) -> dict[str, list[dict]]:
