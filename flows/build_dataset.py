@@ -278,11 +278,14 @@ def _build(run: io.RunDir, cfg: FactoryConfig, started: float, teacher: Teacher 
         if cfg.audit.enabled:
             (graded, verdicts, audit_table), r_audit = audit_task(cfg, graded, problems)
         scored, r_step = step_score_task(run, cfg, graded, problems, engines.teacher)
+        # each stage's frame holds its version of drop_reason (light rows: ~16 bytes a row): only the last one stays
+        del graded
         chosen, r_select = select_task(cfg, scored)
         problems = pipeline.with_audit(pipeline.with_teacher_tokens(problems, scored), verdicts)
         rationales = tried = r_rat = None
         if cfg.rationalize.enabled:
             rationales, tried, r_rat = _rationales(run, cfg, scored, problems, engines, shards)
+        del scored
         problems = pipeline.with_rationales(problems, rationales, tried)
         tagged, r_diff = difficulty_task(cfg, problems, chosen)
         dataset, r_curr = curriculum_task(cfg, pipeline.training_rows(cfg, chosen, rationales), tagged)

@@ -47,10 +47,21 @@ def votes(rollouts: pl.DataFrame) -> pl.DataFrame:
     `majority_answer` (the lowest sample's text), `majority_votes`, `majority_share` of the answered, and the
     sample that wrote it first (`_example`). Ties go to the answer first written (lowest sample index)."""
     # the columns it counts only: a run's rows are millions (filters copy what they keep)
-    answered = rollouts.select(PROBLEM_ID, SAMPLE_INDEX, PRED_ANSWER, CORRECT).filter(pl.col(PRED_ANSWER).is_not_null())
-    counts = answered.group_by(PROBLEM_ID).agg(pl.len().alias(N_ANSWERED), pl.col(CORRECT).sum().alias(REACHED))
-    wrong = answered.filter(~pl.col(CORRECT)).with_columns(
-        pl.col(PRED_ANSWER).map_elements(vote_key, return_dtype=pl.String).alias("_key")
+    # two queries over the rows, each reading the columns it needs: no copy of the answered rows (millions in a run)
+    answered = pl.col(PRED_ANSWER).is_not_null()
+    counts = (
+        rollouts.lazy()
+        .filter(answered)
+        .group_by(PROBLEM_ID)
+        .agg(pl.len().alias(N_ANSWERED), pl.col(CORRECT).sum().alias(REACHED))
+        .collect()
+    )
+    wrong = (
+        rollouts.lazy()
+        .filter(answered & ~pl.col(CORRECT))
+        .select(PROBLEM_ID, SAMPLE_INDEX, PRED_ANSWER)
+        .collect()
+        .with_columns(pl.col(PRED_ANSWER).map_elements(vote_key, return_dtype=pl.String).alias("_key"))
     )
     top = (
         wrong.sort(PROBLEM_ID, SAMPLE_INDEX)
