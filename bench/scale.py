@@ -147,7 +147,7 @@ def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFram
     graded, r_grade = timed("grade", lambda: pipeline.grade_rollouts(run, cfg, budgeted, teacher))
     (graded, verdicts, audit_table), r_audit = timed("audit", lambda: run_stage(audit, graded, cfg.audit, budgeted))
     scored, _ = timed("step_score", lambda: pipeline.score_steps(run, cfg, graded, budgeted, teacher))
-    del graded  # as the flow drops them: only the last stage's frame stays
+    graded = None  # as the flow drops them: only the last stage's frame stays
     chosen, r_select = timed("select", lambda: run_stage(select, scored, cfg.select))
     tagged, r_diff = timed(
         "difficulty",
@@ -159,7 +159,7 @@ def flow_path(run: io.RunDir, cfg: FactoryConfig, teacher, problems: pl.DataFram
             chosen,
         ),
     )
-    del scored
+    scored = None
     dataset, r_curr = timed(
         "curriculum",
         lambda: run_stage(curriculum, pipeline.training_rows(cfg, chosen, None), cfg.curriculum, tagged, cfg.prompt),

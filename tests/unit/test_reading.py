@@ -12,7 +12,7 @@ import pytest
 from tracefactory.config import DEFAULT_ANSWER_FORMATS, GradeConfig
 from tracefactory.grading.answers import extract_answer
 from tracefactory.grading.reading import read_chunk, read_completions
-from tracefactory.grading.think import R1_OPENER, ThinkSpec, dissect, split_tokens
+from tracefactory.grading.think import R1_OPENER, ThinkSpec, dissect, spans, split_tokens
 from tracefactory.grading.verify import is_correct
 from tracefactory.stages.grade import grade
 from tracefactory.store.schema import (
@@ -153,17 +153,33 @@ EDGES = [
     "\u212a",
     "İ",
     "## answer\n\n10\n",
+    "<THINK>",
+    "</Think>",
 ]
 
 
+@pytest.mark.parametrize("think", SPECS)
 @pytest.mark.parametrize("formats", [DEFAULT_ANSWER_FORMATS, (*DEFAULT_ANSWER_FORMATS, "last_number"), ("answer_is",)])
-def test_skipping_the_formats_whose_keywords_a_text_lacks_changes_no_answer(formats):
+def test_skipping_what_a_text_lacks_changes_no_reading(formats, think):
+    """The keywords and think tags found absent for a whole chunk at once skip searches: the same anatomy and answers
+    as each text read alone with every search made."""
     rng = random.Random(2)
     texts = _real_solutions()
     texts += ["".join(rng.choice(ATOMS + EDGES) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
     chunk = pl.DataFrame({TEXT: texts, COT_TOKENS: [len(t) // 4 for t in texts]})
-    read = read_chunk(chunk, ThinkSpec("off"), formats)
-    expected = [extract_answer(t, formats) for t in texts]
-    assert read["_read_answer"].to_list() == expected
-    # the corpus has texts with each marker and without: some formats are skipped, some answers found
-    assert sum(a is not None for a in expected) > 1000 and sum(a is None for a in expected) > 100
+    read = read_chunk(chunk, think, formats)
+    expected = []
+    for text in texts:
+        s = spans(text, think.opener, think.mode)
+        expected.append((s.response[0], s.response[1] - s.response[0], s.closed, s.problem, s.restored))
+        answer = text[s.response[0] : s.response[1]] if s.response[1] - s.response[0] < len(text) else text
+        expected[-1] += (extract_answer(answer, formats),)
+    columns = ["_read_response_at", "_read_response_len", "_read_closed", "_read_problem", "_read_restored"]
+    assert read.select(*columns, "_read_answer").rows() == expected
+    # the corpus has texts with each marker and without, with think tags (any case) and without (read as a block
+    # where the template opens one: then most have no answer)
+    answers = [row[-1] for row in expected]
+    assert sum(a is not None for a in answers) > (1000 if think.mode != "on" and not think.opener else 100)
+    assert sum(a is None for a in answers) > 100
+    if think.mode == "auto" and not think.opener:
+        assert 100 < sum(row[2] is not None for row in expected) < len(texts) - 1000

@@ -122,19 +122,33 @@ FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
     "last_number": _last_number,
 }
 DEFAULT_FORMATS = DEFAULT_ANSWER_FORMATS
-# what a marker's search looks for first (in the lower-cased text; "" : nothing): a text that holds none of a
-# format's keywords has no answer of that format — a reader that searched many texts at once (`grading.reading`)
-# passes the keywords it found absent, and the search is not made again
-KEYWORDS: dict[str, tuple[str, ...]] = {
-    "boxed": ("\\boxed", "\\fbox"),
-    "heading": ("answer",),
-    "final_answer": ("final answer",),
-    "hashes": ("####",),
-    "answer_is": ("answer",),
-    "bold": ("**",),
-    "last_number": ("",),
+# what a text must hold (lower-cased) for a format to find an answer in it: any one of its alternatives, every keyword
+# of it (the markers' literal parts). A reader that searched many texts at once (`grading.reading`) passes the keywords
+# it found absent, and extraction does not search for what cannot be there.
+NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "boxed": (("\\boxed",), ("\\fbox",)),
+    "heading": (("#", "answer"),),
+    "final_answer": (("final answer",),),
+    "hashes": (("####",),),
+    "answer_is": (("answer",),),
+    "bold": (("**", "answer"),),
+    "last_number": ((),),
 }
+KEYWORDS = tuple(sorted({w for alternatives in NEEDS.values() for needs in alternatives for w in needs}))
+assert not any(w.endswith("i") for w in KEYWORDS)  # see `grading.reading._holds`
 _CASE_BLIND = ("heading", "final_answer", "answer_is")  # the formats that search the lower-cased text
+_PLANS: dict[tuple[tuple[str, ...], AbstractSet[str]], tuple[tuple[tuple[int, str], ...], bool]] = {}
+
+
+def _plan(formats: tuple[str, ...], absent: AbstractSet[str]) -> tuple[tuple[tuple[int, str], ...], bool]:
+    """The (rank, format)s to search a text for, given the keywords `absent` from it, and whether it is lower-cased."""
+    plan = _PLANS.get((formats, absent))
+    if plan is None:
+        searched = tuple(
+            (rank, name) for rank, name in enumerate(formats) if any(absent.isdisjoint(needs) for needs in NEEDS[name])
+        )
+        plan = _PLANS[(formats, absent)] = searched, any(name in _CASE_BLIND for _, name in searched)
+    return plan
 
 
 _DOLLARS = re.compile(r"^\$+|\$+$")  # $x$ and $$x$$
@@ -142,8 +156,10 @@ _DISPLAY = re.compile(r"^\\\[|\\\]$|^\\\(|\\\)$")
 
 
 def clean(answer: str) -> str:
-    answer = _DOLLARS.sub("", answer.strip()).strip()
-    answer = _DISPLAY.sub("", answer).strip()
+    answer = answer.strip()
+    if "$" in answer or "\\" in answer:  # what the two patterns start with (the common answer has neither)
+        answer = _DOLLARS.sub("", answer).strip()
+        answer = _DISPLAY.sub("", answer).strip()
     return answer.rstrip(".").strip().rstrip(".").strip()
 
 
@@ -151,11 +167,11 @@ def extract_answer(
     text: str | None, formats: Iterable[str] = DEFAULT_FORMATS, absent: AbstractSet[str] = frozenset()
 ) -> str | None:
     """The final answer of a solution: the answer of the marker nearest the end (see the module). `absent`: keywords
-    (of `KEYWORDS`) known not to be in the lower-cased text — the formats that need only those are not searched."""
+    (of `KEYWORDS`) known not to be in the lower-cased text — the formats that need them (`NEEDS`) are not searched."""
     if not text:
         return None
-    searched = [(rank, name) for rank, name in enumerate(formats) if not absent.issuperset(KEYWORDS[name])]
-    low = text.lower() if any(name in _CASE_BLIND for _, name in searched) else text
+    searched, lower = _plan(tuple(formats), absent)
+    low = text.lower() if lower else text
     found: list[tuple[int, int, str]] = []
     for rank, name in searched:
         for start, answer in FORMATS[name](text, low):

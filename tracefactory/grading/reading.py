@@ -13,6 +13,7 @@ can hang, stays in the grading pool.
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,10 +23,13 @@ import polars as pl
 import pyarrow as pa
 
 from tracefactory.errors import BackendError
-from tracefactory.grading.answers import KEYWORDS, extract_answer
+from tracefactory.grading.answers import NEEDS, extract_answer
 from tracefactory.grading.pool import forget, kept
-from tracefactory.grading.think import ThinkSpec, spans, split_tokens
+from tracefactory.grading.think import CLOSE, OPEN, ThinkSpec, spans, split_tokens
+from tracefactory.grading.verify import fast_verdict
 from tracefactory.store.schema import COT, COT_TOKENS, REASONING, REASONING_TOKENS, RESPONSE, TEXT
+
+TAGS = (OPEN, CLOSE)  # a text without them is read without a think block (unless the template opened one)
 
 # what a reading gives per completion (names that no rollouts column has)
 RESTORED = "_read_restored"  # the think opening put back in front of the completion
@@ -34,6 +38,8 @@ RESPONSE_AT, RESPONSE_LEN = "_read_response_at", "_read_response_len"
 CLOSED, PROBLEM = "_read_closed", "_read_problem"
 READ_REASONING_TOKENS, READ_RESPONSE_TOKENS = "_read_reasoning_tokens", "_read_response_tokens"
 ANSWER = "_read_answer"
+GOLD = "_read_gold"  # given with the texts (optional): each completion's gold, to give its verdict where it is certain
+FAST_OK, FAST_WHY = "_read_fast_ok", "_read_fast_why"  # `verify.fast_verdict` of (gold, answer); null: not certain
 READ_SCHEMA = {
     RESTORED: pl.String,
     REASONING_AT: pl.Int64,
@@ -45,6 +51,8 @@ READ_SCHEMA = {
     READ_REASONING_TOKENS: pl.Int64,
     READ_RESPONSE_TOKENS: pl.Int64,
     ANSWER: pl.String,
+    FAST_OK: pl.Boolean,
+    FAST_WHY: pl.String,
 }
 # where a completion's sliced texts are: what a reading gives that `texts_of` turns into `cot`, `reasoning`, `response`
 POSITIONS = (RESTORED, REASONING_AT, REASONING_LEN, RESPONSE_AT, RESPONSE_LEN)
@@ -72,15 +80,26 @@ CHUNK_ROWS = 20_000  # rows per chunk sent to a worker
 MIN_PARALLEL_ROWS = 2 * CHUNK_ROWS  # below this, starting workers costs more than it saves
 
 
+def _holds(texts: pl.Series, word: str) -> pl.Series:
+    """Whether each text may hold `word` (ASCII, lower case) once lower-cased as Python does (`str.lower`): a word
+    without letters as it is (lower-casing adds none of its characters); one with letters case-blind, by Unicode's
+    simple case folding — what folds to an ASCII letter is all that lower-cases to one (the Kelvin sign to "k"), save
+    the dotted capital I, whose "i" comes with a combining dot after it (so no word here ends in "i"), and some more
+    (the long s folds to "s"): a superset, which extraction then searches as before."""
+    if word == word.upper():
+        return texts.str.contains(word, literal=True)
+    return texts.str.contains("(?i)" + re.escape(word))
+
+
 def _absent(texts: pl.Series, formats: tuple[str, ...]) -> list[frozenset[str]]:
-    """Per text, the formats' keywords (`answers.KEYWORDS`) its lower-cased form does not hold: searched for in all
-    the texts at once (polars), so that extraction skips the formats a text cannot have. Lower-casing a text makes
-    the same ASCII letters in polars as in Python (full Unicode mappings), so a keyword absent here is absent there."""
-    words = sorted({w for name in formats for w in KEYWORDS[name] if w})
-    if not words or not len(texts):
+    """Per text, the formats' keywords (`answers.NEEDS`) and the think tags its lower-cased form cannot hold, found for
+    all the texts at once (polars, `_holds`): extraction skips the formats a text cannot have, and the anatomy the
+    tags it lacks (a tag absent from the lower-cased text is absent from the text)."""
+    words = sorted({*(w for name in formats for needs in NEEDS[name] for w in needs), OPEN, CLOSE})
+    if not len(texts):
         return [frozenset()] * len(texts)
-    low = texts.fill_null("").str.to_lowercase()
-    bits = [(~low.str.contains(w, literal=True)).cast(pl.Int64) * (1 << i) for i, w in enumerate(words)]
+    texts = texts.fill_null("")
+    bits = [(~_holds(texts, w)).cast(pl.Int64) * (1 << i) for i, w in enumerate(words)]
     mask = sum(bits[1:], bits[0]).to_list()
     sets: dict[int, frozenset[str]] = {}
     for m in set(mask):
@@ -89,16 +108,18 @@ def _absent(texts: pl.Series, formats: tuple[str, ...]) -> list[frozenset[str]]:
 
 
 def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[str, ...]) -> pl.DataFrame:
-    """`READ_SCHEMA` for each row of `chunk` (columns `text`, `cot_tokens`, optional `reasoning_tokens`; a polars
-    frame, or the Arrow table a worker is sent: its buffers pickle without a copy into Python objects)."""
+    """`READ_SCHEMA` for each row of `chunk` (columns `text`, `cot_tokens`, optional `reasoning_tokens` and `GOLD`; a
+    polars frame, or the Arrow table a worker is sent: its buffers pickle without a copy into Python objects)."""
     chunk = chunk if isinstance(chunk, pl.DataFrame) else pl.from_arrow(chunk)
     absent = _absent(chunk[TEXT], formats)
     texts = chunk[TEXT].to_list()
     tokens = chunk[COT_TOKENS].to_list()
     counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * len(texts)
+    golds = chunk[GOLD].to_list() if GOLD in chunk.columns else [None] * len(texts)
     cols: dict[str, list] = {name: [] for name in READ_SCHEMA}
-    for text, n, c, skip in zip(texts, tokens, counted, absent, strict=True):
-        s = spans(text, think.opener, think.mode)
+    certain: dict[tuple[str, str], tuple[bool | None, str | None]] = {}  # each (gold, answer) of the chunk once
+    for text, n, c, skip, gold in zip(texts, tokens, counted, absent, golds, strict=True):
+        s = spans(text, think.opener, think.mode, tags=not skip.issuperset(TAGS))
         at, end = s.response
         cols[RESTORED].append(s.restored)
         cols[REASONING_AT].append(None if s.reasoning is None else s.reasoning[0])
@@ -112,7 +133,15 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
         cols[READ_RESPONSE_TOKENS].append(t)
         # the whole text without a block (the common case: no copy); "" (an unclosed block) has no answer
         # (a keyword absent from the whole text is absent from its response)
-        cols[ANSWER].append(extract_answer(text if end - at == len(text) else text[at:end], formats, skip))
+        answer = extract_answer(text if end - at == len(text) else text[at:end], formats, skip)
+        cols[ANSWER].append(answer)
+        verdict = None, None
+        if gold is not None and answer is not None:
+            verdict = certain.get((gold, answer))
+            if verdict is None:
+                verdict = certain[(gold, answer)] = fast_verdict(gold, answer) or (None, None)
+        cols[FAST_OK].append(verdict[0])
+        cols[FAST_WHY].append(verdict[1])
     return pl.DataFrame(cols, schema=READ_SCHEMA)
 
 
@@ -134,7 +163,7 @@ def read_completions(
     `chunk_rows` (default `CHUNK_ROWS`), workers from `min_parallel_rows` rows on (`MIN_PARALLEL_ROWS`)."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     least = MIN_PARALLEL_ROWS if min_parallel_rows is None else min_parallel_rows
-    needed = rollouts.select(c for c in (TEXT, COT_TOKENS, REASONING_TOKENS) if c in rollouts.columns)
+    needed = rollouts.select(c for c in (TEXT, COT_TOKENS, REASONING_TOKENS, GOLD) if c in rollouts.columns)
     if workers == 0 or len(needed) < least:
         return read_chunk(needed, think, formats)
     parts: list[pl.DataFrame] = []

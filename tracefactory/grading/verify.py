@@ -15,7 +15,7 @@ import threading
 import time
 from fractions import Fraction
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from tracefactory.grading.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
 from tracefactory.grading.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
@@ -150,11 +150,15 @@ def fast_verdict(gold: str, pred: str) -> Verdict | None:
     return None
 
 
-def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0) -> dict[Pair, Verdict]:
+def grade_pairs(
+    pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0, certain: Mapping[Pair, Verdict] | None = None
+) -> dict[Pair, Verdict]:
     """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}. Pairs `fast_verdict`
-    is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same.
+    is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same. `certain`: pairs whose
+    `fast_verdict` is known already (the reading workers gave it).
 
     With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `pool`)."""
+    certain = certain or {}
     unique = list(dict.fromkeys(pairs))
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
     todo = []
@@ -162,7 +166,7 @@ def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0)
         if i == len(unique) // 2:
             failpoint("grade.batch")  # half-way through a batch (the pool has its own, for its pairs)
         if p[1] is not None:
-            known = fast_verdict(*p)
+            known = certain.get(p) or fast_verdict(*p)
             if known is None:
                 todo.append(p)
             else:

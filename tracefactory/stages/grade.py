@@ -11,6 +11,8 @@ from tracefactory.grading.outcomes import NO_GOLD
 from tracefactory.grading.reading import ANSWER as READ_ANSWER
 from tracefactory.grading.reading import (
     CLOSED,
+    FAST_OK,
+    FAST_WHY,
     POSITIONS,
     PROBLEM,
     READ_REASONING_TOKENS,
@@ -19,6 +21,7 @@ from tracefactory.grading.reading import (
     read_completions,
     texts_of,
 )
+from tracefactory.grading.reading import GOLD as READ_GOLD
 from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec
 from tracefactory.grading.verify import grade_pairs
 from tracefactory.store.report import StageReport
@@ -52,7 +55,8 @@ def anatomy(
     response's final answer by `formats`' markers; none for an unclosed block): read in `workers` processes
     (`tracefactory.grading.reading`), the text columns sliced here — or, with `positions`, not sliced: the reading's
     `POSITIONS` columns instead, from which `texts_of` slices them when asked. Also each completion's think-block
-    problem (`think.spans`; null when none)."""
+    problem (`think.spans`; null when none) and, where `rollouts` holds the reading's `GOLD` column, the verdicts the
+    reading is certain of (`FAST_OK`, `FAST_WHY`)."""
     read = read_completions(rollouts, think, formats, workers)
     finished = pl.col(FINISH_REASON) == "stop"
     sliced = [] if positions else texts_of()
@@ -67,8 +71,9 @@ def anatomy(
             pl.col(READ_ANSWER).alias(PRED_ANSWER),
         )
         .drop([c for c in READ_SCHEMA if not (positions and c in POSITIONS)])
+        .drop(READ_GOLD, strict=False)
     )
-    return out, read[PROBLEM]
+    return out, read.select(PROBLEM, FAST_OK, FAST_WHY)
 
 
 def grade(
@@ -89,7 +94,10 @@ def grade(
     unknown = rollouts.select(PROBLEM_ID).unique().join(golds, on=PROBLEM_ID, how="anti")
     if len(unknown):
         raise KeyError(f"completions of problems not in the problems table: {unknown[PROBLEM_ID].head(5).to_list()}")
-    out, problem = anatomy(rollouts, think, cfg.answer_formats, cfg.workers, positions)
+    given = rollouts.select(PROBLEM_ID).join(golds, on=PROBLEM_ID, how="left", maintain_order="left")[_GOLD]
+    out, read = anatomy(
+        rollouts.with_columns(given.alias(READ_GOLD)), think, cfg.answer_formats, cfg.workers, positions
+    )
     # why a completion is not graded at all: cut at the budget first, then a broken think block, then no gold (its
     # answer is still extracted: a pseudo-gold is voted from them)
     cut = pl.lit(cfg.drop_truncated) & (pl.col(FINISH_REASON) == "length")
@@ -97,19 +105,28 @@ def grade(
     skip = pl.coalesce(skip, pl.when(pl.col(_GOLD).is_null()).then(pl.lit(NO_GOLD)))
     keyed = (
         out.select(PROBLEM_ID, FINISH_REASON, PRED_ANSWER)
-        .with_columns(problem.alias(_PROBLEM))
+        .with_columns(read[PROBLEM].alias(_PROBLEM), read[FAST_OK], read[FAST_WHY])
         .join(golds, on=PROBLEM_ID, how="left", maintain_order="left")
-        .select(_GOLD, PRED_ANSWER, skip.alias(_SKIP))
+        .select(_GOLD, PRED_ANSWER, skip.alias(_SKIP), FAST_OK, FAST_WHY)
     )
-    # each distinct (gold, answer) pair once, in the order of the rows
-    todo = keyed.filter(pl.col(_SKIP).is_null()).select(_GOLD, PRED_ANSWER).unique(maintain_order=True)
+    # each distinct (gold, answer) pair once, in the order of the rows; those the reading was certain of need no more
+    graded = keyed.filter(pl.col(_SKIP).is_null())
+    todo = graded.select(_GOLD, PRED_ANSWER).unique(maintain_order=True)
     pairs = todo.rows()
-    verdicts = grade_pairs(pairs, cfg.workers, cfg.timeout_s)
+    known = (
+        graded.filter(pl.col(FAST_OK).is_not_null())
+        .unique([_GOLD, PRED_ANSWER])
+        .select(_GOLD, PRED_ANSWER, FAST_OK, FAST_WHY)
+    )
+    certain = {(g, p): (ok, why) for g, p, ok, why in known.iter_rows()}
+    verdicts = grade_pairs(pairs, cfg.workers, cfg.timeout_s, certain)
     judged = todo.with_columns(
         pl.Series(_OK, [verdicts[p][0] for p in pairs], dtype=pl.Boolean),
         pl.Series(_WHY, [verdicts[p][1] for p in pairs], dtype=pl.String),
     )
-    keyed = keyed.join(judged, on=[_GOLD, PRED_ANSWER], how="left", maintain_order="left", nulls_equal=True)
+    keyed = keyed.drop(FAST_OK, FAST_WHY).join(
+        judged, on=[_GOLD, PRED_ANSWER], how="left", maintain_order="left", nulls_equal=True
+    )
     verdict = keyed.select(
         pl.when(pl.col(_SKIP).is_null()).then(pl.col(_OK)).otherwise(False).alias(CORRECT),
         pl.coalesce(_SKIP, pl.when(pl.col(_WHY) != OK).then(pl.col(_WHY))).alias(DROP_REASON),
