@@ -196,22 +196,31 @@ def main() -> None:
     )
     ap.add_argument("--dir", default="runs/scale", help="where the chunks and tables go (removed first)")
     ap.add_argument(
-        "--reuse", action="store_true", help="keep the chunks --dir holds from an earlier run of the same size"
+        "--reuse",
+        action="store_true",
+        help="keep the chunks --dir holds from an earlier run of the same size, generator and request keys",
     )
     ap.add_argument("--json", default="bench/results/scale.json")
     args = ap.parse_args()
     lo, hi = (int(x) for x in (args.trace_kb or args.trace_chars).split("-"))
     chars = (lo * 1000, hi * 1000) if args.trace_kb else (lo, hi)
     root = Path(args.dir)
-    made, what = root / "bench-run.json", {"traces": args.traces, "chars": list(chars)}
+    run, teacher = io.RunDir(root), FakeTeacher()
+    cfg = bench_config(args.workers)
+    # what the chunks are: the generator's code, the size, and the keys the flow asks (config, teacher); making them
+    # draws the same problems again (they come first from the generator's seed)
+    problems = make_run(run, cfg, teacher, args.traces, chars, commit=False)
+    (asked,) = pipeline._requests(cfg, problems.head(1), teacher).values()  # the first problem's: config and teacher
+    generator = io.file_sha256(Path(__file__).resolve().parent / "grading_scale.py")[:16]
+    what = {"traces": args.traces, "chars": list(chars), "generator": generator, "key": asked.key}
+    made = root / "bench-run.json"
     reuse = args.reuse and made.exists() and json.loads(made.read_text()) == what
     if not reuse:
         shutil.rmtree(root, ignore_errors=True)
-    run, teacher = io.RunDir(root), FakeTeacher()
-    cfg = bench_config(args.workers)
     peak = PeakRss()
     t = time.perf_counter()
-    problems = make_run(run, cfg, teacher, args.traces, chars, commit=not reuse)
+    if not reuse:
+        make_run(run, cfg, teacher, args.traces, chars)
     made.write_text(json.dumps(what))
     text_gib = args.traces * sum(chars) / 2 / 2**30
     print(

@@ -91,11 +91,11 @@ def _holds(texts: pl.Series, word: str) -> pl.Series:
     return texts.str.contains("(?i)" + re.escape(word))
 
 
-def _absent(texts: pl.Series, formats: tuple[str, ...]) -> list[frozenset[str]]:
-    """Per text, the formats' keywords (`answers.NEEDS`) and the think tags its lower-cased form cannot hold, found for
-    all the texts at once (polars, `_holds`): extraction skips the formats a text cannot have, and the anatomy the
-    tags it lacks (a tag absent from the lower-cased text is absent from the text)."""
-    words = sorted({*(w for name in formats for needs in NEEDS[name] for w in needs), OPEN, CLOSE})
+def _absent(texts: pl.Series, formats: tuple[str, ...], tags: bool) -> list[frozenset[str]]:
+    """Per text, the formats' keywords (`answers.NEEDS`) and, with `tags`, the think tags its lower-cased form cannot
+    hold, found for all the texts at once (polars, `_holds`): extraction skips the formats a text cannot have, and the
+    anatomy the tags it lacks (a tag absent from the lower-cased text is absent from the text)."""
+    words = sorted({*(w for name in formats for needs in NEEDS[name] for w in needs), *(TAGS if tags else ())})
     if not len(texts):
         return [frozenset()] * len(texts)
     texts = texts.fill_null("")
@@ -111,7 +111,8 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
     """`READ_SCHEMA` for each row of `chunk` (columns `text`, `cot_tokens`, optional `reasoning_tokens` and `GOLD`; a
     polars frame, or the Arrow table a worker is sent: its buffers pickle without a copy into Python objects)."""
     chunk = chunk if isinstance(chunk, pl.DataFrame) else pl.from_arrow(chunk)
-    absent = _absent(chunk[TEXT], formats)
+    looked = think.mode == "auto" and not think.opener  # where the anatomy looks for the tags (`think.thinks`)
+    absent = _absent(chunk[TEXT], formats, tags=looked)
     texts = chunk[TEXT].to_list()
     tokens = chunk[COT_TOKENS].to_list()
     counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * len(texts)
@@ -119,7 +120,7 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
     cols: dict[str, list] = {name: [] for name in READ_SCHEMA}
     certain: dict[tuple[str, str], tuple[bool | None, str | None]] = {}  # each (gold, answer) of the chunk once
     for text, n, c, skip, gold in zip(texts, tokens, counted, absent, golds, strict=True):
-        s = spans(text, think.opener, think.mode, tags=not skip.issuperset(TAGS))
+        s = spans(text, think.opener, think.mode, tags=not (looked and skip.issuperset(TAGS)))
         at, end = s.response
         cols[RESTORED].append(s.restored)
         cols[REASONING_AT].append(None if s.reasoning is None else s.reasoning[0])

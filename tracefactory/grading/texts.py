@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -25,7 +26,6 @@ from tracefactory.grading.reading import POSITIONS, texts_of
 from tracefactory.store.schema import (
     COT,
     FINISH_REASON,
-    GENERATION_SCHEMA,
     REASONING,
     REASONING_COMPLETE,
     REASONING_TOKENS,
@@ -35,6 +35,7 @@ from tracefactory.store.schema import (
     TEACHER,
     TEXT,
     THINK_CLOSED,
+    empty,
 )
 
 HEAVY = (TEXT, COT, REASONING, RESPONSE)  # what a completion's bytes are (its steps are the step scorer's)
@@ -42,7 +43,6 @@ HEAVY = (TEXT, COT, REASONING, RESPONSE)  # what a completion's bytes are (its s
 KEPT_ASIDE = (ROLLOUT_KEY, SEED, TEACHER, FINISH_REASON, REASONING_TOKENS, THINK_CLOSED, REASONING_COMPLETE)
 ON_DISK = (*HEAVY, *KEPT_ASIDE)  # what light rows lack and `with_texts` reads back
 STORED = (TEXT, *KEPT_ASIDE, *POSITIONS)  # what a part holds of them (cot, reasoning, response: sliced from text)
-_DTYPES = {**GENERATION_SCHEMA, THINK_CLOSED: pl.Boolean, REASONING_COMPLETE: pl.Boolean}  # of `ON_DISK`
 PART, ROW = "_text_part", "_text_row"
 LOCATORS = (PART, ROW)
 _I = "_texts_i"
@@ -231,8 +231,14 @@ def _batches(indexed: pl.DataFrame, locators: Sequence[Locator], gatherers: Sequ
         yield _merged(batch, locators, [_take(g, number) for g in gathered]).drop(drop)
 
 
+@cache
+def _dtypes() -> dict[str, pl.DataType]:
+    """The types of what light rows lack (`ON_DISK`): every one of them is a column of the `rollouts` table."""
+    return dict(empty("rollouts").schema)
+
+
 def _schema(loc: Locator) -> dict[str, pl.DataType]:
-    return {_I: pl.UInt32, **{out: _DTYPES.get(stored, pl.String) for stored, out in loc.columns.items()}}
+    return {_I: pl.UInt32, **{out: _dtypes()[stored] for stored, out in loc.columns.items()}}
 
 
 class _Gatherer:
