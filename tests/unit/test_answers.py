@@ -135,7 +135,11 @@ FAST = [
     ("\\frac{3}{4}", "0.75", True),
     ("-\\dfrac{1}{2}", "-0.5", True),
     ("x+1", "x+1", True),  # the same text
-    ("1000000", "1000001", None),  # close: Math-Verify's rounding decides
+    ("1000000", "1000001", False),  # integers: compared exactly, however close
+    ("-12", "-012", True),
+    ("123456789012345678901", "123456789012345678902", False),  # past a float's precision
+    ("1000000.5", "1000000.6", None),  # close decimals: Math-Verify's rounding decides
+    ("1,000,000", "1000001", None),  # a grouped integer: only by the margin
     ("2", "x", None),
     ("12,34", "1234", None),  # not a thousands separator
 ]
@@ -149,6 +153,27 @@ def test_the_fast_path_decides_only_what_math_verify_would_and_agrees_with_it(go
     assert (None if got is None else got[0]) == fast
     if got is not None:
         assert got == is_correct(gold, answer)
+
+
+def test_near_miss_integers_are_judged_as_math_verify_judges_them():
+    """The fast path judges two plain integers exactly however close they are: Math-Verify does too (checked here on
+    arithmetic slips of 1 to 30 digits, signed, with leading zeros)."""
+    import random
+
+    from tracefactory.grading.verify import fast_verdict
+
+    rng = random.Random(0)
+    pairs = []
+    for digits in range(1, 31):
+        for _ in range(4):
+            a = rng.randrange(10 ** (digits - 1), 10**digits)
+            b = a + rng.choice([1, -1, 2, 9, 10, 100, rng.randrange(1, 10 ** max(1, digits // 2))])
+            sign = "-" if rng.random() < 0.3 else ""
+            pairs.append((f"{sign}{a}", f"{sign}{'0' if rng.random() < 0.2 else ''}{b}"))
+    pairs += [("0", "-0"), ("7", "-7"), ("0", "00")]
+    for gold, answer in pairs:
+        fast = fast_verdict(gold, answer)
+        assert fast is not None and fast == is_correct(gold, answer), (gold, answer)
 
 
 def test_config_names_every_answer_format_and_only_those():

@@ -25,7 +25,7 @@ import pyarrow as pa
 from tracefactory.errors import BackendError
 from tracefactory.grading.answers import NEEDS, extract_answer
 from tracefactory.grading.pool import forget, kept
-from tracefactory.grading.think import CLOSE, OPEN, ThinkSpec, spans, split_tokens
+from tracefactory.grading.think import CLOSE, OPEN, ThinkSpec, spans, split_tokens, thinks
 from tracefactory.grading.verify import fast_verdict
 from tracefactory.store.schema import COT, COT_TOKENS, REASONING, REASONING_TOKENS, RESPONSE, TEXT
 
@@ -114,35 +114,48 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
     looked = think.mode == "auto" and not think.opener  # where the anatomy looks for the tags (`think.thinks`)
     absent = _absent(chunk[TEXT], formats, tags=looked)
     texts = chunk[TEXT].to_list()
-    tokens = chunk[COT_TOKENS].to_list()
-    counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * len(texts)
-    golds = chunk[GOLD].to_list() if GOLD in chunk.columns else [None] * len(texts)
-    cols: dict[str, list] = {name: [] for name in READ_SCHEMA}
-    certain: dict[tuple[str, str], tuple[bool | None, str | None]] = {}  # each (gold, answer) of the chunk once
-    for text, n, c, skip, gold in zip(texts, tokens, counted, absent, golds, strict=True):
-        s = spans(text, think.opener, think.mode, tags=not (looked and skip.issuperset(TAGS)))
+    n = len(texts)
+    counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * n
+    # what a completion read without a think block has (the common case): filled here for all, and overwritten
+    # for those read with one
+    cols: dict[str, list] = {
+        RESTORED: [""] * n,
+        REASONING_AT: [None] * n,
+        REASONING_LEN: [None] * n,
+        RESPONSE_AT: [0] * n,
+        RESPONSE_LEN: chunk[TEXT].str.len_chars().to_list(),
+        CLOSED: [None] * n,
+        PROBLEM: [None] * n,
+        READ_REASONING_TOKENS: [None] * n,
+        READ_RESPONSE_TOKENS: chunk[COT_TOKENS].to_list(),
+    }
+    answers = []
+    for i, (text, skip) in enumerate(zip(texts, absent, strict=True)):
+        if not thinks(text, think.opener, think.mode, tags=not (looked and skip.issuperset(TAGS))):
+            answers.append(extract_answer(text, formats, skip))
+            continue
+        s = spans(text, think.opener, think.mode)
         at, end = s.response
-        cols[RESTORED].append(s.restored)
-        cols[REASONING_AT].append(None if s.reasoning is None else s.reasoning[0])
-        cols[REASONING_LEN].append(None if s.reasoning is None else s.reasoning[1] - s.reasoning[0])
-        cols[RESPONSE_AT].append(at)
-        cols[RESPONSE_LEN].append(end - at)
-        cols[CLOSED].append(s.closed)
-        cols[PROBLEM].append(s.problem)
-        r, t = split_tokens(n, text, s, c)
-        cols[READ_REASONING_TOKENS].append(r)
-        cols[READ_RESPONSE_TOKENS].append(t)
-        # the whole text without a block (the common case: no copy); "" (an unclosed block) has no answer
-        # (a keyword absent from the whole text is absent from its response)
-        answer = extract_answer(text if end - at == len(text) else text[at:end], formats, skip)
-        cols[ANSWER].append(answer)
-        verdict = None, None
-        if gold is not None and answer is not None:
-            verdict = certain.get((gold, answer))
-            if verdict is None:
-                verdict = certain[(gold, answer)] = fast_verdict(gold, answer) or (None, None)
-        cols[FAST_OK].append(verdict[0])
-        cols[FAST_WHY].append(verdict[1])
+        cols[RESTORED][i] = s.restored
+        if s.reasoning is not None:
+            cols[REASONING_AT][i], cols[REASONING_LEN][i] = s.reasoning[0], s.reasoning[1] - s.reasoning[0]
+        cols[RESPONSE_AT][i], cols[RESPONSE_LEN][i] = at, end - at
+        cols[CLOSED][i], cols[PROBLEM][i] = s.closed, s.problem
+        tokens = cols[READ_RESPONSE_TOKENS][i]
+        cols[READ_REASONING_TOKENS][i], cols[READ_RESPONSE_TOKENS][i] = split_tokens(tokens, text, s, counted[i])
+        # "" (an unclosed block) has no answer; a keyword absent from the whole text is absent from its response
+        answers.append(extract_answer(text[at:end], formats, skip))
+    cols[ANSWER] = answers
+    # each (gold, answer) of the chunk judged once, where `fast_verdict` is certain
+    golds = chunk[GOLD].to_list() if GOLD in chunk.columns else [None] * n
+    pairs = list(zip(golds, answers, strict=True))
+    certain: dict[tuple[str, str], tuple[bool | None, str | None]] = {}
+    for pair in pairs:
+        if pair not in certain:
+            certain[pair] = (None, None) if None in pair else fast_verdict(*pair) or (None, None)
+    verdicts = [certain[pair] for pair in pairs]
+    cols[FAST_OK] = [ok for ok, _ in verdicts]
+    cols[FAST_WHY] = [why for _, why in verdicts]
     return pl.DataFrame(cols, schema=READ_SCHEMA)
 
 

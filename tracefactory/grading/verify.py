@@ -15,13 +15,12 @@ import threading
 import time
 from fractions import Fraction
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from tracefactory.grading.answers import FORMATS, extract_answer, last_boxed  # noqa: F401  (the grading API)
 from tracefactory.grading.outcomes import CORRECT, ERROR, NO_ANSWER, TIMEOUT, WRONG, Pair, Verdict
 from tracefactory.grading.pool import GradeFn, GradePool, forget, kept, kept_on
 from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec, dissect
-from tracefactory.store.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +113,12 @@ _FRAC = re.compile(r"(-?)\\d?frac\{(\d+)\}\{(\d+)\}")
 
 
 def _number(text: str) -> Fraction | int | None:
-    """The value of a plain number (`1,250`, `-3.5`) or a simple fraction (`\\frac{3}{4}`), else None."""
+    """The value of a plain number (`1,250`, `-3.5`) or a simple fraction (`\\frac{3}{4}`), else None: an `int` for a
+    plain integer (`-?[0-9]+`, nothing else), a Fraction otherwise."""
     text = text.strip()
-    if text.isascii() and text.isdigit():  # the common case, without a regex or a Fraction
-        return int(text)
+    digits = text[1:] if text[:1] == "-" else text
+    if digits.isascii() and digits.isdigit():  # the common case, without a regex or a Fraction
+        return -int(digits) if text[:1] == "-" else int(digits)
     if _PLAIN.fullmatch(text):
         return Fraction(text.replace(",", ""))
     m = _FRAC.fullmatch(text)
@@ -136,8 +137,10 @@ def vote_key(answer: str) -> str:
 
 
 def fast_verdict(gold: str, pred: str) -> Verdict | None:
-    """The verdict Math-Verify would give, where it is certain without it: the same text, or two plain
-    numbers that are equal or differ by far more than any rounding Math-Verify allows. None: ask it."""
+    """The verdict Math-Verify would give, where it is certain without it: the same text, two plain numbers that
+    are equal or differ by far more than any rounding Math-Verify allows, or two plain integers (Math-Verify compares
+    integers exactly: sympy Integers, with no float rounding, whatever their length; `test_answers` checks it on
+    near misses of 1 to 30 digits). None: ask it."""
     if gold.strip() == pred.strip():
         return True, CORRECT
     a, b = _number(gold), _number(pred)
@@ -145,28 +148,24 @@ def fast_verdict(gold: str, pred: str) -> Verdict | None:
         return None
     if a == b:
         return True, CORRECT
+    if type(a) is int and type(b) is int:  # unequal integers, however close (an arithmetic slip: a common wrong answer)
+        return False, WRONG
     if 1000 * abs(a - b) > max(abs(a), abs(b), 1):  # exact for ints and Fractions alike
         return False, WRONG
     return None
 
 
-def grade_pairs(
-    pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0, certain: Mapping[Pair, Verdict] | None = None
-) -> dict[Pair, Verdict]:
+def grade_pairs(pairs: Iterable[Pair], workers: int = 2, timeout_s: float = 5.0) -> dict[Pair, Verdict]:
     """Grade unique (gold, pred) pairs; returns {(gold, pred): (correct, reason)}. Pairs `fast_verdict`
-    is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same. `certain`: pairs whose
-    `fast_verdict` is known already (the reading workers gave it).
+    is sure of (the same text, plain numbers) skip Math-Verify; its verdicts are the same.
 
     With workers > 0 every pair has a hard wall-clock budget of `timeout_s` (see `pool`)."""
-    certain = certain or {}
     unique = list(dict.fromkeys(pairs))
     out = {p: (False, NO_ANSWER) for p in unique if p[1] is None}
     todo = []
-    for i, p in enumerate(unique):
-        if i == len(unique) // 2:
-            failpoint("grade.batch")  # half-way through a batch (the pool has its own, for its pairs)
+    for p in unique:
         if p[1] is not None:
-            known = certain.get(p) or fast_verdict(*p)
+            known = fast_verdict(*p)
             if known is None:
                 todo.append(p)
             else:

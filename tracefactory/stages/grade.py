@@ -7,7 +7,7 @@ import polars as pl
 
 from tracefactory.config import DEFAULT_ANSWER_FORMATS, GradeConfig
 from tracefactory.grading.outcomes import CORRECT as OK
-from tracefactory.grading.outcomes import NO_GOLD
+from tracefactory.grading.outcomes import NO_ANSWER, NO_GOLD
 from tracefactory.grading.reading import ANSWER as READ_ANSWER
 from tracefactory.grading.reading import (
     CLOSED,
@@ -24,6 +24,7 @@ from tracefactory.grading.reading import (
 from tracefactory.grading.reading import GOLD as READ_GOLD
 from tracefactory.grading.think import NO_THINKING_KNOWN, ThinkSpec
 from tracefactory.grading.verify import grade_pairs
+from tracefactory.store.failpoints import failpoint
 from tracefactory.store.report import StageReport
 from tracefactory.store.schema import (
     ANSWER,
@@ -109,27 +110,24 @@ def grade(
         .join(golds, on=PROBLEM_ID, how="left", maintain_order="left")
         .select(_GOLD, PRED_ANSWER, skip.alias(_SKIP), FAST_OK, FAST_WHY)
     )
-    # each distinct (gold, answer) pair once, in the order of the rows; those the reading was certain of need no more
+    failpoint("grade.batch")  # the batch read, its verdicts not given
+    # each distinct (gold, answer) pair the reading was not certain of once, in the order of the rows
     graded = keyed.filter(pl.col(_SKIP).is_null())
-    todo = graded.select(_GOLD, PRED_ANSWER).unique(maintain_order=True)
+    todo = graded.filter(pl.col(FAST_OK).is_null() & pl.col(PRED_ANSWER).is_not_null())
+    todo = todo.select(_GOLD, PRED_ANSWER).unique(maintain_order=True)
     pairs = todo.rows()
-    known = (
-        graded.filter(pl.col(FAST_OK).is_not_null())
-        .unique([_GOLD, PRED_ANSWER])
-        .select(_GOLD, PRED_ANSWER, FAST_OK, FAST_WHY)
-    )
-    certain = {(g, p): (ok, why) for g, p, ok, why in known.iter_rows()}
-    verdicts = grade_pairs(pairs, cfg.workers, cfg.timeout_s, certain)
+    verdicts = grade_pairs(pairs, cfg.workers, cfg.timeout_s)
     judged = todo.with_columns(
         pl.Series(_OK, [verdicts[p][0] for p in pairs], dtype=pl.Boolean),
         pl.Series(_WHY, [verdicts[p][1] for p in pairs], dtype=pl.String),
     )
-    keyed = keyed.drop(FAST_OK, FAST_WHY).join(
-        judged, on=[_GOLD, PRED_ANSWER], how="left", maintain_order="left", nulls_equal=True
-    )
+    keyed = keyed.join(judged, on=[_GOLD, PRED_ANSWER], how="left", maintain_order="left")
+    answered = pl.col(PRED_ANSWER).is_not_null()
+    ok = pl.coalesce(FAST_OK, _OK, pl.when(~answered).then(False))
+    why = pl.coalesce(FAST_WHY, _WHY, pl.when(~answered).then(pl.lit(NO_ANSWER)))
     verdict = keyed.select(
-        pl.when(pl.col(_SKIP).is_null()).then(pl.col(_OK)).otherwise(False).alias(CORRECT),
-        pl.coalesce(_SKIP, pl.when(pl.col(_WHY) != OK).then(pl.col(_WHY))).alias(DROP_REASON),
+        pl.when(pl.col(_SKIP).is_null()).then(ok).otherwise(False).alias(CORRECT),
+        pl.coalesce(_SKIP, pl.when(why != OK).then(why)).alias(DROP_REASON),
     )
     out = out.with_columns(verdict.get_columns())
     return out, StageReport.from_reasons("grade", "completions", out[DROP_REASON])

@@ -4,7 +4,7 @@ an OOM kill or a lost node would end it. Unset (as it is for users) a failpoint 
 
 Points: `rollout.chunk_committed` (after a chunk of finished requests is on disk), `budget.round_closed`
 (a rollout round's tallies decided, the next round not begun), `grade.batch`
-(half-way through a grading batch: its fast verdicts, or the grading pool's pairs), `write.table`
+(a grading batch read, its verdicts not yet given; and half-way through the grading pool's pairs), `write.table`
 (between the output tables of a run).
 """
 
