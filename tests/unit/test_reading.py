@@ -155,17 +155,22 @@ EDGES = [
     "## answer\n\n10\n",
     "<THINK>",
     "</Think>",
+    # a marker that starts 40 characters before its keyword: as far back as extraction looks
+    "The" + " " * 37 + "answer is 11. ",
+    "#" + " " * 39 + "answer\n\n13\n",
 ]
 
 
 @pytest.mark.parametrize("think", SPECS)
-@pytest.mark.parametrize("formats", [DEFAULT_ANSWER_FORMATS, (*DEFAULT_ANSWER_FORMATS, "last_number"), ("answer_is",)])
+@pytest.mark.parametrize(
+    "formats", [DEFAULT_ANSWER_FORMATS, (*DEFAULT_ANSWER_FORMATS, "last_number"), ("answer_is",), ("last_number",)]
+)
 def test_skipping_what_a_text_lacks_changes_no_reading(formats, think):
     """The keywords and think tags found absent for a whole chunk at once skip searches: the same anatomy and answers
     as each text read alone with every search made."""
     rng = random.Random(2)
     texts = _real_solutions()
-    texts += ["".join(rng.choice(ATOMS + EDGES) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
+    texts += EDGES + ["".join(rng.choice(ATOMS + EDGES) for _ in range(rng.randint(0, 8))) for _ in range(3000)]
     chunk = pl.DataFrame({TEXT: texts, COT_TOKENS: [len(t) // 4 for t in texts]})
     read = read_chunk(chunk, think, formats)
     expected = []

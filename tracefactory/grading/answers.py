@@ -20,7 +20,7 @@ the length of the text whatever it holds (teacher output is not trusted).
 from __future__ import annotations
 
 import re
-from typing import AbstractSet, Callable, Iterable
+from typing import AbstractSet, Callable, Iterable, Sequence
 
 from tracefactory.config import DEFAULT_ANSWER_FORMATS
 
@@ -41,6 +41,9 @@ _BOLD = re.compile(r"\*\*(?:Final\s+)?Answer\s*:?\s*\*\*\s*:?\s*([^\n]+)", re.IG
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 Candidate = tuple[int, str]  # (where the marker's answer starts, the answer)
+# a format's reader: (text, its lower-cased form, where the format's keyword first occurs in that when the caller knows
+# it — the lower-cased text is then not read) -> its candidates
+Reader = Callable[[str, str, "int | None"], list[Candidate]]
 
 
 def closing_braces(text: str, start: int = 0) -> dict[int, int]:
@@ -77,7 +80,7 @@ def last_boxed(text: str) -> str | None:
     return found[-1][2] if found else None
 
 
-def _boxed(text: str, _low: str = "") -> list[Candidate]:
+def _boxed(text: str, _low: str = "", _at: int | None = None) -> list[Candidate]:
     found = [b for b in boxes(text) if b[2].strip()]
     if not found:
         return []
@@ -91,12 +94,14 @@ def _boxed(text: str, _low: str = "") -> list[Candidate]:
     return [(group[0][0], ", ".join(c for _, _, c in group))]
 
 
-def _pattern(pattern: re.Pattern, keyword: str) -> Callable[[str, str], list[Candidate]]:
+def _pattern(pattern: re.Pattern, keyword: str) -> Reader:
     """The last match of `pattern`, which always contains `keyword` (lower case): the scan starts a
-    little before the keyword's first occurrence (a substring search), or not at all without one."""
+    little before the keyword's first occurrence (a substring search, or `at` where the caller found it; -1: none),
+    or not at all without one."""
 
-    def find(text: str, low: str) -> list[Candidate]:
-        at = low.find(keyword)
+    def find(text: str, low: str, at: int | None = None) -> list[Candidate]:
+        if at is None:
+            at = low.find(keyword)
         if at < 0:
             return []
         found = None
@@ -104,15 +109,16 @@ def _pattern(pattern: re.Pattern, keyword: str) -> Callable[[str, str], list[Can
             pass
         return [(found.start(1), found.group(1))] if found else []
 
+    find.keyword = keyword  # type: ignore[attr-defined]
     return find
 
 
-def _last_number(text: str, _low: str = "") -> list[Candidate]:
+def _last_number(text: str, _low: str = "", _at: int | None = None) -> list[Candidate]:
     found = [(m.start(), m.group()) for m in _NUMBER.finditer(text)][-1:]
     return [(s, n) for s, n in found if not n.endswith(",")]
 
 
-FORMATS: dict[str, Callable[[str, str], list[Candidate]]] = {
+FORMATS: dict[str, Reader] = {
     "boxed": _boxed,
     "heading": _pattern(_HEADING, "answer"),
     "final_answer": _pattern(_FINAL, "final answer"),
@@ -135,19 +141,24 @@ NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "last_number": ((),),
 }
 KEYWORDS = tuple(sorted({w for alternatives in NEEDS.values() for needs in alternatives for w in needs}))
-assert not any(w.endswith("i") for w in KEYWORDS)  # see `grading.reading._holds`
+assert not any(w.endswith("i") for w in KEYWORDS)  # see `grading.reading._scan`
+_KEYWORD_AT = {name: KEYWORDS.index(read.keyword) for name, read in FORMATS.items() if hasattr(read, "keyword")}
 _CASE_BLIND = ("heading", "final_answer", "answer_is")  # the formats that search the lower-cased text
-_PLANS: dict[tuple[tuple[str, ...], AbstractSet[str]], tuple[tuple[tuple[int, str], ...], bool]] = {}
+Plan = tuple[tuple[tuple[int, str, "int | None"], ...], bool]
+_PLANS: dict[tuple[tuple[str, ...], AbstractSet[str]], Plan] = {}
 
 
-def _plan(formats: tuple[str, ...], absent: AbstractSet[str]) -> tuple[tuple[tuple[int, str], ...], bool]:
-    """The (rank, format)s to search a text for, given the keywords `absent` from it, and whether it is lower-cased."""
+def _plan(formats: tuple[str, ...], absent: AbstractSet[str]) -> Plan:
+    """The (rank, format, index of its keyword in `KEYWORDS` if it has one)s to search a text for, given the keywords
+    `absent` from it, and whether it is lower-cased."""
     plan = _PLANS.get((formats, absent))
     if plan is None:
         searched = tuple(
-            (rank, name) for rank, name in enumerate(formats) if any(absent.isdisjoint(needs) for needs in NEEDS[name])
+            (rank, name, _KEYWORD_AT.get(name))
+            for rank, name in enumerate(formats)
+            if any(absent.isdisjoint(needs) for needs in NEEDS[name])
         )
-        plan = _PLANS[(formats, absent)] = searched, any(name in _CASE_BLIND for _, name in searched)
+        plan = _PLANS[(formats, absent)] = searched, any(name in _CASE_BLIND for _, name, _ in searched)
     return plan
 
 
@@ -164,17 +175,22 @@ def clean(answer: str) -> str:
 
 
 def extract_answer(
-    text: str | None, formats: Iterable[str] = DEFAULT_FORMATS, absent: AbstractSet[str] = frozenset()
+    text: str | None,
+    formats: Iterable[str] = DEFAULT_FORMATS,
+    absent: AbstractSet[str] = frozenset(),
+    first: Sequence[int] | None = None,
 ) -> str | None:
     """The final answer of a solution: the answer of the marker nearest the end (see the module). `absent`: keywords
-    (of `KEYWORDS`) known not to be in the lower-cased text — the formats that need them (`NEEDS`) are not searched."""
+    (of `KEYWORDS`) known not to be in the lower-cased text — the formats that need them (`NEEDS`) are not searched.
+    `first`: where each of `KEYWORDS` first occurs in the lower-cased text (-1: nowhere), when the caller found them
+    (`grading.reading`, for many texts at once) — the text is then neither lower-cased nor searched for them."""
     if not text:
         return None
     searched, lower = _plan(tuple(formats), absent)
-    low = text.lower() if lower else text
+    low = text.lower() if lower and first is None else text
     found: list[tuple[int, int, str]] = []
-    for rank, name in searched:
-        for start, answer in FORMATS[name](text, low):
+    for rank, name, key in searched:
+        for start, answer in FORMATS[name](text, low, None if first is None or key is None else first[key]):
             found.append((start, -rank, answer))
     for _, _, answer in sorted(found, reverse=True):  # latest marker first; ties: earlier-listed format
         inner = _boxed(answer) if "box" in answer else None  # \\boxed, \\fbox

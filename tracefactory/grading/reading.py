@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 
 from tracefactory.errors import BackendError
-from tracefactory.grading.answers import NEEDS, extract_answer
+from tracefactory.grading.answers import KEYWORDS, NEEDS, extract_answer
 from tracefactory.grading.pool import forget, kept
 from tracefactory.grading.think import CLOSE, OPEN, ThinkSpec, spans, split_tokens, thinks
 from tracefactory.grading.verify import fast_verdict
@@ -80,31 +80,41 @@ CHUNK_ROWS = 20_000  # rows per chunk sent to a worker
 MIN_PARALLEL_ROWS = 2 * CHUNK_ROWS  # below this, starting workers costs more than it saves
 
 
-def _holds(texts: pl.Series, word: str) -> pl.Series:
-    """Whether each text may hold `word` (ASCII, lower case) once lower-cased as Python does (`str.lower`): a word
-    without letters as it is (lower-casing adds none of its characters); one with letters case-blind, by Unicode's
-    simple case folding — what folds to an ASCII letter is all that lower-cases to one (the Kelvin sign to "k"), save
-    the dotted capital I, whose "i" comes with a combining dot after it (so no word here ends in "i"), and some more
-    (the long s folds to "s"): a superset, which extraction then searches as before."""
+def _first(texts: pl.Series, word: str) -> pl.Series:
+    """Where each text's first `word` (ASCII, lower case) starts once the text is lower-cased as Python does
+    (`str.lower`), in bytes; null where it may not be. A word without letters as it is (lower-casing adds none of its
+    characters); one with letters case-blind, by Unicode's simple case folding — what folds to an ASCII letter is all
+    that lower-cases to one (the Kelvin sign to "k"), save the dotted capital I, whose "i" comes with a combining dot
+    after it (so no word here ends in "i"), and some more (the long s folds to "s"): null is certain, a position a
+    superset, which extraction then searches as before. In an ASCII text both are exact, and bytes are characters."""
     if word == word.upper():
-        return texts.str.contains(word, literal=True)
-    return texts.str.contains("(?i)" + re.escape(word))
+        return texts.str.find(word, literal=True)
+    return texts.str.find("(?i)" + re.escape(word))
 
 
-def _absent(texts: pl.Series, formats: tuple[str, ...], tags: bool) -> list[frozenset[str]]:
+def _scan(
+    texts: pl.Series, formats: tuple[str, ...], tags: bool
+) -> tuple[list[frozenset[str]], list[tuple[int, ...] | None]]:
     """Per text, the formats' keywords (`answers.NEEDS`) and, with `tags`, the think tags its lower-cased form cannot
-    hold, found for all the texts at once (polars, `_holds`): extraction skips the formats a text cannot have, and the
-    anatomy the tags it lacks (a tag absent from the lower-cased text is absent from the text)."""
+    hold; and for an ASCII text where each of `answers.KEYWORDS` first occurs in its lower-cased form (-1: nowhere, or
+    not a keyword of `formats`), None for another: found for all the texts at once (polars, `_first`). Extraction
+    skips the formats a text cannot have and neither lower-cases an ASCII text nor searches it for the keywords; the
+    anatomy skips the tags a text lacks (a tag absent from the lower-cased text is absent from the text)."""
     words = sorted({*(w for name in formats for needs in NEEDS[name] for w in needs), *(TAGS if tags else ())})
     if not len(texts):
-        return [frozenset()] * len(texts)
+        return [], []
     texts = texts.fill_null("")
-    bits = [(~_holds(texts, w)).cast(pl.Int64) * (1 << i) for i, w in enumerate(words)]
-    mask = sum(bits[1:], bits[0]).to_list()
+    at = {w: _first(texts, w) for w in words}
+    bits = [at[w].is_null().cast(pl.Int64) * (1 << i) for i, w in enumerate(words)]
+    mask = sum(bits[1:], bits[0]).to_list() if bits else [0] * len(texts)  # (no words: `last_number` alone)
     sets: dict[int, frozenset[str]] = {}
     for m in set(mask):
         sets[m] = frozenset(w for i, w in enumerate(words) if m >> i & 1)
-    return [sets[m] for m in mask]
+    nowhere = pl.repeat(-1, len(texts), dtype=pl.Int64, eager=True)
+    firsts = pl.DataFrame([(at[w].cast(pl.Int64) if w in at else nowhere).fill_null(-1).alias(w) for w in KEYWORDS])
+    firsts = firsts.rows()
+    ascii = (texts.str.len_bytes() == texts.str.len_chars()).to_list()
+    return [sets[m] for m in mask], [f if a else None for f, a in zip(firsts, ascii, strict=True)]
 
 
 def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[str, ...]) -> pl.DataFrame:
@@ -112,7 +122,7 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
     polars frame, or the Arrow table a worker is sent: its buffers pickle without a copy into Python objects)."""
     chunk = chunk if isinstance(chunk, pl.DataFrame) else pl.from_arrow(chunk)
     looked = think.mode == "auto" and not think.opener  # where the anatomy looks for the tags (`think.thinks`)
-    absent = _absent(chunk[TEXT], formats, tags=looked)
+    absent, firsts = _scan(chunk[TEXT], formats, tags=looked)
     texts = chunk[TEXT].to_list()
     n = len(texts)
     counted = chunk[REASONING_TOKENS].to_list() if REASONING_TOKENS in chunk.columns else [None] * n
@@ -129,11 +139,13 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
         READ_REASONING_TOKENS: [None] * n,
         READ_RESPONSE_TOKENS: chunk[COT_TOKENS].to_list(),
     }
-    answers = []
-    for i, (text, skip) in enumerate(zip(texts, absent, strict=True)):
-        if not thinks(text, think.opener, think.mode, tags=not (looked and skip.issuperset(TAGS))):
-            answers.append(extract_answer(text, formats, skip))
-            continue
+    # the rows read with a think block: all of them when the mode or the template says so, else those that may hold a
+    # tag (and do)
+    maybe = range(n) if not looked else [i for i, skip in enumerate(absent) if not skip.issuperset(TAGS)]
+    responses = texts  # what each answer is read from: the whole text without a block
+    for i in [i for i in maybe if thinks(texts[i], think.opener, think.mode)]:
+        responses = texts.copy() if responses is texts else responses
+        text = texts[i]
         s = spans(text, think.opener, think.mode)
         at, end = s.response
         cols[RESTORED][i] = s.restored
@@ -143,8 +155,12 @@ def read_chunk(chunk: pl.DataFrame | pa.Table, think: ThinkSpec, formats: tuple[
         cols[CLOSED][i], cols[PROBLEM][i] = s.closed, s.problem
         tokens = cols[READ_RESPONSE_TOKENS][i]
         cols[READ_REASONING_TOKENS][i], cols[READ_RESPONSE_TOKENS][i] = split_tokens(tokens, text, s, counted[i])
-        # "" (an unclosed block) has no answer; a keyword absent from the whole text is absent from its response
-        answers.append(extract_answer(text[at:end], formats, skip))
+        responses[i] = text[at:end]  # "" (an unclosed block) has no answer
+        firsts[i] = None  # (where the keywords are in the whole text says nothing of where they are in the response)
+    # a keyword absent from the whole text is absent from its response
+    answers = [
+        extract_answer(text, formats, skip, first) for text, skip, first in zip(responses, absent, firsts, strict=True)
+    ]
     cols[ANSWER] = answers
     # each (gold, answer) of the chunk judged once, where `fast_verdict` is certain
     golds = chunk[GOLD].to_list() if GOLD in chunk.columns else [None] * n
