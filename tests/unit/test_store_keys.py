@@ -107,3 +107,14 @@ def test_the_store_index_follows_commits_and_damage(tmp_path):
     path.write_bytes(path.read_bytes()[:-50])  # damaged: quarantined on the next look, its keys no longer done
     io._COMMITS.clear()
     assert len(store.done_keys()) == 30 and len(store.read(everything, keys)) == 30
+
+
+def test_sample_keys_are_the_digest_of_the_request_key_and_the_index():
+    """A sample's key is `digest([request key, j])` whichever way it is computed (the fast paths skip json.dumps)."""
+    from tracefactory.config import digest
+    from tracefactory.stages.rollout import RequestKey
+
+    for key in ("0123456789abcdef", "a-b", "é1", ""):
+        k = RequestKey(key, "p", "s", "t")
+        expected = [digest([key, j]) for j in range(3, 20)]
+        assert k.samples(3, 20) == expected == [k.sample(j) for j in range(3, 20)]

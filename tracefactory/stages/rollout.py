@@ -64,7 +64,11 @@ class RequestKey:
         return hashlib.sha256(f'["{self.key}", {int(j)}]'.encode()).hexdigest()[:16]
 
     def samples(self, lo: int, hi: int) -> list[str]:
-        return [self.sample(j) for j in range(lo, hi)]
+        """`sample(j)` for j in [lo, hi) (a quarter faster than calling it: every stage after rollout asks for all)."""
+        if not (self.key.isascii() and self.key.isalnum()):
+            return [self.sample(j) for j in range(lo, hi)]
+        sha, key = hashlib.sha256, self.key
+        return [sha(f'["{key}", {j}]'.encode()).hexdigest()[:16] for j in range(lo, hi)]
 
 
 def request_keys(problems: pl.DataFrame, cfg: RolloutConfig, teacher_id: str) -> list[RequestKey]:
