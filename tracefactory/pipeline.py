@@ -415,8 +415,8 @@ def read_generations(run: io.RunDir, cfg: FactoryConfig, problems: pl.DataFrame,
     order whatever order requests finished in, or how many runs or rounds it took."""
     drawn = problems[SAMPLES_DRAWN].to_list() if SAMPLES_DRAWN in problems.columns else [cfg.sampling.n] * len(problems)
     keys = _requests(cfg, problems, teacher)
-    wanted = {s for k, m in zip(keys.values(), drawn, strict=True) for s in k.samples(0, m)}
-    frame = run.generations().read(wanted, keys)
+    asked = {pid: ((k.prompt, k.sampling, k.teacher), m) for (pid, k), m in zip(keys.items(), drawn, strict=True)}
+    frame = run.generations().read_requests(asked)  # (the rows of these samples' keys, without a key per sample)
     if frame is None:
         return pl.DataFrame(schema=GENERATION_SCHEMA)
     order = problems.select(PROBLEM_ID).with_row_index("_order")

@@ -118,3 +118,47 @@ def test_sample_keys_are_the_digest_of_the_request_key_and_the_index():
         k = RequestKey(key, "p", "s", "t")
         expected = [digest([key, j]) for j in range(3, 20)]
         assert k.samples(3, 20) == expected == [k.sample(j) for j in range(3, 20)]
+
+
+def test_reading_by_request_gives_what_reading_by_sample_keys_gives(tmp_path):
+    """`read_requests` (chunks' rows picked by the request their commit records name) returns what `read` returns for
+    the same samples' keys: across rounds of samples, edited questions (a new request), a problem's samples committed
+    twice, a record written before samples had keys of their own, and any number of samples drawn."""
+    import random
+
+    run, cfg = io.RunDir(tmp_path), load_config(None, {"sampling.n": 4, "run.flush_every": 3})
+    store, teacher = run.generations(), FakeTeacher()
+    edited = PROBLEMS.with_columns(
+        pl.when(pl.int_range(pl.len()) % 3 == 0).then(pl.col("question") + " Then double it.").otherwise("question")
+    )
+    pipeline.rollout_shard(run, 0, PROBLEMS, cfg, teacher, (0, 2))  # a first round: samples 0-1
+    pipeline.rollout_shard(run, 1, edited, cfg, teacher, (0, 4))  # the edited problems anew; samples 2-3 of the rest
+    pipeline.rollout_shard(run, 2, PROBLEMS.head(6), cfg, teacher, (0, 4))  # the old request of six problems again
+    keys = pipeline._requests(cfg, PROBLEMS.slice(6, 3), teacher)
+    twice = store.read({s for k in keys.values() for s in k.samples(0, 2)}, keys)
+    store.commit(twice, keys, shard=3, run_id="other", seq=0)  # samples a second run committed too
+    legacy = twice.with_columns(  # (samples 4-5: no other chunk has them)
+        pl.col("problem_id").replace_strict({p: k.key for p, k in keys.items()}).alias("rollout_key"),
+        pl.col("sample_index") + 4,
+    )
+    old = store.root / "chunk-00004-legacy-00001.parquet"  # one request key per problem, as before sample keys
+    store.commit(legacy, keys, shard=4, run_id="legacy", seq=0)
+    path = sorted(store.root.glob("chunk-00004-legacy-*.parquet"))[0]
+    table = pq.read_table(path)
+    record = json.loads(table.schema.metadata[io.GenerationStore.KEY])
+    record["keys"] = {pid: keys[pid].key for pid in record["keys"]}
+    pq.write_table(table.replace_schema_metadata({io.GenerationStore.KEY: json.dumps(record)}), old)
+    path.unlink()
+    io._COMMITS.clear()
+    assert "chunk-00004-legacy-00001" in {c["chunk"] for c in store.commits()}  # verified: its rows are as committed
+    rng = random.Random(0)
+    for problems in (PROBLEMS, edited):
+        keys = pipeline._requests(cfg, problems, teacher)
+        for drawn in ([1] * len(keys), [4] * len(keys), [rng.randint(0, 5) for _ in keys]):
+            wanted = {s for k, m in zip(keys.values(), drawn, strict=True) for s in k.samples(0, m)}
+            asked = {p: ((k.prompt, k.sampling, k.teacher), m) for (p, k), m in zip(keys.items(), drawn, strict=True)}
+            by_keys, by_request = store.read(wanted, keys), store.read_requests(asked)
+            assert by_request.equals(by_keys) and 0 < len(by_keys) <= len(wanted)
+            assert by_request.columns == list(by_keys.columns)
+            texts = store.read_requests(asked, columns=["cot_tokens"])
+            assert texts.equals(store.read(wanted, keys, columns=["cot_tokens"]))

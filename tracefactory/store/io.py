@@ -32,7 +32,7 @@ import types
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -525,20 +525,65 @@ class GenerationStore:
             for c in commits
             if c["completions"] and not keys.isdisjoint(self._keys(c))
         ]
+        frame = self._rows(paths, columns)
+        return None if frame is None else self._once(frame.filter(pl.col(ROLLOUT_KEY).is_in(list(keys))))
+
+    def read_requests(
+        self, requests: Mapping[str, tuple[Sequence[str], int]], columns: Iterable[str] | None = None
+    ) -> pl.DataFrame | None:
+        """What `read` gives for the keys of each problem's first `m` samples under its request (problem -> (the
+        request's (prompt, sampling, teacher) parts, m)), found without a key per sample: a sample's key is the hash of
+        its request's key and its index (`RequestKey.sample`, as the rollout writes `rollout_key` and
+        `sample_index`), and a chunk's commit record names the request each of its problems was generated under — so
+        a chunk's rows of a problem whose recorded parts are the request's, with an index below `m`, are exactly the
+        rows whose key is asked. (A record written before samples had keys of their own matches no sample key.)"""
+        index = self._index()
+        names = sorted({name for pid in requests for name in index.by_problem.get(pid, ())})
+        paths, problems = [], []
+        for name in names:
+            c = index.records[name]
+            asked = [
+                pid
+                for pid, parts in c["parts"].items()
+                if pid in requests and isinstance(c["keys"].get(pid), (_Packed, list)) and parts == [*requests[pid][0]]
+            ]
+            if c["completions"] and asked:
+                paths.append(self.root / f"{c['chunk']}.parquet")
+                problems.append(asked)
+        frame = self._rows(paths, columns, problems)
+        if frame is None:
+            return None
+        drawn = pl.DataFrame(
+            {PROBLEM_ID: list(requests), "_drawn": [m for _, m in requests.values()]},
+            schema={PROBLEM_ID: pl.String, "_drawn": pl.Int64},
+        )
+        frame = frame.join(drawn, on=PROBLEM_ID, how="left", maintain_order="left")
+        return self._once(frame.filter(pl.col(SAMPLE_INDEX) < pl.col("_drawn")).drop("_drawn"))
+
+    @staticmethod
+    def _rows(
+        paths: list[Path], columns: Iterable[str] | None, problems: list[list[str]] | None = None
+    ) -> pl.DataFrame | None:
+        """The rows of the chunks `paths` (of `problems[i]` only from the i-th, when given), in order: `columns` and
+        which sample each row is, null for a column a chunk committed before it was added lacks."""
         if not paths:
             return None
         asked = set(GENERATION_SCHEMA) if columns is None else {*columns, *_KEYED}
         wanted = [c for c in GENERATION_SCHEMA if c in asked]
-        # chunks committed before a column was added lack it: it reads as null
         frames = []
-        for p in paths:
+        for i, p in enumerate(paths):
             have = set(pq.read_schema(p).names) if columns is not None else None
-            frames.append(pl.read_parquet(p, columns=None if have is None else [c for c in wanted if c in have]))
+            frame = pl.read_parquet(p, columns=None if have is None else [c for c in wanted if c in have])
+            frames.append(frame if problems is None else frame.filter(pl.col(PROBLEM_ID).is_in(problems[i])))
         frame = pl.concat(frames, how="diagonal_relaxed")
         frame = frame.with_columns(
             pl.lit(None, dtype=GENERATION_SCHEMA[c]).alias(c) for c in wanted if c not in frame.columns
         )
-        frame = frame.select(wanted).filter(pl.col(ROLLOUT_KEY).is_in(list(keys)))
+        return frame.select(wanted)
+
+    @staticmethod
+    def _once(frame: pl.DataFrame) -> pl.DataFrame:
+        """Each (problem, sample) once: the first chunk's row (runs that generated a sample twice wrote the same)."""
         return frame.unique([PROBLEM_ID, SAMPLE_INDEX], keep="first", maintain_order=True)
 
 
