@@ -109,7 +109,6 @@ def _pattern(pattern: re.Pattern, keyword: str) -> Reader:
             pass
         return [(found.start(1), found.group(1))] if found else []
 
-    find.keyword = keyword  # type: ignore[attr-defined]
     return find
 
 
@@ -118,13 +117,17 @@ def _last_number(text: str, _low: str = "", _at: int | None = None) -> list[Cand
     return [(s, n) for s, n in found if not n.endswith(",")]
 
 
+# the formats read by a regex, with the keyword each match holds
+_PATTERNS: dict[str, tuple[re.Pattern, str]] = {
+    "heading": (_HEADING, "answer"),
+    "final_answer": (_FINAL, "final answer"),
+    "hashes": (_HASHES, "####"),
+    "answer_is": (_ANSWER_IS, "answer"),
+    "bold": (_BOLD, "**"),
+}
 FORMATS: dict[str, Reader] = {
     "boxed": _boxed,
-    "heading": _pattern(_HEADING, "answer"),
-    "final_answer": _pattern(_FINAL, "final answer"),
-    "hashes": _pattern(_HASHES, "####"),
-    "answer_is": _pattern(_ANSWER_IS, "answer"),
-    "bold": _pattern(_BOLD, "**"),
+    **{name: _pattern(pattern, keyword) for name, (pattern, keyword) in _PATTERNS.items()},
     "last_number": _last_number,
 }
 DEFAULT_FORMATS = DEFAULT_ANSWER_FORMATS
@@ -142,8 +145,9 @@ NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 KEYWORDS = tuple(sorted({w for alternatives in NEEDS.values() for needs in alternatives for w in needs}))
 assert not any(w.endswith("i") for w in KEYWORDS)  # see `grading.reading._scan`
-_KEYWORD_AT = {name: KEYWORDS.index(read.keyword) for name, read in FORMATS.items() if hasattr(read, "keyword")}
-_CASE_BLIND = ("heading", "final_answer", "answer_is")  # the formats that search the lower-cased text
+_KEYWORD_AT = {name: KEYWORDS.index(keyword) for name, (_, keyword) in _PATTERNS.items()}
+# the formats that search the lower-cased text: those whose keyword has letters
+_CASE_BLIND = frozenset(name for name, (_, keyword) in _PATTERNS.items() if keyword != keyword.upper())
 Plan = tuple[tuple[tuple[int, str, "int | None"], ...], bool]
 _PLANS: dict[tuple[tuple[str, ...], AbstractSet[str]], Plan] = {}
 

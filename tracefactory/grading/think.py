@@ -58,11 +58,11 @@ def opener_of(rendered_prompt: str) -> str:
     return rendered_prompt[at:] if at >= 0 and not rendered_prompt[at + len(OPEN) :].strip() else ""
 
 
-def thinks(text: str, opener: str, mode: Thinking, tags: bool = True) -> bool:
-    """Whether `text` is read as a think block; `tags=False`: the caller knows it holds no think tag."""
+def thinks(text: str, opener: str, mode: Thinking) -> bool:
+    """Whether `text` is read as a think block."""
     if mode != "auto":
         return mode == "on"
-    return bool(opener) or (tags and (OPEN in text or CLOSE in text))
+    return bool(opener) or OPEN in text or CLOSE in text
 
 
 class Spans(NamedTuple):
@@ -85,9 +85,9 @@ def _stripped(text: str, start: int, end: int) -> tuple[int, int]:
     return start + left, end - (len(part) - len(part.rstrip()))
 
 
-def spans(text: str, opener: str = "", mode: Thinking = "auto", tags: bool = True) -> Spans:
-    """`dissect`'s anatomy as positions in `text` (`tags=False`: known to hold no think tag)."""
-    if not thinks(text, opener, mode, tags):
+def spans(text: str, opener: str = "", mode: Thinking = "auto") -> Spans:
+    """`dissect`'s anatomy as positions in `text`."""
+    if not thinks(text, opener, mode):
         return Spans("", None, (0, len(text)), None, None, 0)
     head = text.lstrip()
     if not opener and head.startswith(OPEN):  # the model opened the block itself

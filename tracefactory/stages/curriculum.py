@@ -31,7 +31,8 @@ from tracefactory.store.schema import (
 )
 
 NO_PROBLEM = "no_problem"
-MESSAGES_TYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+ROLE, CONTENT = "role", "content"  # a chat message's fields
+MESSAGES_TYPE = pl.List(pl.Struct({ROLE: pl.String, CONTENT: pl.String}))
 
 
 def messages(question: str, cot: str, prompt: PromptConfig) -> list[dict]:
@@ -60,11 +61,13 @@ def conversations(questions: pl.Series, cots: pl.Series, prompt: PromptConfig) -
         {f"_turn{i}": [t[i][1] for t in turns] for i in range(len(roles))} | {"_cot": cots},
         schema={**{f"_turn{i}": pl.String for i in range(len(roles))}, "_cot": pl.String},
     )
-    message = [
-        pl.struct(pl.lit(role).alias("role"), pl.col(f"_turn{i}").alias("content")) for i, role in enumerate(roles)
-    ]
-    message.append(pl.struct(pl.lit("assistant").alias("role"), pl.col("_cot").alias("content")))
+    message = [turn(role, pl.col(f"_turn{i}")) for i, role in enumerate(roles)] + [turn("assistant", pl.col("_cot"))]
     return contents.select(pl.concat_list(message).cast(MESSAGES_TYPE).alias(MESSAGES))[MESSAGES]
+
+
+def turn(role: str, content: pl.Expr) -> pl.Expr:
+    """A chat message as a polars struct (an element of `MESSAGES_TYPE`)."""
+    return pl.struct(pl.lit(role).alias(ROLE), content.alias(CONTENT))
 
 
 def curriculum(

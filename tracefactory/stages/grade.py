@@ -105,9 +105,8 @@ def grade(
     skip = pl.when(cut).then(pl.lit(TRUNCATED)).otherwise(pl.col(_PROBLEM))
     skip = pl.coalesce(skip, pl.when(pl.col(_GOLD).is_null()).then(pl.lit(NO_GOLD)))
     keyed = (
-        out.select(PROBLEM_ID, FINISH_REASON, PRED_ANSWER)
-        .with_columns(read[PROBLEM].alias(_PROBLEM), read[FAST_OK], read[FAST_WHY])
-        .join(golds, on=PROBLEM_ID, how="left", maintain_order="left")
+        out.select(FINISH_REASON, PRED_ANSWER)
+        .with_columns(given, read[PROBLEM].alias(_PROBLEM), read[FAST_OK], read[FAST_WHY])
         .select(_GOLD, PRED_ANSWER, skip.alias(_SKIP), FAST_OK, FAST_WHY)
     )
     failpoint("grade.batch")  # the batch read, its verdicts not given

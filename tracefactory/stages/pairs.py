@@ -23,7 +23,7 @@ import polars as pl
 from tracefactory.config import PairsConfig, PromptConfig
 from tracefactory.grading.outcomes import WRONG
 from tracefactory.grading.texts import PART, ROW, Deferred, Locator, is_light
-from tracefactory.stages.curriculum import conversations
+from tracefactory.stages.curriculum import conversations, turn
 from tracefactory.stages.select import NOT_SHORTEST
 from tracefactory.stages.step_score import LOW_STEP_SCORE
 from tracefactory.store.report import StageReport
@@ -152,7 +152,7 @@ def _finish(rows: pl.DataFrame, prompt: PromptConfig) -> pl.DataFrame:
     """Pairs with their two traces' texts -> the table's rows: the chosen trace's conversation (as the dataset
     builds it) split into the prompt and the chosen turn, the rejected trace as the other turn."""
     turns = pl.col(MESSAGES)
-    rejected = pl.struct(pl.lit("assistant").alias("role"), pl.col(_REJECTED[COT]).alias("content"))
+    rejected = turn("assistant", pl.col(_REJECTED[COT]))
     return (
         rows.with_columns(conversations(rows[QUESTION], rows[_CHOSEN[COT]], prompt))
         .with_columns(

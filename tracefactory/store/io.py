@@ -554,11 +554,11 @@ class GenerationStore:
         if frame is None:
             return None
         drawn = pl.DataFrame(
-            {PROBLEM_ID: list(requests), "_drawn": [m for _, m in requests.values()]},
-            schema={PROBLEM_ID: pl.String, "_drawn": pl.Int64},
+            {PROBLEM_ID: list(requests), _DRAWN: [m for _, m in requests.values()]},
+            schema={PROBLEM_ID: pl.String, _DRAWN: pl.Int64},
         )
         frame = frame.join(drawn, on=PROBLEM_ID, how="left", maintain_order="left")
-        return self._once(frame.filter(pl.col(SAMPLE_INDEX) < pl.col("_drawn")).drop("_drawn"))
+        return self._once(frame.filter(pl.col(SAMPLE_INDEX) < pl.col(_DRAWN)).drop(_DRAWN))
 
     @staticmethod
     def _rows(
@@ -588,6 +588,7 @@ class GenerationStore:
 
 
 _KEYED = (PROBLEM_ID, SAMPLE_INDEX, ROLLOUT_KEY)  # what `GenerationStore.read` always reads: which sample a row is
+_DRAWN = "_drawn"  # `read_requests`' working column: how many samples of a problem are asked
 
 
 RUN_ID = uuid.uuid4().hex[:12]  # this process: chunk names and the per-run generation ledger
